@@ -1,0 +1,49 @@
+"""Build hook: compiles native/ (our libstapsdt-ABI library) into usdtkit/_native/.
+
+The library is not a Python extension module: it is a plain shared object with the SONAME
+``libstapsdt.so`` that usdtkit preloads with RTLD_GLOBAL, so the PyPI ``stapsdt`` package finds it by
+name.  We reuse setuptools' ``build_ext`` machinery only to get the compiler and the in-place (editable)
+and wheel layouts right.
+"""
+import os
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+NATIVE_DIR = "native"
+LIB_NAME = "libstapsdt.so"
+
+
+class BuildNativeLibrary(build_ext):
+    """Compile the native sources into ``usdtkit/_native/libstapsdt.so``."""
+
+    def get_ext_filename(self, ext_name: str) -> str:
+        package, _, _ = ext_name.rpartition(".")
+        return os.path.join(*package.split("."), LIB_NAME)
+
+    def get_export_symbols(self, ext):  # plain C library: no PyInit_ symbol
+        return []
+
+
+def native_sources() -> list:
+    return sorted(
+        os.path.join(NATIVE_DIR, name)
+        for name in os.listdir(NATIVE_DIR)
+        if name.endswith(".c")
+    )
+
+
+SOURCES = native_sources()
+
+setup(
+    ext_modules=[
+        Extension(
+            "usdtkit._native.libstapsdt",
+            sources=SOURCES,
+            include_dirs=[NATIVE_DIR],
+            extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"],
+            extra_link_args=["-Wl,-soname,libstapsdt.so", "-Wl,-z,noexecstack", "-Wl,-z,now"],
+        )
+    ],
+    cmdclass={"build_ext": BuildNativeLibrary},
+)

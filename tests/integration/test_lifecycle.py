@@ -1,0 +1,142 @@
+"""Nothing leaks: semaphores go back to their value, no uprobe, program or fd stays behind, after
+detach, after the target exits, and after the tracer is killed with SIGKILL."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from usdtkit.elf import read_usdt_probes
+from usdtkit.tracing.api import trace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def semaphore_value(pid: int, binary: str, probe_name: str) -> int:
+    """Read a probe's 16-bit semaphore in a live process through /proc/PID/mem."""
+    probe = next(p for p in read_usdt_probes(binary) if p.name == probe_name)
+    offset = probe.semaphore_offset
+    real = os.path.realpath(binary)
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) < 6 or os.path.realpath(fields[5]) != real:
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            file_off = int(fields[2], 16)
+            if file_off <= offset < file_off + (end - start):
+                with open(f"/proc/{pid}/mem", "rb") as mem:
+                    mem.seek(start + offset - file_off)
+                    return int.from_bytes(mem.read(2), "little")
+    raise AssertionError("semaphore not mapped")
+
+
+def our_programs() -> list:
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip("bpftool cannot list programs here")
+    return [p for p in json.loads(out.stdout or "[]") if p.get("name", "").startswith("usdtkit_")]
+
+
+def tracefs_uprobes() -> str:
+    for base in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        path = os.path.join(base, "uprobe_events")
+        if os.path.exists(path):
+            with open(path) as handle:
+                return handle.read()
+    subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], capture_output=True)
+    with open("/sys/kernel/tracing/uprobe_events") as handle:
+        return handle.read()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def waiting_target(build_c, processes):
+    binary = build_c("usdt_args.c", "-O2")
+    proc = processes([binary, "5"])
+    time.sleep(0.05)
+    return binary, proc
+
+
+@pytest.mark.bpf
+def test_semaphore_follows_the_trace_and_survives_sigkill(waiting_target):
+    binary, target = waiting_target
+    assert semaphore_value(target.pid, binary, "guarded") == 0
+    with trace(f"usdt:{binary}:demo:guarded", pid=target.pid):
+        assert semaphore_value(target.pid, binary, "guarded") == 1
+    assert semaphore_value(target.pid, binary, "guarded") == 0
+
+    tracer = subprocess.Popen(
+        [sys.executable, "-m", "usdtkit.cli.main", "count", "-p", str(target.pid), f"usdt:{binary}:demo:guarded"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=ROOT), text=True)
+    try:
+        line = tracer.stderr.readline()
+        assert line.startswith("Attached"), line
+        assert semaphore_value(target.pid, binary, "guarded") == 1
+        tracer.send_signal(signal.SIGKILL)
+        tracer.wait(timeout=10)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+        tracer.stderr.close()
+    deadline = time.time() + 5
+    while semaphore_value(target.pid, binary, "guarded") != 0 and time.time() < deadline:
+        time.sleep(0.05)
+    assert semaphore_value(target.pid, binary, "guarded") == 0
+
+
+@pytest.mark.bpf
+def test_sigterm_and_sigint_detach_and_print_what_was_collected(waiting_target):
+    binary, target = waiting_target
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        tracer = subprocess.Popen(
+            [sys.executable, "-m", "usdtkit.cli.main", "count", "-p", str(target.pid), "--json",
+             f"usdt:{binary}:demo:guarded"],
+            stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT), text=True)
+        deadline = time.time() + 30
+        while semaphore_value(target.pid, binary, "guarded") != 1 and time.time() < deadline:
+            time.sleep(0.05)
+        tracer.send_signal(sig)
+        out, err = tracer.communicate(timeout=20)
+        assert tracer.returncode == 0, err
+        assert json.loads(out.splitlines()[-1])["stats"]["demo:guarded"]["hits"] == 0
+        assert semaphore_value(target.pid, binary, "guarded") == 0
+    assert not our_programs()
+
+
+@pytest.mark.bpf
+def test_a_hundred_attach_detach_cycles_leave_nothing(waiting_target):
+    binary, target = waiting_target
+    before_fds = open_fds()
+    before_uprobes = tracefs_uprobes()
+    for _ in range(100):
+        with trace(f"usdt:{binary}:demo:guarded", f"usdt:{binary}:demo:args", pid=target.pid) as session:
+            assert session.attached
+    assert open_fds() == before_fds
+    assert tracefs_uprobes() == before_uprobes
+    assert not our_programs()
+    assert semaphore_value(target.pid, binary, "guarded") == 0
+    assert semaphore_value(target.pid, binary, "args") == 0
+
+
+@pytest.mark.bpf
+def test_target_exit_ends_the_trace_with_what_was_collected(build_c, processes):
+    binary = build_c("usdt_args.c", "-O2")
+    target = processes([binary, "7"])
+    with trace(f"usdt:{binary}:demo:guarded", pid=target.pid, count_by=["arg0"]) as session:
+        target.stdin.write(b"g")
+        target.stdin.flush()
+        started = time.monotonic()
+        session.run(duration=60)
+        assert time.monotonic() - started < 30
+        assert session.target_exited
+    assert session.counts().total() == 7
+    assert session.stats()["demo:guarded"].hits == 7

@@ -1,0 +1,108 @@
+"""Generated BPF C holds only numbers and identifiers usdtkit made: no probe name, path or filter text."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from usdtkit.bpf import codegen
+from usdtkit.elf.model import Arg, Constant, Memory, Register, RegisterValue, SymbolRelative, Unsupported
+from usdtkit.errors import UsageError
+from usdtkit.tracing.probes import ProbeRef
+from usdtkit.tracing.resolve import ResolvedProbe, Site
+from usdtkit.tracing.spec import Field, HistSpec, PairSpec, Predicate, TraceSpec
+
+HOSTILE_PATH = '/tmp/evil"; #include </etc/shadow>\nint x;'
+
+
+def usdt(name: str, *site_args, path: str = HOSTILE_PATH) -> ResolvedProbe:
+    sites = tuple(Site(path, 0x1000 + i * 16, 0x1000 + i * 16, 0x4000, args) for i, args in enumerate(site_args))
+    count = len(site_args[0]) if site_args else 0
+    return ResolvedProbe(ProbeRef("usdt", path, name, "prov"), path, sites, count)
+
+
+def reg(name: str, bits: int = 64, shift: int = 0) -> Register:
+    return Register(name, bits, shift, name)
+
+
+ARGS_A = (Arg(4, True, RegisterValue(reg("rdi", 32)), "-4@%edi"),
+          Arg(8, False, Memory(reg("rbp"), -16), "8@-16(%rbp)"))
+ARGS_B = (Arg(4, True, Constant(-9), "-4@$-9"),
+          Arg(8, False, Memory(reg("rax"), 8, reg("rdx"), 4), "8@8(%rax,%rdx,4)"))
+
+
+def generated(spec: TraceSpec) -> str:
+    text, _ = codegen.generate(spec)
+    return text
+
+
+def test_one_function_per_distinct_read_and_every_site_attached():
+    probe = usdt("query__start", ARGS_A, ARGS_B, ARGS_A)
+    text, attachments = codegen.generate(TraceSpec((probe,), events=True))
+    functions = re.findall(r"^int (usdtkit_\w+)\(struct pt_regs \*ctx\)", text, re.M)
+    assert functions == ["usdtkit_p0_g0", "usdtkit_p0_g1"]
+    assert [(fn, site.file_offset) for fn, site, _ in attachments] == [
+        ("usdtkit_p0_g0", 0x1000), ("usdtkit_p0_g0", 0x1020), ("usdtkit_p0_g1", 0x1010)]
+
+
+def test_no_user_text_reaches_the_c():
+    probe = usdt("name", ARGS_A)
+    spec = TraceSpec((probe,), pid=42, events=True, count_by=(Field("comm"), Field("arg", 1)),
+                     filters=(Predicate.parse("comm == x\"y;z"), Predicate.parse("arg0 >= -3")),
+                     hist=HistSpec(Field("arg", 1), "linear", -10, 10, 2))
+    text = generated(spec)
+    assert "evil" not in text and "shadow" not in text and "name" not in text and "prov" not in text
+    assert '"' not in text.replace('#include <uapi/linux/ptrace.h>', "")
+    # the comm filter became numbers
+    assert "comm[0] == 120 && comm[1] == 34 && comm[2] == 121 && comm[3] == 59" in text
+
+
+def test_argument_reads():
+    text = generated(TraceSpec((usdt("p", ARGS_A),), events=True))
+    assert "args[0] = (u64)(s64)(s32)(u32)((u64)(u32)(ctx->di));" in text
+    assert "bpf_probe_read_user(&v, 8, (void *)(ctx->bp + 0xfffffffffffffff0ULL))" in text
+    text = generated(TraceSpec((usdt("p", ARGS_B),), events=True))
+    assert "args[0] = (u64)(s64)(s32)(u32)(0xfffffffffffffff7ULL);" in text
+    assert "ctx->ax + 0x8ULL + ctx->dx * 4" in text
+
+
+def test_high_byte_register_and_rip_relative_symbol():
+    args = (Arg(1, False, RegisterValue(reg("rax", 8, 8)), "1@%ah"),
+            Arg(4, True, SymbolRelative("NBuffers", 40, 0x5000), "-4@40+NBuffers(%rip)"))
+    text = generated(TraceSpec((usdt("p", args),), events=True))
+    assert "(ctx->ax >> 8)" in text
+    # 0x5000 (symbol + offset, already added) - 0x1000 (the site's pc)
+    assert "ctx->ip + 0x4000ULL" in text
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        Arg(8, False, Unsupported("xmm registers are not readable"), "8@%xmm0"),
+        Arg(8, False, SymbolRelative("missing", 0, None), "8@missing(%rip)"),
+        Arg(8, False, RegisterValue(reg("fs")), "8@%fs"),
+        Arg(3, False, RegisterValue(reg("rax")), "3@%rax"),
+    ],
+)
+def test_unreadable_arguments_are_refused_by_name(arg):
+    with pytest.raises(UsageError) as info:
+        generated(TraceSpec((usdt("p", (arg,)),), events=True))
+    assert arg.raw in str(info.value) or "fs" in str(info.value)
+
+
+def test_filter_on_missing_argument_is_refused():
+    spec = TraceSpec((usdt("p", ARGS_A),), filters=(Predicate.parse("arg5 == 1"),), events=True)
+    with pytest.raises(UsageError):
+        generated(spec)
+
+
+def test_latency_pair_and_function_latency_code():
+    start, done = usdt("start", ARGS_A), usdt("done", ARGS_A)
+    text = generated(TraceSpec((start, done), pair=PairSpec(0, 1, Field("arg", 1), Field("arg", 1)),
+                               hist=HistSpec(Field("latency"))))
+    assert "starts.update" in text and "latency = bpf_ktime_get_ns() - *started" in text
+    fn = ResolvedProbe(ProbeRef("uprobe", "/x", "f"), "/x", (Site("/x", 0x10, 0x10),), 6)
+    ret = ResolvedProbe(ProbeRef("uretprobe", "/x", "f"), "/x", (Site("/x", 0x10, 0x10),), 0)
+    text, attachments = codegen.generate(TraceSpec((fn, ret), function_latency=True, hist=HistSpec(Field("latency"))))
+    assert [r for _, _, r in attachments] == [False, True]
+    assert "depths.update(&id, &next)" in text

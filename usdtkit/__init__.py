@@ -1,0 +1,71 @@
+"""usdtkit: USDT and uprobe instrumentation for Linux.
+
+Discover probes in ELF files and processes (:mod:`usdtkit.elf`, pure Python, no root), declare probes
+from Python services (:mod:`usdtkit.provider`), and attach uprobes, uretprobes and USDT probes through
+bcc to collect counts, histograms, latencies, events and stacks.
+
+This module is the public API; everything else is private to its package.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import (
+    AttachError,
+    ElfError,
+    EnvironmentProblem,
+    NoSuchProcess,
+    ProbeNotFound,
+    ProviderError,
+    TargetError,
+    UsageError,
+    UsdtkitError,
+)
+
+from typing import Any
+
+# Public names served lazily, so `import usdtkit` (and the CLI's start) stays fast.
+_LAZY = {
+    "trace": ("usdtkit.tracing.api", "trace"),
+    "build_spec": ("usdtkit.tracing.api", "build_spec"),
+    "Session": ("usdtkit.tracing.session", "Session"),
+    "TraceSpec": ("usdtkit.tracing.spec", "TraceSpec"),
+    "Event": ("usdtkit.collect.results", "Event"),
+    "Counts": ("usdtkit.collect.results", "Counts"),
+    "Histogram": ("usdtkit.collect.results", "Histogram"),
+    "ProbeStats": ("usdtkit.collect.results", "ProbeStats"),
+    "UsdtProbe": ("usdtkit.elf.model", "UsdtProbe"),
+    "UsdtLocation": ("usdtkit.elf.model", "UsdtLocation"),
+    "FunctionSymbol": ("usdtkit.elf.model", "FunctionSymbol"),
+    "Arg": ("usdtkit.elf.model", "Arg"),
+    "read_usdt_probes": ("usdtkit.elf", "read_usdt_probes"),
+    "read_functions": ("usdtkit.elf", "read_functions"),
+    "process_objects": ("usdtkit.elf", "process_objects"),
+    "resolve_target": ("usdtkit.elf", "resolve_target"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'usdtkit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(target[0]), target[1])
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "__version__",
+    *_LAZY,
+    "AttachError",
+    "ElfError",
+    "EnvironmentProblem",
+    "NoSuchProcess",
+    "ProbeNotFound",
+    "ProviderError",
+    "TargetError",
+    "UsageError",
+    "UsdtkitError",
+]

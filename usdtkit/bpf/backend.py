@@ -1,0 +1,155 @@
+"""The bcc backend: the only module of usdtkit that imports bcc.
+
+It compiles generated BPF C (with kernel headers from :mod:`.kernel_headers`), loads programs, attaches
+them to uprobe perf events (:mod:`.perf_uprobe`, not bcc's attach functions: those cannot pass the
+semaphore's ``ref_ctr_offset`` and leave tracefs entries behind), and gives read access to maps and the
+ring buffer.  Everything above speaks usdtkit types, so another backend (libbpf CO-RE) can replace
+this one without touching discovery or collectors.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import os
+import sys
+import tempfile
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from ..errors import AttachError, EnvironmentProblem
+from . import kernel_headers, perf_uprobe
+
+
+def import_bcc() -> Any:
+    """Import bcc or raise :class:`EnvironmentProblem` with the fix."""
+    try:
+        import bcc
+    except Exception as exc:
+        raise EnvironmentProblem(
+            f"cannot import bcc ({exc}); install python3-bpfcc and use a Python that sees it"
+        ) from None
+    return bcc
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[io.StringIO]:
+    """Capture what libbcc and clang print on fd 2, so a failure is reported in one line."""
+    captured = io.StringIO()
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            captured.write(tmp.read().decode(errors="replace"))
+
+
+class Program:
+    """A compiled BPF module, its attached uprobe events, and access to its maps.
+
+    Use as a context manager or call :meth:`close`; closing detaches every event (the kernel removes
+    the uprobes and their semaphore counts) and releases the programs and maps.
+    """
+
+    def __init__(self, text: str, cflags: Optional[List[str]] = None) -> None:
+        bcc = import_bcc()
+        try:
+            headers = kernel_headers.locate()
+        except kernel_headers.HeadersNotFound as exc:
+            raise EnvironmentProblem(str(exc)) from None
+        self._events: List[int] = []
+        self._ring_buffers_open = False
+        with kernel_headers.bcc_environment(headers), _quiet_stderr() as err:
+            try:
+                self._bpf = bcc.BPF(text=text.encode(), cflags=list(cflags or []))
+            except Exception as exc:
+                message = err.getvalue().strip().splitlines()
+                detail = message[-1] if message else str(exc)
+                if os.geteuid() != 0 and "Operation not permitted" in (str(exc) + detail):
+                    raise EnvironmentProblem(f"not allowed to load BPF programs: {detail}") from None
+                raise AttachError(f"BPF compilation or load failed: {detail}") from None
+        self._fds: Dict[str, int] = {}
+
+    def program_fd(self, function: str) -> int:
+        """Load (once) the BPF function ``function`` as a uprobe program and return its fd."""
+        fd = self._fds.get(function)
+        if fd is None:
+            bcc = import_bcc()
+            with _quiet_stderr() as err:
+                try:
+                    fd = self._bpf.load_func(function.encode(), bcc.BPF.KPROBE).fd
+                except Exception as exc:
+                    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+                    detail = "; ".join(lines[-3:]) or str(exc)
+                    raise AttachError(f"the kernel refused program {function}: {detail}") from None
+            self._fds[function] = fd
+        return fd
+
+    def attach_uprobe(self, function: str, path: str, offset: int, pid: int = -1,
+                      retprobe: bool = False, ref_ctr_offset: int = 0) -> int:
+        """Attach ``function`` at ``path``+``offset``; returns the perf event fd (owned here)."""
+        prog_fd = self.program_fd(function)
+        event_fd = perf_uprobe.open_uprobe(path, offset, pid, retprobe, ref_ctr_offset)
+        self._events.append(event_fd)
+        perf_uprobe.attach_program(event_fd, prog_fd)
+        return event_fd
+
+    def stack(self, stack_id: int) -> List[int]:
+        """Addresses of a stack recorded in the ``stacks`` map, innermost first."""
+        if stack_id < 0:
+            return []
+        try:
+            return [addr for addr in self._bpf[b"stacks"].walk(stack_id) if addr]
+        except Exception:
+            return []
+
+    def symbolize(self, address: int, pid: int, detail: bool = True) -> str:
+        """``function+0xoff [module]`` (or just ``function``) for an address of ``pid``; hex if unknown."""
+        try:
+            name = self._bpf.sym(address, pid, show_module=detail, show_offset=detail)
+        except Exception:
+            name = b""
+        text = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+        return text if text and not text.startswith("[unknown]") else f"{address:#x}"
+
+    def table(self, name: str) -> Any:
+        return self._bpf.get_table(name.encode())
+
+    def open_ring_buffer(self, name: str, callback: Callable[[Any, Any, int], Any]) -> None:
+        self._bpf[name.encode()].open_ring_buffer(callback)
+        self._ring_buffers_open = True
+
+    def open_perf_buffer(self, name: str, callback: Callable, lost: Callable, pages: int = 64) -> None:
+        self._bpf[name.encode()].open_perf_buffer(callback, page_cnt=pages, lost_cb=lost)
+
+    def poll(self, timeout_ms: int) -> None:
+        """Deliver pending ring/perf buffer records to their callbacks, waiting up to ``timeout_ms``."""
+        if self._ring_buffers_open:
+            self._bpf.ring_buffer_poll(timeout_ms)
+        else:
+            self._bpf.perf_buffer_poll(timeout_ms)
+
+    def detach_all(self) -> None:
+        """Close every uprobe event; the kernel removes the breakpoints and semaphore counts."""
+        while self._events:
+            perf_uprobe.close_event(self._events.pop())
+
+    def close(self) -> None:
+        self.detach_all()
+        bpf, self._bpf = getattr(self, "_bpf", None), None
+        if bpf is not None:
+            with contextlib.suppress(Exception):
+                bpf.cleanup()
+            atexit.unregister(bpf.cleanup)  # bcc registers it; drop the reference it keeps
+        self._fds.clear()
+
+    def __enter__(self) -> "Program":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,118 @@
+"""Uprobes as perf events: ``perf_event_open`` on the ``uprobe`` PMU, with the semaphore refcount.
+
+A perf-event uprobe is owned by its file descriptor: the kernel removes the breakpoint when the last fd
+closes, including when the tracer is killed, and never creates a tracefs entry.  The PMU takes
+
+* ``config1``: a pointer to the binary's path, ``config2``: the file offset of the probed instruction;
+* ``config`` bit ``retprobe`` (from ``format/retprobe``) for a return probe;
+* ``config`` bits ``ref_ctr_offset`` (from ``format/ref_ctr_offset``, usually 32-63): the file offset of a
+  USDT semaphore.  The kernel then increments that 16-bit counter in every process mapping the file
+  while the event exists, and decrements it when the event goes, so a killed tracer leaves no
+  semaphore set.  (bcc 0.26's Python binding drops this argument: bcc issue 5236.)
+
+A BPF program is attached with ``PERF_EVENT_IOC_SET_BPF`` and the event started with
+``PERF_EVENT_IOC_ENABLE``.  With ``pid=-1`` the uprobe applies to every process that maps the file; the
+``cpu`` argument must then name a CPU, but uprobe BPF programs run on whichever CPU hits the probe.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno as errno_mod
+import fcntl
+import os
+import platform
+from typing import Optional
+
+from ..errors import AttachError, EnvironmentProblem
+from .capabilities import detect
+
+_NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
+_PERF_FLAG_FD_CLOEXEC = 1 << 3
+_PERF_EVENT_IOC_ENABLE = 0x2400
+_PERF_EVENT_IOC_DISABLE = 0x2401
+_PERF_EVENT_IOC_SET_BPF = 0x40042408
+_PERF_ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5: enough for every field used here
+
+
+class _PerfEventAttr(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("size", ctypes.c_uint32),
+        ("config", ctypes.c_uint64),
+        ("sample_period", ctypes.c_uint64),
+        ("sample_type", ctypes.c_uint64),
+        ("read_format", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+        ("wakeup_events", ctypes.c_uint32),
+        ("bp_type", ctypes.c_uint32),
+        ("config1", ctypes.c_uint64),
+        ("config2", ctypes.c_uint64),
+        ("_rest", ctypes.c_uint8 * (_PERF_ATTR_SIZE - 72)),
+    ]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def open_uprobe(path: str, offset: int, pid: int = -1, retprobe: bool = False,
+                ref_ctr_offset: int = 0) -> int:
+    """Create a disabled uprobe perf event at ``path``+``offset`` and return its fd."""
+    caps = detect()
+    if not caps.has_uprobe_pmu:
+        raise EnvironmentProblem("this kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe)")
+    if ref_ctr_offset and not caps.has_sema_refcnt:
+        raise EnvironmentProblem("this kernel cannot maintain USDT semaphores (no ref_ctr_offset)")
+    if not 0 <= ref_ctr_offset < (1 << 32):
+        raise AttachError(f"{path}: semaphore offset {ref_ctr_offset:#x} out of range")
+    nr = _NR_PERF_EVENT_OPEN.get(platform.machine())
+    if nr is None:
+        raise EnvironmentProblem(f"unsupported architecture {platform.machine()}")
+    encoded = os.fsencode(path)
+    path_buf = ctypes.create_string_buffer(encoded)
+    attr = _PerfEventAttr()
+    attr.type = caps.uprobe_pmu_type
+    attr.size = _PERF_ATTR_SIZE
+    attr.sample_period = 1
+    attr.wakeup_events = 1
+    attr.flags = 1  # disabled until a program is attached
+    attr.config1 = ctypes.addressof(path_buf)
+    attr.config2 = offset
+    if retprobe:
+        attr.config |= 1 << (caps.retprobe_bit or 0)
+    if ref_ctr_offset:
+        attr.config |= ref_ctr_offset << caps.ref_ctr_shift
+    cpu = 0 if pid == -1 else -1
+    fd = _libc.syscall(nr, ctypes.byref(attr), pid, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        where = f"{path}+{offset:#x}" + (f" pid {pid}" if pid != -1 else "")
+        if err in (errno_mod.EPERM, errno_mod.EACCES):
+            raise EnvironmentProblem(f"not allowed to create a uprobe at {where}: {os.strerror(err)}")
+        if err == errno_mod.ESRCH:
+            raise AttachError(f"cannot attach at {where}: the process does not exist")
+        raise AttachError(f"cannot create uprobe at {where}: {os.strerror(err)}")
+    return fd
+
+
+def attach_program(event_fd: int, prog_fd: int) -> None:
+    """Attach a loaded BPF program to a uprobe event and enable it."""
+    try:
+        fcntl.ioctl(event_fd, _PERF_EVENT_IOC_SET_BPF, prog_fd)
+        fcntl.ioctl(event_fd, _PERF_EVENT_IOC_ENABLE, 0)
+    except OSError as exc:
+        raise AttachError(f"cannot attach BPF program to uprobe: {exc.strerror}") from None
+
+
+def close_event(event_fd: Optional[int]) -> None:
+    """Disable and close a uprobe event; the kernel removes the breakpoint and the semaphore count."""
+    if event_fd is None or event_fd < 0:
+        return
+    try:
+        fcntl.ioctl(event_fd, _PERF_EVENT_IOC_DISABLE, 0)
+    except OSError:
+        pass
+    try:
+        os.close(event_fd)
+    except OSError:
+        pass

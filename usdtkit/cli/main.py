@@ -1,0 +1,62 @@
+"""Entry point of the ``usdtkit`` command: builds the parser and turns errors into one-line messages.
+
+Each sub-command lives in its own module ``usdtkit.cli.cmd_<name>`` exposing
+``add_parser(subparsers)``; the parser it adds sets ``func`` to a callable taking the parsed arguments
+and returning an exit code.  Exit codes: 0 success, 1 failure (bad target, environment), 2 usage,
+130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import List, Optional
+
+from .. import __version__
+from ..errors import UsdtkitError
+
+#: Sub-command modules, in the order ``usdtkit --help`` lists them.
+COMMAND_MODULES = ("doctor", "list", "trace")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="usdtkit",
+        description="Discover, declare and trace USDT probes and uprobes on Linux.",
+    )
+    parser.add_argument("--version", action="version", version=f"usdtkit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"{__package__}.cmd_{name}")
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UsdtkitError as exc:
+        print(f"usdtkit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and friends: not an error worth a traceback.
+        sys.stderr.close()
+        return 0
+    except Exception as exc:  # a bug: one line by default, the traceback on request
+        if os.environ.get("USDTKIT_DEBUG"):
+            raise
+        print(f"usdtkit: internal error: {type(exc).__name__}: {exc} (set USDTKIT_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Text rendering of results for terminals: bcc/bpftrace-style histograms and count tables."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, List
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .results import Counts, Histogram
+
+
+def _human(value: int) -> str:
+    for unit, size in (("P", 1 << 50), ("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if value >= size and value % size == 0:
+            return f"{value // size}{unit}"
+    return str(value)
+
+
+def render_histogram(hist: "Histogram", width: int = 40) -> str:
+    """Rows ``[lo, hi)  count |@@@@|`` from the first to the last non-empty bucket."""
+    used = sorted(i for i, c in hist.buckets.items() if c)
+    if not used:
+        return "(no values)"
+    peak = max(hist.buckets[i] for i in used)
+    rows: List[str] = []
+    labels = []
+    for index in range(used[0], used[-1] + 1):
+        lo, hi = hist.bounds(index)
+        if hist.kind == "linear" and index == 0:
+            label = f"(..., {_human(hi)})"
+        elif hi >= 1 << 64:
+            label = f"[{_human(lo)}, ...)"
+        else:
+            label = f"[{_human(lo)}, {_human(hi)})"
+        labels.append((label, hist.buckets.get(index, 0)))
+    label_width = max(len(label) for label, _ in labels)
+    count_width = max(len(str(count)) for _, count in labels)
+    for label, count in labels:
+        bar = "@" * (round(count * width / peak) if peak else 0)
+        rows.append(f"{label:<{label_width}} {count:>{count_width}} |{bar:<{width}}|")
+    return "\n".join(rows)
+
+
+def render_counts(counts: "Counts", limit: int = 50) -> str:
+    """An aligned table of the largest counts."""
+    rows = [[*map(str, key), str(value)] for key, value in counts.most_common(limit)]
+    header = [*counts.fields, "count"]
+    if not rows:
+        return "(no hits)"
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""Plain Python results of a trace: events, counts, histograms, loss statistics.
+
+They are independent of bcc: the session copies kernel maps into these objects, so they can be
+compared, printed, serialised (``to_json``) and kept after the trace ends.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Event:
+    """One probe hit copied to user space.
+
+    ``args`` holds the argument values in order (signed where the spec says signed; ``None`` where a
+    memory read failed); string arguments read with ``strings=`` are ``str``.  ``latency_ns`` is set for
+    latency traces, ``retval`` for uretprobes, ``stack`` (addresses, innermost first) when stacks were
+    asked for.
+    """
+
+    probe: str
+    pid: int
+    tid: int
+    timestamp_ns: int
+    cpu: int
+    comm: str
+    args: Tuple[object, ...]
+    retval: Optional[int] = None
+    latency_ns: Optional[int] = None
+    stack: Optional[Tuple[str, ...]] = None
+
+    def to_json(self) -> dict:
+        out = {"probe": self.probe, "pid": self.pid, "tid": self.tid, "timestamp_ns": self.timestamp_ns,
+               "cpu": self.cpu, "comm": self.comm, "args": list(self.args)}
+        if self.retval is not None:
+            out["retval"] = self.retval
+        if self.latency_ns is not None:
+            out["latency_ns"] = self.latency_ns
+        if self.stack is not None:
+            out["stack"] = list(self.stack)
+        return out
+
+
+@dataclass(frozen=True)
+class ProbeStats:
+    """In-kernel counters of one probe: hits after filters and everything that could not be kept."""
+
+    hits: int = 0
+    lost_events: int = 0
+    lost_keys: int = 0
+    read_errors: int = 0
+
+    def to_json(self) -> dict:
+        return {"hits": self.hits, "lost_events": self.lost_events, "lost_keys": self.lost_keys,
+                "read_errors": self.read_errors}
+
+
+class Counts(Mapping):
+    """Counts by key: a mapping from a key tuple (probe label first, then the chosen fields) to a count."""
+
+    def __init__(self, fields: Tuple[str, ...], items: Dict[Tuple, int]) -> None:
+        self.fields = ("probe",) + tuple(fields)
+        self._items = dict(items)
+
+    def __getitem__(self, key: Tuple) -> int:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[Tuple]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def total(self) -> int:
+        return sum(self._items.values())
+
+    def most_common(self, n: Optional[int] = None) -> List[Tuple[Tuple, int]]:
+        ranked = sorted(self._items.items(), key=lambda kv: (-kv[1], repr(kv[0])))
+        return ranked if n is None else ranked[:n]
+
+    def to_json(self) -> dict:
+        return {"fields": list(self.fields),
+                "counts": [{"key": list(k), "count": v} for k, v in self.most_common()]}
+
+    def __repr__(self) -> str:
+        return f"Counts({self.fields}, {self._items!r})"
+
+
+@dataclass
+class Histogram:
+    """A histogram of one probe: ``buckets`` maps a bucket index to a count.
+
+    log2: bucket 0 holds the value 0 and bucket ``k`` the values ``[2**(k-1), 2**k)``.
+    linear: bucket 0 holds values below ``low``, bucket ``k`` ``[low+(k-1)*step, low+k*step)``, the last
+    one the values from ``high`` on.
+    """
+
+    kind: str
+    buckets: Dict[int, int] = field(default_factory=dict)
+    low: int = 0
+    high: int = 0
+    step: int = 1
+    unit: str = ""
+
+    def __getitem__(self, index: int) -> int:
+        return self.buckets.get(index, 0)
+
+    @property
+    def total(self) -> int:
+        return sum(self.buckets.values())
+
+    def bounds(self, index: int) -> Tuple[int, int]:
+        """The half-open value range ``[lo, hi)`` of bucket ``index``."""
+        if self.kind == "log2":
+            return (0, 1) if index == 0 else (1 << (index - 1), 1 << index)
+        if index == 0:
+            return (-(1 << 63), self.low)
+        last = (self.high - self.low) // self.step + 1
+        if index >= last:
+            return (self.high, 1 << 64)
+        lo = self.low + (index - 1) * self.step
+        return (lo, lo + self.step)
+
+    def bucket_of(self, value: int) -> int:
+        if self.kind == "log2":
+            return 0 if value <= 0 else value.bit_length()
+        if value < self.low:
+            return 0
+        if value >= self.high:
+            return (self.high - self.low) // self.step + 1
+        return 1 + (value - self.low) // self.step
+
+    def percentile(self, p: float) -> int:
+        """Upper bound of the bucket holding the ``p``-th percentile (0-100); 0 when empty."""
+        if not 0 <= p <= 100:
+            raise ValueError("percentile must be between 0 and 100")
+        total = self.total
+        if not total:
+            return 0
+        rank = max(1, math.ceil(total * p / 100))
+        seen = 0
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen >= rank:
+                return self.bounds(index)[1]
+        return self.bounds(max(self.buckets))[1]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Histogram):
+            return NotImplemented
+        return (self.kind, self.low, self.high, self.step) == (other.kind, other.low, other.high, other.step) and {
+            k: v for k, v in self.buckets.items() if v} == {k: v for k, v in other.buckets.items() if v}
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "unit": self.unit,
+                "buckets": [{"low": self.bounds(i)[0], "high": self.bounds(i)[1], "count": c}
+                            for i, c in sorted(self.buckets.items()) if c]}
+
+    def render(self, width: int = 40) -> str:
+        """A bcc/bpftrace style text histogram."""
+        from .render import render_histogram
+
+        return render_histogram(self, width)
+
+    def __str__(self) -> str:
+        return self.render()

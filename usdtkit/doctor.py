@@ -1,0 +1,188 @@
+"""Environment checks behind ``usdtkit doctor``: can this machine trace, and if not, what to fix.
+
+Each check returns a :class:`Check` with a status (``OK``, ``WARN``: works with a fallback or limited,
+``FAIL``: tracing cannot work, ``SKIP``: not run because an earlier check failed) and, unless OK, a fix
+the user can apply.  The last check is a live self-test: compile a BPF program with bcc, attach a
+uprobe to this very process and see it fire, which proves every other line at once.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import platform
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional
+
+from .bpf import capabilities, kernel_headers
+
+OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
+
+REQUIRED_KCONFIG = ("CONFIG_UPROBES", "CONFIG_BPF_SYSCALL", "CONFIG_BPF_EVENTS", "CONFIG_UPROBE_EVENTS")
+_CAP_PERFMON, _CAP_BPF, _CAP_SYS_ADMIN = 38, 39, 21
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    def to_json(self) -> Dict[str, str]:
+        return asdict(self)
+
+
+def read_kernel_config(release: Optional[str] = None) -> Optional[Dict[str, str]]:
+    """The running kernel's config as a dict, from ``/proc/config.gz`` or ``/boot/config-RELEASE``."""
+    release = release or platform.release()
+    text = None
+    try:
+        with gzip.open("/proc/config.gz", "rt") as handle:
+            text = handle.read()
+    except OSError:
+        try:
+            with open(f"/boot/config-{release}") as handle:
+                text = handle.read()
+        except OSError:
+            return None
+    config = {}
+    for line in text.splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            key, _, value = line.partition("=")
+            config[key] = value
+    return config
+
+
+def check_kernel_config() -> Check:
+    config = read_kernel_config()
+    if config is None:
+        return Check(
+            "kernel config", WARN, "neither /proc/config.gz nor /boot/config-* is readable",
+            "cannot verify CONFIG_UPROBES/BPF options; the self-test below decides",
+        )
+    missing = [key for key in REQUIRED_KCONFIG if config.get(key) != "y"]
+    if missing:
+        return Check("kernel config", FAIL, f"not enabled: {', '.join(missing)}",
+                     "boot a kernel built with " + ", ".join(f"{k}=y" for k in missing))
+    return Check("kernel config", OK, ", ".join(f"{k}=y" for k in REQUIRED_KCONFIG))
+
+
+def effective_capabilities() -> int:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def check_privileges() -> Check:
+    euid = os.geteuid()
+    caps = effective_capabilities()
+    has = lambda bit: bool(caps & (1 << bit))  # noqa: E731
+    if euid == 0 and has(_CAP_SYS_ADMIN):
+        return Check("privileges", OK, "root")
+    if has(_CAP_SYS_ADMIN) or (has(_CAP_BPF) and has(_CAP_PERFMON)):
+        return Check("privileges", OK, f"uid {euid} with CAP_BPF and CAP_PERFMON")
+    return Check("privileges", FAIL, f"uid {euid} without CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN)",
+                 "run as root (sudo usdtkit ...) or grant CAP_BPF,CAP_PERFMON")
+
+
+def check_bcc() -> Check:
+    try:
+        import bcc  # noqa: F401  (only imported to see that it can be)
+    except Exception as exc:  # any import failure means the same thing to the user
+        return Check("bcc", FAIL, f"cannot import bcc: {exc}",
+                     "apt-get install python3-bpfcc libbpfcc, and use /usr/bin/python3 or a venv made "
+                     "with --system-site-packages")
+    version = getattr(bcc, "__version__", "unknown")
+    return Check("bcc", OK, f"bcc {version} from {os.path.dirname(bcc.__file__)}")
+
+
+def check_headers() -> Check:
+    try:
+        headers = kernel_headers.locate()
+    except kernel_headers.HeadersNotFound as exc:
+        return Check("kernel headers", FAIL, str(exc), "apt-get install linux-headers-amd64")
+    return Check("kernel headers", OK, f"{headers.kind}: {headers.path} ({headers.detail})")
+
+
+def check_uprobe_pmu() -> Check:
+    caps = capabilities.detect()
+    if caps.has_uprobe_pmu:
+        return Check("uprobe PMU", OK, f"perf_event_open uprobes (PMU type {caps.uprobe_pmu_type})")
+    return Check("uprobe PMU", FAIL, "no /sys/bus/event_source/devices/uprobe",
+                 "boot a kernel with CONFIG_UPROBE_EVENTS=y (4.17 or newer)")
+
+
+def check_semaphore_refcount() -> Check:
+    caps = capabilities.detect()
+    if caps.has_sema_refcnt:
+        return Check("semaphore refcount", OK,
+                     "kernel maintains USDT semaphores (uprobe format/ref_ctr_offset)")
+    return Check("semaphore refcount", WARN, "kernel lacks uprobe ref_ctr_offset (before 4.20)",
+                 "usdtkit writes semaphores itself and restores them on exit; a SIGKILLed tracer "
+                 "leaves them set")
+
+
+def check_tracefs() -> Check:
+    caps = capabilities.detect()
+    if caps.tracefs:
+        return Check("tracefs", OK, f"mounted at {caps.tracefs}")
+    status = WARN if caps.has_uprobe_pmu else FAIL
+    return Check("tracefs", status, "not mounted (usdtkit attaches through the perf PMU without it)",
+                 "mount -t tracefs nodev /sys/kernel/tracing (needed by bpftrace and for inspection)")
+
+
+def check_native_library() -> Check:
+    try:
+        from . import _native
+
+        path = _native.library_path()
+        lib = _native.load_library()
+        lib.providerInit  # noqa: B018  (resolving the symbol is the check)
+    except Exception as exc:
+        return Check("native library", FAIL, f"libstapsdt.so not usable: {exc}",
+                     "rebuild the package: pip install -e . (needs gcc)")
+    return Check("native library", OK, path)
+
+
+def check_self_test() -> Check:
+    """Compile a program, attach a uprobe to ``getpid`` in this process and see it fire."""
+    from .bpf import selftest
+
+    try:
+        hits = selftest.run()
+    except Exception as exc:
+        return Check("self-test", FAIL, f"could not trace this process: {exc}",
+                     "fix the FAIL lines above; then report a bug with this output")
+    return Check("self-test", OK, f"uprobe attached through bcc and fired {hits} times")
+
+
+CHECKS: List[Callable[[], Check]] = [
+    check_kernel_config,
+    check_privileges,
+    check_bcc,
+    check_headers,
+    check_uprobe_pmu,
+    check_semaphore_refcount,
+    check_tracefs,
+    check_native_library,
+]
+
+
+def run_checks(self_test: bool = True) -> List[Check]:
+    """Run every check; the self-test only when nothing it depends on failed."""
+    results = [check() for check in CHECKS]
+    if self_test:
+        if any(r.status == FAIL for r in results if r.name != "native library"):
+            results.append(Check("self-test", SKIP, "skipped: fix the FAIL lines above first"))
+        else:
+            results.append(check_self_test())
+    return results
+
+
+def tracing_possible(results: List[Check]) -> bool:
+    return all(r.status != FAIL for r in results) and any(r.name == "self-test" and r.status == OK for r in results)

@@ -1,0 +1,123 @@
+"""The Python entry point for tracing: :func:`trace` builds a validated spec and returns a session.
+
+    with usdtkit.trace("usdt:./app:demo:tick", count_by=["arg0"]) as t:
+        t.run(duration=2)
+    print(t.counts())
+
+Everything a user passes is parsed here into typed values (probe refs, fields, predicates, histogram
+specs) before any file is read or any C is generated.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Iterable, Optional, Sequence, Union
+
+from ..errors import UsageError
+from .probes import ProbeRef, parse_probe
+from .resolve import resolve
+from .session import EventCallback, Session
+from .spec import Field, HistSpec, PairSpec, Predicate, TraceSpec
+
+FieldLike = Union[str, Field]
+
+
+def _fields(values: Optional[Iterable[FieldLike]]) -> Optional[tuple]:
+    if values is None:
+        return None
+    if isinstance(values, (str, Field)):
+        values = [values]
+    return tuple(v if isinstance(v, Field) else Field.parse(v) for v in values)
+
+
+def _strings(values: Iterable[Union[int, str]]) -> tuple:
+    out = []
+    for value in values:
+        fld = Field.parse(value) if isinstance(value, str) else Field("arg", int(value))
+        if fld.name != "arg":
+            raise UsageError(f"strings: {value!r} is not an argument")
+        out.append(fld.index)
+    return tuple(out)
+
+
+def build_spec(
+    probes: Sequence[Union[str, ProbeRef]],
+    pid: Optional[int] = None,
+    filters: Iterable[Union[str, Predicate]] = (),
+    events: bool = True,
+    strings: Iterable[Union[int, str]] = (),
+    string_size: int = 64,
+    count_by: Optional[Iterable[FieldLike]] = None,
+    hist: Optional[Union[str, Field, HistSpec]] = None,
+    latency: bool = False,
+    pair_keys: Optional[Sequence[Optional[FieldLike]]] = None,
+    stacks: bool = False,
+    ring_pages: int = 256,
+    default_binary: Optional[str] = None,
+    resolve_in_pid: bool = True,
+) -> TraceSpec:
+    """Parse, validate and resolve everything a trace needs.
+
+    ``latency=True`` with one function (``uprobe:BIN:func``) times each call (entry to return, per
+    thread, recursion-safe); with two USDT probes it times start to done, matched by thread or by the
+    arguments named in ``pair_keys`` (e.g. ``("arg0", "arg0")``).  ``default_binary`` fills specs with
+    an empty binary; ``resolve_in_pid=False`` resolves probes by path and uses ``pid`` only as a filter
+    (for a command that has not exec'd yet).
+    """
+    if isinstance(probes, (str, ProbeRef)):
+        probes = [probes]
+    if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
+        raise UsageError(f"invalid pid {pid!r}")
+    refs = [p if isinstance(p, ProbeRef) else parse_probe(p) for p in probes]
+    if default_binary:
+        refs = [replace(r, binary=default_binary) if not r.binary else r for r in refs]
+    if not refs:
+        raise UsageError("no probe given")
+    pair = None
+    if latency:
+        if len(refs) == 1 and not refs[0].is_usdt:
+            ref = refs[0]
+            if ref.address is not None or ref.offset:
+                raise UsageError(f"latency of {ref}: name a function, not an address or offset")
+            refs = [ProbeRef("uprobe", ref.binary, ref.name), ProbeRef("uretprobe", ref.binary, ref.name)]
+        elif len(refs) == 2 and all(r.is_usdt for r in refs):
+            keys = list(pair_keys) if pair_keys is not None else [None, None]
+            if len(keys) != 2:
+                raise UsageError("pair_keys needs two fields: the start key and the done key")
+            start_key, done_key = (None if k is None else (k if isinstance(k, Field) else Field.parse(k))
+                                   for k in keys)
+            if (start_key is None) != (done_key is None):
+                raise UsageError("pair_keys: give both keys or neither")
+            pair = PairSpec(0, 1, start_key, done_key)
+        else:
+            raise UsageError("latency needs one function (uprobe) or two USDT probes (start and done)")
+    resolved = tuple(resolve(ref, pid if resolve_in_pid else None) for ref in refs)
+    count_fields = _fields(count_by)
+    if count_fields and any(f.name == "ustack" for f in count_fields) and pid is None:
+        if not any(f.name == "pid" for f in count_fields):
+            count_fields = count_fields + (Field("pid"),)  # stacks are symbolised per process
+    hist_spec = hist if isinstance(hist, HistSpec) or hist is None else HistSpec(
+        hist if isinstance(hist, Field) else Field.parse(hist))
+    return TraceSpec(
+        probes=resolved,
+        pid=pid,
+        filters=tuple(f if isinstance(f, Predicate) else Predicate.parse(f) for f in filters),
+        events=events,
+        event_strings=_strings(strings),
+        string_size=string_size,
+        count_by=count_fields,
+        hist=hist_spec,
+        function_latency=latency and pair is None,
+        pair=pair,
+        stacks=stacks,
+        ring_pages=ring_pages,
+    )
+
+
+def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = None, **options: object) -> Session:
+    """Build a trace of ``probes``; use the result as a context manager to attach and detach.
+
+    Options are those of :func:`build_spec` (``pid``, ``filters``, ``events``, ``strings``,
+    ``count_by``, ``hist``, ``latency``, ``pair_keys``, ``stacks``...).
+    """
+    spec = build_spec(list(probes), **options)  # type: ignore[arg-type]
+    return Session(spec, on_event=on_event)

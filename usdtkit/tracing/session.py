@@ -1,0 +1,292 @@
+"""A trace session: compile, attach, collect, detach — as a context manager.
+
+``with Session(spec) as session:`` attaches every call site of every probe; leaving the block (normally,
+by an exception, or by a signal turned into one) detaches everything.  Detaching means closing the
+uprobe perf events: the kernel removes the breakpoints and the semaphore counts it added, and frees the
+programs and maps when the bcc module is destroyed.  A tracer killed with SIGKILL loses its fds the
+same way, so nothing is left behind even then.
+
+Results are copied out of the kernel maps into plain objects (:mod:`usdtkit.collect.results`) by
+:meth:`Session.counts`, :meth:`Session.histograms`, :meth:`Session.stats` and the event list.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import time
+from collections import deque
+from typing import Callable, Deque, Dict, List, Optional, Tuple
+
+from ..bpf import codegen
+from ..bpf.backend import Program
+from ..collect.results import Counts, Event, Histogram, ProbeStats
+from ..errors import AttachError, NoSuchProcess
+from .spec import COMM_LEN, TraceSpec
+
+EventCallback = Callable[[Event], None]
+
+
+def _event_struct(nargs: int, nstr: int, string_size: int) -> type:
+    class RawEvent(ctypes.Structure):
+        _fields_ = [
+            ("ts", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("tid", ctypes.c_uint32),
+            ("probe", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("errs", ctypes.c_uint32),
+            ("stack", ctypes.c_int32), ("latency", ctypes.c_uint64), ("retval", ctypes.c_uint64),
+            ("args", ctypes.c_uint64 * nargs), ("comm", ctypes.c_char * COMM_LEN),
+            ("str", (ctypes.c_char * string_size) * nstr),
+        ]
+
+    return RawEvent
+
+
+def _signed(value: int, size: int = 8) -> int:
+    bits = size * 8
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >> (bits - 1) else value
+
+
+class Session:
+    """Attach a :class:`TraceSpec`, collect in the kernel, read results; detach on exit."""
+
+    def __init__(self, spec: TraceSpec, on_event: Optional[EventCallback] = None,
+                 keep_events: int = 1_000_000) -> None:
+        self.spec = spec
+        self.on_event = on_event
+        self.events: Deque[Event] = deque(maxlen=keep_events if keep_events > 0 else None)
+        self.dropped_by_user_queue = 0
+        self.text, self.attachments = codegen.generate(spec)
+        self._nargs = max([p.arg_count for p in spec.probes] + [1])
+        self._raw = _event_struct(self._nargs, max(len(spec.event_strings), 1), spec.string_size)
+        self._signs = [self._probe_signs(i) for i in range(len(spec.probes))]
+        self._program: Optional[Program] = None
+        self._pidfd: Optional[int] = None
+        self.target_exited = False
+        self.attach_seconds = 0.0
+
+    def _probe_signs(self, index: int) -> List[Tuple[bool, int]]:
+        probe = self.spec.probes[index]
+        out = []
+        for i in range(probe.arg_count):
+            args = [s.args[i] for s in probe.sites if i < len(s.args)]
+            out.append((bool(args) and all(a.signed for a in args), args[0].size if args else 8))
+        return out
+
+    # ------------------------------------------------------------------ lifecycle
+    def attach(self) -> "Session":
+        started = time.monotonic()
+        program = Program(self.text)
+        self._program = program
+        pid = self.spec.pid if self.spec.pid is not None else -1
+        try:
+            if self.spec.pid is not None:
+                try:
+                    self._pidfd = os.pidfd_open(self.spec.pid)
+                except ProcessLookupError:
+                    raise NoSuchProcess(self.spec.pid) from None
+                except (AttributeError, OSError):
+                    self._pidfd = None
+            for function, site, retprobe in self.attachments:
+                program.attach_uprobe(function, site.path, site.file_offset, pid, retprobe,
+                                      site.ref_ctr_offset)
+            if self.spec.events:
+                program.open_ring_buffer("events", self._on_raw_event)
+        except BaseException:
+            self.close()
+            raise
+        self.attach_seconds = time.monotonic() - started
+        return self
+
+    def close(self) -> None:
+        """Detach everything and release the program (idempotent)."""
+        program, self._program = self._program, None
+        if program is not None:
+            self._final = self._snapshot(program)
+            program.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def __enter__(self) -> "Session":
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ events
+    def _on_raw_event(self, _ctx: object, data: int, _size: int) -> int:
+        raw = ctypes.cast(data, ctypes.POINTER(self._raw)).contents
+        event = self._decode(raw)
+        if self.events.maxlen is not None and len(self.events) == self.events.maxlen:
+            self.dropped_by_user_queue += 1
+        self.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+        return 0
+
+    def _decode(self, raw: ctypes.Structure) -> Event:
+        index = raw.probe
+        probe = self.spec.probes[index]
+        values: List[object] = []
+        for i in range(probe.arg_count):
+            if raw.errs & (1 << i):
+                values.append(None)
+                continue
+            value = raw.args[i]
+            signed, size = self._signs[index][i] if i < len(self._signs[index]) else (False, 8)
+            values.append(_signed(value, 8) if signed else value)
+        for slot, arg_index in enumerate(self.spec.event_strings):
+            if arg_index < len(values) and values[arg_index] is not None:
+                values[arg_index] = bytes(raw.str[slot].value).decode("utf-8", errors="replace")
+        stack = None
+        if self.spec.stacks and self._program is not None:
+            stack = self._frames(self._program, raw.stack, raw.pid)
+        return Event(
+            stack=stack,
+            probe=probe.label, pid=raw.pid, tid=raw.tid, timestamp_ns=raw.ts, cpu=raw.cpu,
+            comm=raw.comm.decode(errors="replace"), args=tuple(values),
+            retval=raw.retval if probe.ref.is_return else None,
+            latency_ns=raw.latency if (self.spec.function_latency or self.spec.pair) else None,
+        )
+
+    def poll(self, timeout: float = 0.1) -> None:
+        """Deliver pending events; notice the target's exit."""
+        program = self._program
+        if program is None:
+            return
+        if self.spec.events:
+            program.poll(int(timeout * 1000))
+        else:
+            self._wait_target(timeout)
+        if self._pidfd is not None and not self.target_exited:
+            ready, _, _ = select.select([self._pidfd], [], [], 0)
+            if ready:
+                self.target_exited = True
+                if self.spec.events:
+                    program.poll(0)
+
+    def _wait_target(self, timeout: float) -> None:
+        if self._pidfd is not None:
+            select.select([self._pidfd], [], [], timeout)
+        else:
+            time.sleep(timeout)
+
+    def run(self, duration: Optional[float] = None, until: Optional[Callable[[], bool]] = None,
+            interval: float = 0.1) -> None:
+        """Collect until ``duration`` seconds pass, ``until()`` is true, or the target exits."""
+        deadline = None if duration is None else time.monotonic() + duration
+        while self._program is not None:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            self.poll(interval if remaining is None else min(interval, max(remaining, 0.0)))
+            if self.target_exited or (until is not None and until()):
+                break
+        self.drain()
+
+    def drain(self) -> None:
+        """Deliver every event already in the ring buffer."""
+        if self._program is not None and self.spec.events:
+            self._program.poll(0)
+
+    # ------------------------------------------------------------------ results
+    def _snapshot(self, program: Program) -> Dict[str, object]:
+        try:
+            return {"stats": self._read_stats(program), "counts": self._read_counts(program),
+                    "hist": self._read_hist(program)}
+        except Exception:  # reading results must never prevent the detach
+            return {}
+
+    def _read_stats(self, program: Program) -> Dict[str, ProbeStats]:
+        table = program.table("stats")
+        totals = [0] * (len(self.spec.probes) * codegen.STATS_PER_PROBE)
+        for key, per_cpu in table.items():
+            totals[key.value] = sum(per_cpu)
+        out: Dict[str, ProbeStats] = {}
+        for i, probe in enumerate(self.spec.probes):
+            base = i * codegen.STATS_PER_PROBE
+            stats = ProbeStats(*totals[base:base + codegen.STATS_PER_PROBE])
+            previous = out.get(probe.label)
+            if previous is not None:  # two probes with one label (uprobe+uretprobe): add them up
+                stats = ProbeStats(*(a + b for a, b in zip(previous.to_json().values(), stats.to_json().values())))
+            out[probe.label] = stats
+        return out
+
+    def _read_counts(self, program: Program) -> Optional[Counts]:
+        if self.spec.count_by is None:
+            return None
+        fields = tuple(str(f) for f in self.spec.count_by)
+        items: Dict[Tuple, int] = {}
+        for key, value in program.table("counts").items():
+            probe = self.spec.probes[key.probe]
+            row: List[object] = [probe.label]
+            for fld in self.spec.count_by:
+                raw = getattr(key, f"k_{fld}")
+                if fld.name == "comm":
+                    row.append(bytes(raw).split(b"\0", 1)[0].decode(errors="replace"))
+                elif fld.name == "ustack":
+                    row.append(self._folded(program, _signed(raw), self._key_pid(key)))
+                elif fld.name == "arg" and fld.index < len(self._signs[key.probe]) and self._signs[key.probe][fld.index][0]:
+                    row.append(_signed(raw))
+                else:
+                    row.append(int(raw))
+            items[tuple(row)] = items.get(tuple(row), 0) + int(value.value)
+        return Counts(fields, items)
+
+    def _key_pid(self, key: ctypes.Structure) -> int:
+        if self.spec.pid is not None:
+            return self.spec.pid
+        return int(getattr(key, "k_pid", -1))
+
+    def _frames(self, program: Program, stack_id: int, pid: int, detail: bool = True) -> Tuple[str, ...]:
+        cache = self.__dict__.setdefault("_symbol_cache", {})
+        frames = []
+        for address in program.stack(stack_id):
+            name = cache.get((pid, address, detail))
+            if name is None:
+                name = cache[(pid, address, detail)] = program.symbolize(address, pid, detail)
+            frames.append(name)
+        return tuple(frames)
+
+    def _folded(self, program: Program, stack_id: int, pid: int) -> str:
+        """Root-first frames joined by ``;``: the folded format flame graph tools read."""
+        if stack_id < 0:
+            return "[no stack]"
+        frames = self._frames(program, stack_id, pid, detail=False)
+        return ";".join(reversed(frames)) or "[empty stack]"
+
+    def _read_hist(self, program: Program) -> Optional[Dict[str, Histogram]]:
+        hist = self.spec.hist
+        if hist is None:
+            return None
+        unit = "ns" if hist.field.name == "latency" else ""
+        out: Dict[str, Histogram] = {}
+        for key, value in program.table("hist").items():
+            label = self.spec.probes[key.probe].label
+            h = out.setdefault(label, Histogram(hist.kind, {}, hist.low, hist.high, hist.step, unit))
+            h.buckets[key.slot] = h.buckets.get(key.slot, 0) + int(value.value)
+        return out
+
+    def _current(self, name: str) -> object:
+        if self._program is not None:
+            reader = {"stats": self._read_stats, "counts": self._read_counts, "hist": self._read_hist}[name]
+            return reader(self._program)
+        return getattr(self, "_final", {}).get(name)
+
+    def stats(self) -> Dict[str, ProbeStats]:
+        """Per-probe kernel counters (hits, lost events, lost keys, read errors)."""
+        return self._current("stats") or {}
+
+    def counts(self) -> Optional[Counts]:
+        return self._current("counts")
+
+    def histograms(self) -> Dict[str, Histogram]:
+        return self._current("hist") or {}
+
+    @property
+    def attached(self) -> bool:
+        return self._program is not None
+
+    def require_attached(self) -> None:
+        if self._program is None:
+            raise AttachError("the session is not attached")

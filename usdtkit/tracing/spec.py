@@ -1,0 +1,146 @@
+"""A :class:`TraceSpec` says what to attach, what to read, what to keep and how to aggregate it.
+
+Every field is a validated value: probes resolved to call sites, fields from a closed set
+(``arg0``..``arg11``, ``retval``, ``pid``, ``tid``, ``comm``, ``cpu``, ``probe``, ``latency``), operators
+from a closed set, numbers as Python ints range-checked to 64 bits, comm filters as bytes.  The code
+generator turns it into C without ever copying user text.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+from ..errors import UsageError
+from .resolve import ResolvedProbe
+
+FIELD_NAMES = ("pid", "tid", "comm", "cpu", "probe", "retval", "latency", "ustack")
+OPERATORS = ("==", "!=", "<", "<=", ">", ">=")
+_ARG = re.compile(r"arg([0-9]|1[01])")
+MAX_STRING = 256
+COMM_LEN = 16
+
+
+@dataclass(frozen=True)
+class Field:
+    """A value an event can carry or a key can hold: ``arg3``, ``pid``, ``latency``..."""
+
+    name: str
+    index: int = -1  # argument index for argN
+
+    @classmethod
+    def parse(cls, text: str) -> "Field":
+        text = text.strip() if isinstance(text, str) else text
+        match = _ARG.fullmatch(text) if isinstance(text, str) else None
+        if match:
+            return cls("arg", int(match.group(1)))
+        if text in FIELD_NAMES:
+            return cls(text)
+        raise UsageError(f"unknown field {text!r}: use arg0..arg11, " + ", ".join(FIELD_NAMES))
+
+    def __str__(self) -> str:
+        return f"arg{self.index}" if self.name == "arg" else self.name
+
+
+@dataclass(frozen=True)
+class Predicate:
+    """``field OP value``; comm takes ``==``/``!=`` and a name of at most 15 bytes."""
+
+    field: Field
+    op: str
+    value: Union[int, bytes]
+
+    @classmethod
+    def parse(cls, text: str) -> "Predicate":
+        if not isinstance(text, str) or len(text) > 512:
+            raise UsageError("filter must be a short string like 'arg0 > 5' or 'comm == nginx'")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+            raise UsageError(f"filter {text!r}: control characters are not allowed")
+        match = re.fullmatch(r" *(\w+) *(==|!=|<=|>=|<|>) *(\S+) *", text)
+        if not match:
+            raise UsageError(f"filter {text!r}: expected FIELD OP VALUE, e.g. 'arg0 > 5'")
+        name, op, raw = match.groups()
+        fld = Field.parse(name)
+        if fld.name == "comm":
+            if op not in ("==", "!="):
+                raise UsageError(f"filter {text!r}: comm takes == or !=")
+            if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
+                raw = raw[1:-1]  # comm == "nginx" means the same as comm == nginx
+            value = raw.encode()
+            if len(value) >= COMM_LEN or not re.fullmatch(rb"[\x21-\x7e]+", value):
+                raise UsageError(f"filter {text!r}: comm must be 1-15 printable characters")
+            return cls(fld, op, value)
+        if fld.name in ("probe", "latency", "ustack"):
+            raise UsageError(f"filter {text!r}: cannot filter on {fld}")
+        try:
+            number = int(raw, 0)
+        except ValueError:
+            raise UsageError(f"filter {text!r}: {raw!r} is not an integer") from None
+        if not -(1 << 63) <= number < (1 << 64):
+            raise UsageError(f"filter {text!r}: {raw} does not fit in 64 bits")
+        return cls(fld, op, number)
+
+
+@dataclass(frozen=True)
+class HistSpec:
+    """A histogram of ``field``: ``log2`` buckets, or ``linear`` from ``low`` to ``high`` by ``step``."""
+
+    field: Field
+    kind: str = "log2"
+    low: int = 0
+    high: int = 0
+    step: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("log2", "linear"):
+            raise UsageError(f"histogram kind {self.kind!r}: use log2 or linear")
+        if self.kind == "linear":
+            if self.step <= 0 or self.high <= self.low or (self.high - self.low) // self.step > 4096:
+                raise UsageError("linear histogram needs low < high, step > 0 and at most 4096 buckets")
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """Latency between a start probe and a done probe, matched by thread or by an argument of each."""
+
+    start: int  # index of the start probe in TraceSpec.probes
+    done: int
+    start_key: Optional[Field] = None  # None: match by thread
+    done_key: Optional[Field] = None
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    probes: Tuple[ResolvedProbe, ...]
+    pid: Optional[int] = None
+    filters: Tuple[Predicate, ...] = ()
+    events: bool = False
+    event_strings: Tuple[int, ...] = ()  # argument indexes read as NUL-terminated strings
+    string_size: int = 64
+    count_by: Optional[Tuple[Field, ...]] = None
+    hist: Optional[HistSpec] = None
+    function_latency: bool = False  # uprobe/uretprobe pairs on the same function: time per call
+    pair: Optional[PairSpec] = None
+    stacks: bool = False
+    ring_pages: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.probes:
+            raise UsageError("no probe to attach")
+        if not 8 <= self.string_size <= MAX_STRING:
+            raise UsageError(f"string size must be between 8 and {MAX_STRING}")
+        if self.ring_pages <= 0 or self.ring_pages & (self.ring_pages - 1):
+            raise UsageError("ring buffer pages must be a power of two")
+        if len(self.event_strings) > 4:
+            raise UsageError("at most 4 string arguments per event")
+        for index in self.event_strings:
+            if not 0 <= index < 12:
+                raise UsageError(f"string argument index {index} out of range")
+        if self.pid is not None and not 0 < self.pid < (1 << 22):
+            raise UsageError(f"invalid pid {self.pid}")
+        if self.hist is not None and self.hist.field.name in ("comm", "ustack", "probe"):
+            raise UsageError(f"cannot make a histogram of {self.hist.field}")
+
+    @property
+    def needs_stacks(self) -> bool:
+        return self.stacks or any(f.name == "ustack" for f in self.count_by or ())
