@@ -140,3 +140,29 @@ def test_target_exit_ends_the_trace_with_what_was_collected(build_c, processes):
         assert session.target_exited
     assert session.counts().total() == 7
     assert session.stats()["demo:guarded"].hits == 7
+
+
+@pytest.mark.bpf
+def test_semaphore_fallback_writes_and_restores(waiting_target, monkeypatch):
+    """On kernels without ref_ctr_offset usdtkit writes the semaphore itself and undoes it on exit."""
+    from usdtkit.bpf import capabilities
+
+    monkeypatch.setenv("USDTKIT_NO_SEMA_REFCNT", "1")
+    capabilities.detect.cache_clear()
+    try:
+        assert not capabilities.detect().has_sema_refcnt
+        binary, target = waiting_target
+        with trace(f"usdt:{binary}:demo:guarded", pid=target.pid, count_by=["arg0"]) as session:
+            assert semaphore_value(target.pid, binary, "guarded") == 1
+            with pytest.raises(RuntimeError):
+                with trace(f"usdt:{binary}:demo:guarded", pid=target.pid):
+                    assert semaphore_value(target.pid, binary, "guarded") == 2
+                    raise RuntimeError("an exception inside the trace")
+            assert semaphore_value(target.pid, binary, "guarded") == 1
+            target.stdin.write(b"g")
+            target.stdin.flush()
+            session.run(duration=20)
+        assert session.counts().total() == 5  # the guarded probe really fired: the semaphore was on
+    finally:
+        monkeypatch.delenv("USDTKIT_NO_SEMA_REFCNT")
+        capabilities.detect.cache_clear()

@@ -13,6 +13,9 @@ Decisions elsewhere read ``if caps.has_sema_refcnt`` rather than comparing kerne
 * ``has_ringbuf``: the BPF ring buffer map (kernel 5.8, commit 457f44363a88 "bpf: Implement BPF ring
   buffer and verifier support for it"); without it events go through the per-CPU perf buffer.
 * ``tracefs``: where tracefs is mounted, if anywhere (only needed by fallbacks and diagnostics).
+
+``USDTKIT_NO_SEMA_REFCNT=1`` makes usdtkit behave as on a kernel without the reference counter (it then
+writes semaphores itself); it exists to exercise that path on new kernels.
 """
 from __future__ import annotations
 
@@ -85,6 +88,7 @@ def detect() -> Capabilities:
         kernel_release=platform.release(),
         uprobe_pmu_type=int(pmu_type) if pmu_type and pmu_type.isdigit() else None,
         retprobe_bit=_config_bit(_read(os.path.join(_UPROBE_PMU, "format", "retprobe"))),
-        ref_ctr_shift=_config_bit(_read(os.path.join(_UPROBE_PMU, "format", "ref_ctr_offset"))),
+        ref_ctr_shift=None if os.environ.get("USDTKIT_NO_SEMA_REFCNT") == "1"
+        else _config_bit(_read(os.path.join(_UPROBE_PMU, "format", "ref_ctr_offset"))),
         tracefs=find_tracefs(),
     )

@@ -47,7 +47,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="usdt:BINARY:PROVIDER:NAME, uprobe:BINARY:FUNCTION or uretprobe:BINARY:FUNCTION")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("-p", "--pid", type=_positive(int), help="trace this process only")
-    where.add_argument("-c", "--command", help="start this command and trace it (quote it as one argument)")
+    where.add_argument("-c", "--command",
+                       help="start this command and trace it from its first instruction (quote it as one "
+                       "argument; its standard output goes to stderr)")
     parser.add_argument("-d", "--duration", type=_positive(float), help="stop after this many seconds")
     parser.add_argument("-f", "--filter", action="append", default=[], metavar="EXPR",
                         help="keep hits where EXPR holds: 'arg0 > 5', 'comm == nginx', 'tid != 7' (repeatable)")
@@ -108,7 +110,7 @@ def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None
     command = None
     if args.command:
         argv = shlex.split(args.command)
-        command = GatedCommand(argv)
+        command = GatedCommand(argv, stdout=sys.stderr.fileno())
         options.update(pid=command.pid, default_binary=command.executable, resolve_in_pid=False)
     else:
         options["pid"] = args.pid
@@ -130,6 +132,8 @@ def _collect(session: Session, command: Optional[GatedCommand], args: argparse.N
 
     previous = signal.signal(signal.SIGTERM, on_term)
     reason = "done"
+    for warning in session.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         try:
             session.attach()

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 from .. import __version__
 from ..errors import UsdtkitError
@@ -20,8 +20,15 @@ from ..errors import UsdtkitError
 COMMAND_MODULES = ("doctor", "list", "trace")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (and exit 2)."""
+
+    def error(self, message: str) -> "NoReturn":
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="usdtkit",
         description="Discover, declare and trace USDT probes and uprobes on Linux.",
     )

@@ -68,6 +68,8 @@ def build_spec(
     if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
         raise UsageError(f"invalid pid {pid!r}")
     refs = [p if isinstance(p, ProbeRef) else parse_probe(p) for p in probes]
+    hist_spec = hist if isinstance(hist, HistSpec) or hist is None else HistSpec(
+        hist if isinstance(hist, Field) else Field.parse(hist))
     if default_binary:
         refs = [replace(r, binary=default_binary) if not r.binary else r for r in refs]
     if not refs:
@@ -90,19 +92,20 @@ def build_spec(
             pair = PairSpec(0, 1, start_key, done_key)
         else:
             raise UsageError("latency needs one function (uprobe) or two USDT probes (start and done)")
-    resolved = tuple(resolve(ref, pid if resolve_in_pid else None) for ref in refs)
+    # Everything the user typed is validated before any file is read.
+    predicates = tuple(f if isinstance(f, Predicate) else Predicate.parse(f) for f in filters)
+    string_args = _strings(strings)
     count_fields = _fields(count_by)
     if count_fields and any(f.name == "ustack" for f in count_fields) and pid is None:
         if not any(f.name == "pid" for f in count_fields):
             count_fields = count_fields + (Field("pid"),)  # stacks are symbolised per process
-    hist_spec = hist if isinstance(hist, HistSpec) or hist is None else HistSpec(
-        hist if isinstance(hist, Field) else Field.parse(hist))
+    resolved = tuple(resolve(ref, pid if resolve_in_pid else None) for ref in refs)
     return TraceSpec(
         probes=resolved,
         pid=pid,
-        filters=tuple(f if isinstance(f, Predicate) else Predicate.parse(f) for f in filters),
+        filters=predicates,
         events=events,
-        event_strings=_strings(strings),
+        event_strings=string_args,
         string_size=string_size,
         count_by=count_fields,
         hist=hist_spec,

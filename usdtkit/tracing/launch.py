@@ -1,6 +1,7 @@
 """Start a command that waits until the tracer is attached (``usdtkit trace -c CMD``).
 
-The child is forked at once, so its PID is known and probes can be attached with a PID filter, but it
+The command's standard output goes where the caller says (the CLI sends it to stderr, so the
+tracer's own stdout stays machine-readable).  The child is forked at once, so its PID is known and probes can be attached with a PID filter, but it
 blocks reading a pipe before ``exec``.  :meth:`GatedCommand.release` closes the pipe after attaching,
 and the command runs from its first instruction with every probe in place.  The PID survives
 ``exec``, and the kernel arms uprobes (and semaphore counts) in mappings created after attach.
@@ -17,7 +18,7 @@ from ..errors import TargetError, UsageError
 
 
 class GatedCommand:
-    def __init__(self, argv: List[str]) -> None:
+    def __init__(self, argv: List[str], stdout: Optional[int] = None) -> None:
         if not argv:
             raise UsageError("empty command")
         executable = shutil.which(argv[0])
@@ -29,6 +30,7 @@ class GatedCommand:
             self.process = subprocess.Popen(
                 ["/bin/sh", "-c", 'read _ <&3; exec 3<&-; exec "$@"', "usdtkit-gate", executable, *argv[1:]],
                 pass_fds=(read_end,),
+                stdout=stdout,
                 preexec_fn=lambda: os.dup2(read_end, 3),
             )
         finally:

@@ -18,10 +18,13 @@ import time
 from collections import deque
 from typing import Callable, Deque, Dict, List, Optional, Tuple
 
-from ..bpf import codegen
+from ..bpf import capabilities, codegen
 from ..bpf.backend import Program
 from ..collect.results import Counts, Event, Histogram, ProbeStats
-from ..errors import AttachError, NoSuchProcess
+from ..errors import AttachError, EnvironmentProblem, NoSuchProcess
+from . import site_cost
+from .resolve import Site
+from .semaphores import SemaphoreWriter
 from .spec import COMM_LEN, TraceSpec
 
 EventCallback = Callable[[Event], None]
@@ -63,6 +66,21 @@ class Session:
         self._pidfd: Optional[int] = None
         self.target_exited = False
         self.attach_seconds = 0.0
+        self.warnings: List[str] = self._site_warnings()
+        self._semaphores: Optional[SemaphoreWriter] = None
+        self._semaphores_done: set = set()
+
+    def _site_warnings(self) -> List[str]:
+        """Warnings about expensive uprobe sites, known before attaching."""
+        out = []
+        for probe in self.spec.probes:
+            if probe.ref.is_usdt or probe.ref.is_return:
+                continue
+            for site in probe.sites:
+                warning = site_cost.describe_site(site_cost.read_site(site.path, site.file_offset))
+                if warning:
+                    out.append(f"{probe.label} at {site.path}+{site.file_offset:#x}: {warning}")
+        return out
 
     def _probe_signs(self, index: int) -> List[Tuple[bool, int]]:
         probe = self.spec.probes[index]
@@ -86,9 +104,12 @@ class Session:
                     raise NoSuchProcess(self.spec.pid) from None
                 except (AttributeError, OSError):
                     self._pidfd = None
+            kernel_counts = capabilities.detect().has_sema_refcnt
             for function, site, retprobe in self.attachments:
-                program.attach_uprobe(function, site.path, site.file_offset, pid, retprobe,
-                                      site.ref_ctr_offset)
+                ref_ctr = site.ref_ctr_offset if kernel_counts else 0
+                if site.ref_ctr_offset and not kernel_counts:
+                    self._write_semaphore(site)
+                program.attach_uprobe(function, site.path, site.file_offset, pid, retprobe, ref_ctr)
             if self.spec.events:
                 program.open_ring_buffer("events", self._on_raw_event)
         except BaseException:
@@ -97,12 +118,29 @@ class Session:
         self.attach_seconds = time.monotonic() - started
         return self
 
+    def _write_semaphore(self, site: "Site") -> None:
+        """Fallback for kernels without ref_ctr_offset: raise the semaphore ourselves, once per site."""
+        if self.spec.pid is None:
+            raise EnvironmentProblem("this kernel cannot maintain USDT semaphores for all processes; "
+                                     "trace one process with a PID")
+        key = (site.path, site.ref_ctr_offset)
+        if key in self._semaphores_done:
+            return
+        if self._semaphores is None:
+            self._semaphores = SemaphoreWriter()
+        self._semaphores.acquire(self.spec.pid, site.path, site.ref_ctr_offset)
+        self._semaphores_done.add(key)
+
     def close(self) -> None:
         """Detach everything and release the program (idempotent)."""
         program, self._program = self._program, None
         if program is not None:
             self._final = self._snapshot(program)
             program.close()
+        writer, self._semaphores = self._semaphores, None
+        if writer is not None:
+            writer.close()
+            self._semaphores_done.clear()
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
