@@ -69,3 +69,23 @@ __all__ = [
     "UsageError",
     "UsdtkitError",
 ]
+
+# --- issue 4 (native library + provider API); appended by the provider work, see its note -----------
+# Preload usdtkit's libstapsdt.so with RTLD_GLOBAL so that the PyPI `stapsdt` package, which loads
+# "libstapsdt.so" by bare name, finds it (glibc matches the SONAME of loaded objects).  A missing or
+# broken build must not break the parts of usdtkit that do not need it: Provider raises then.
+try:
+    from ._native import load_library as _load_native_library
+
+    _load_native_library()
+except Exception:  # noqa: BLE001  (reported by usdtkit.provider on first use)
+    pass
+
+_LAZY.update(
+    {
+        "Provider": ("usdtkit.provider", "Provider"),
+        "Probe": ("usdtkit.provider", "Probe"),
+        "Span": ("usdtkit.provider", "Span"),
+    }
+)
+__all__ += ["Provider", "Probe", "Span"]

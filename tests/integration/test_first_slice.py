@@ -10,8 +10,19 @@ from usdtkit.tracing.api import trace
 N = 25
 
 
+@pytest.fixture(params=["ringbuf", "perfbuf"])
+def event_transport(request, monkeypatch):
+    """Both event paths: the BPF ring buffer, and the perf buffer used on kernels before 5.8."""
+    from usdtkit.bpf import capabilities
+
+    if request.param == "perfbuf":
+        monkeypatch.setenv("USDTKIT_NO_RINGBUF", "1")
+    yield request.param
+    capabilities.detect.cache_clear()
+
+
 @pytest.mark.bpf
-def test_usdt_counts_and_arguments_are_exact(build_c, processes):
+def test_usdt_counts_and_arguments_are_exact(build_c, processes, event_transport):
     binary = build_c("usdt_args.c", "-O2")
     target = processes([binary, str(N)])
     with trace(f"usdt:{binary}:demo:args", pid=target.pid, strings=["arg5"], count_by=["arg4"]) as session:
@@ -19,6 +30,7 @@ def test_usdt_counts_and_arguments_are_exact(build_c, processes):
         target.stdin.flush()
         session.run(duration=20)  # ends early: the session notices the target's exit
         events = list(session.events)
+        assert session.uses_ringbuf == (event_transport == "ringbuf")
         stats = session.stats()
         counts = session.counts()
     assert target.wait(timeout=10) == 0

@@ -36,11 +36,30 @@ def semaphore_value(pid: int, binary: str, probe_name: str) -> int:
     raise AssertionError("semaphore not mapped")
 
 
-def our_programs() -> list:
+def usdtkit_program_ids() -> set:
+    """IDs of every loaded BPF program whose name usdtkit generates (any process)."""
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     if out.returncode != 0:
-        pytest.skip("bpftool cannot list programs here")
-    return [p for p in json.loads(out.stdout or "[]") if p.get("name", "").startswith("usdtkit_")]
+        pytest.fail(f"bpftool cannot list programs: {out.stderr.strip()}")
+    return {p["id"] for p in json.loads(out.stdout or "[]") if p.get("name", "").startswith("usdtkit_")}
+
+
+def bpf_fds_of_this_process() -> int:
+    """Open fds of this process that hold a BPF program, map or link."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if "bpf" in os.readlink(f"/proc/self/fd/{fd}"):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+@pytest.fixture
+def programs_before():
+    """Programs loaded before the test: what is new after it was left behind by it."""
+    return usdtkit_program_ids()
 
 
 def tracefs_uprobes() -> str:
@@ -67,7 +86,7 @@ def waiting_target(build_c, processes):
 
 
 @pytest.mark.bpf
-def test_semaphore_follows_the_trace_and_survives_sigkill(waiting_target):
+def test_semaphore_follows_the_trace_and_survives_sigkill(waiting_target, programs_before):
     binary, target = waiting_target
     assert semaphore_value(target.pid, binary, "guarded") == 0
     with trace(f"usdt:{binary}:demo:guarded", pid=target.pid):
@@ -91,10 +110,14 @@ def test_semaphore_follows_the_trace_and_survives_sigkill(waiting_target):
     while semaphore_value(target.pid, binary, "guarded") != 0 and time.time() < deadline:
         time.sleep(0.05)
     assert semaphore_value(target.pid, binary, "guarded") == 0
+    deadline = time.time() + 5  # the kernel frees a dead process's programs asynchronously
+    while usdtkit_program_ids() - programs_before and time.time() < deadline:
+        time.sleep(0.05)
+    assert not usdtkit_program_ids() - programs_before  # the killed tracer's programs went with it
 
 
 @pytest.mark.bpf
-def test_sigterm_and_sigint_detach_and_print_what_was_collected(waiting_target):
+def test_sigterm_and_sigint_detach_and_print_what_was_collected(waiting_target, programs_before):
     binary, target = waiting_target
     for sig in (signal.SIGTERM, signal.SIGINT):
         tracer = subprocess.Popen(
@@ -109,20 +132,22 @@ def test_sigterm_and_sigint_detach_and_print_what_was_collected(waiting_target):
         assert tracer.returncode == 0, err
         assert json.loads(out.splitlines()[-1])["stats"]["demo:guarded"]["hits"] == 0
         assert semaphore_value(target.pid, binary, "guarded") == 0
-    assert not our_programs()
+    assert not usdtkit_program_ids() - programs_before
 
 
 @pytest.mark.bpf
-def test_a_hundred_attach_detach_cycles_leave_nothing(waiting_target):
+def test_a_hundred_attach_detach_cycles_leave_nothing(waiting_target, programs_before):
     binary, target = waiting_target
     before_fds = open_fds()
+    before_bpf = bpf_fds_of_this_process()
     before_uprobes = tracefs_uprobes()
     for _ in range(100):
         with trace(f"usdt:{binary}:demo:guarded", f"usdt:{binary}:demo:args", pid=target.pid) as session:
             assert session.attached
     assert open_fds() == before_fds
     assert tracefs_uprobes() == before_uprobes
-    assert not our_programs()
+    assert bpf_fds_of_this_process() == before_bpf
+    assert not usdtkit_program_ids() - programs_before
     assert semaphore_value(target.pid, binary, "guarded") == 0
     assert semaphore_value(target.pid, binary, "args") == 0
 

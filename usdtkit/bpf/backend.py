@@ -108,15 +108,6 @@ class Program:
         except Exception:
             return []
 
-    def symbolize(self, address: int, pid: int, detail: bool = True) -> str:
-        """``function+0xoff [module]`` (or just ``function``) for an address of ``pid``; hex if unknown."""
-        try:
-            name = self._bpf.sym(address, pid, show_module=detail, show_offset=detail)
-        except Exception:
-            name = b""
-        text = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
-        return text if text and not text.startswith("[unknown]") else f"{address:#x}"
-
     def table(self, name: str) -> Any:
         return self._bpf.get_table(name.encode())
 

@@ -15,7 +15,8 @@ Decisions elsewhere read ``if caps.has_sema_refcnt`` rather than comparing kerne
 * ``tracefs``: where tracefs is mounted, if anywhere (only needed by fallbacks and diagnostics).
 
 ``USDTKIT_NO_SEMA_REFCNT=1`` makes usdtkit behave as on a kernel without the reference counter (it then
-writes semaphores itself); it exists to exercise that path on new kernels.
+writes semaphores itself) and ``USDTKIT_NO_RINGBUF=1`` as on one without the ring buffer (events go
+through the perf buffer); they exist to exercise those paths on new kernels.
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ class Capabilities:
 
     @property
     def has_ringbuf(self) -> bool:
+        if os.environ.get("USDTKIT_NO_RINGBUF") == "1":
+            return False
         return kernel_version(self.kernel_release) >= (5, 8)
 
 

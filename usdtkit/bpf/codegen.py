@@ -154,8 +154,9 @@ def _predicate(pred: Predicate, probe: ResolvedProbe) -> str:
 class Generator:
     """Builds the C text and the list of (function, site, retprobe) attachments for a spec."""
 
-    def __init__(self, spec: TraceSpec) -> None:
+    def __init__(self, spec: TraceSpec, ringbuf: bool = True) -> None:
         self.spec = spec
+        self.ringbuf = ringbuf
         self.nargs = max([p.arg_count for p in spec.probes] + [1])
         self.attachments: List[Tuple[str, Site, bool]] = []
         self._lines: List[str] = []
@@ -183,8 +184,12 @@ class Generator:
                 f"    u64 args[USDTKIT_NARGS]; char comm[{COMM_LEN}];",
                 f"    char str[{nstr}][{spec.string_size}];",
                 "};",
-                f"BPF_RINGBUF_OUTPUT(events, {spec.ring_pages});",
             ]
+            if self.ringbuf:
+                out.append(f"BPF_RINGBUF_OUTPUT(events, {spec.ring_pages});")
+            else:  # perf buffer: records are built in a per-CPU scratch slot (too big for the stack)
+                out += ["BPF_PERF_OUTPUT(events);",
+                        "BPF_PERCPU_ARRAY(event_scratch, struct usdtkit_event, 1);"]
         if spec.needs_stacks:
             out.append("BPF_STACK_TRACE(stacks, 16384);")
         if spec.count_by is not None:
@@ -256,9 +261,13 @@ class Generator:
                     f"    if (count) __sync_fetch_and_add(count, 1); else usdtkit_stat(probe, {STAT_LOST_KEYS});",
                     "    }"]
         if spec.events:
+            if self.ringbuf:
+                out += ["    struct usdtkit_event *e = events.ringbuf_reserve(sizeof(struct usdtkit_event));",
+                        f"    if (!e) {{ usdtkit_stat(probe, {STAT_LOST_EVENTS}); return 0; }}"]
+            else:
+                out += ["    u32 slot = 0;", "    struct usdtkit_event *e = event_scratch.lookup(&slot);",
+                        "    if (!e) return 0;"]
             out += [
-                "    struct usdtkit_event *e = events.ringbuf_reserve(sizeof(struct usdtkit_event));",
-                f"    if (!e) {{ usdtkit_stat(probe, {STAT_LOST_EVENTS}); return 0; }}",
                 "    e->ts = bpf_ktime_get_ns(); e->pid = pid; e->tid = tid; e->probe = probe;",
                 "    e->cpu = bpf_get_smp_processor_id(); e->errs = errs; e->retval = retval;",
                 "    e->latency = latency;",
@@ -274,7 +283,11 @@ class Generator:
                 out.append("    e->stack = stacks.get_stackid(ctx, BPF_F_USER_STACK);")
             else:
                 out.append("    e->stack = -1;")
-            out.append("    events.ringbuf_submit(e, 0);")
+            if self.ringbuf:
+                out.append("    events.ringbuf_submit(e, 0);")
+            else:
+                out.append("    if (events.perf_submit(ctx, e, sizeof(*e)) < 0) "
+                           f"usdtkit_stat(probe, {STAT_LOST_EVENTS});")
         out += ["    return 0;", "}"]
 
     # ------------------------------------------------------------------ entry functions
@@ -350,7 +363,10 @@ class Generator:
         return "\n".join(self._lines) + "\n"
 
 
-def generate(spec: TraceSpec) -> Tuple[str, List[Tuple[str, Site, bool]]]:
-    """Return the C text and the attachments ``(function, site, retprobe)`` for ``spec``."""
-    gen = Generator(spec)
+def generate(spec: TraceSpec, ringbuf: bool = True) -> Tuple[str, List[Tuple[str, Site, bool]]]:
+    """Return the C text and the attachments ``(function, site, retprobe)`` for ``spec``.
+
+    ``ringbuf=False`` sends events through the per-CPU perf buffer (kernels before 5.8).
+    """
+    gen = Generator(spec, ringbuf)
     return gen.generate(), gen.attachments

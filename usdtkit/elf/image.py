@@ -68,7 +68,7 @@ MACHINES: Dict[int, str] = {
 }
 
 #: Largest decompressed section we accept (bounded memory on hostile input).
-MAX_DECOMPRESSED = 1 << 30
+MAX_DECOMPRESSED = 256 << 20
 
 
 class Section(NamedTuple):

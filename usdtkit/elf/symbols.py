@@ -251,6 +251,55 @@ _NONZERO = bytes([0] + [1] * 255)
 _BIND_OF = bytes(b >> 4 for b in range(256))
 
 
+_RANK_OF_BINDING = {"GLOBAL": 0, "WEAK": 1, "GNU_UNIQUE": 1}
+
+
+def _split_versions(table: FunctionTable) -> Optional[List[bool]]:
+    """Split versions spelled into ``.symtab`` names (``foo@@V2`` default, ``foo@V1`` hidden).
+
+    One address often carries several of them, plus a local alias without version (glibc's
+    ``memcpy``); keep one row per (name, address): default version, then any version, then global.
+    Returns the rows to drop, or None.
+    """
+    names, addresses = table.names, table.addresses
+    versioned = set()
+    for i, name in enumerate(names):
+        if "@" not in name:
+            continue
+        base, _, version = name.partition("@")
+        names[i] = base
+        hidden = not version.startswith("@")
+        version = version.lstrip("@")
+        if version:
+            table.version_list()[i] = _Hidden(version) if hidden else version
+        versioned.add((base, addresses[i]))
+    if not versioned:
+        return None
+    versions = table.version_list()
+    bindings = table.bindings
+    wanted = {address for _name, address in versioned}
+    groups: Dict[Tuple[str, int], List[int]] = {}
+    for i in compress(range(len(names)), map(wanted.__contains__, addresses)):
+        key = (names[i], addresses[i])
+        if key in versioned:
+            groups.setdefault(key, []).append(i)
+    drop: Optional[List[bool]] = None
+
+    def rank(i: int) -> tuple:
+        v = versions[i]
+        return (type(v) is _Hidden, v is None, _RANK_OF_BINDING.get(bindings[i], 2))
+
+    for rows in groups.values():
+        if len(rows) > 1:
+            best = min(rows, key=rank)
+            if drop is None:
+                drop = [False] * len(names)
+            for i in rows:
+                drop[i] = i != best
+    table.versions = [None if v is None else str(v) for v in versions]
+    return drop
+
+
 def _function_table(
     image: ElfImage,
     sec: Section,
@@ -280,17 +329,10 @@ def _function_table(
         picked = list(compress(versions, sel))
         if any(v is not None for v in picked):
             table.versions = picked
+    drop: Optional[List[bool]] = None
     if "@" in names.text:
-        tnames = table.names
-        for i, name in enumerate(tnames):
-            if "@" in name:
-                base, _, version = name.partition("@")
-                tnames[i] = base
-                version = version.lstrip("@") or None
-                if version is not None:
-                    vlist = table.version_list()
-                    if vlist[i] is None:
-                        vlist[i] = version
+        drop = _split_versions(table)
+
     addrs = table.addresses
     lo0, hi0, delta0 = offsets.hot
     if not addrs or (lo0 <= min(addrs) and max(addrs) < hi0):
@@ -304,6 +346,8 @@ def _function_table(
     keep: Optional[List[bool]] = None
     if None in table.offsets:  # not in any segment: cannot be probed
         keep = [off is not None for off in table.offsets]
+    if drop is not None:
+        keep = [not d for d in drop] if keep is None else [k and not d for k, d in zip(keep, drop)]
     if match is not None:
         matched = list(map(bool, map(match, table.names)))
         keep = matched if keep is None else [a and b for a, b in zip(keep, matched)]
@@ -313,8 +357,15 @@ def _function_table(
 
 
 # --------------------------------------------------------------------------- versions
+class _Hidden(str):
+    """A non-default version (``foo@V1`` rather than ``foo@@V2``), while deduplicating."""
+
+
 def _version_names(image: ElfImage, dynsym: Section) -> Optional[List[Optional[str]]]:
-    """Per ``.dynsym`` entry, the name of its GNU version (None: unversioned/local)."""
+    """Per ``.dynsym`` entry, the name of its GNU version (None: unversioned/local).
+
+    Non-default versions (the versym entry's bit 15) are :class:`_Hidden` strings.
+    """
     versym = next((s for s in image.sections if s.type == SHT_GNU_VERSYM), None)
     if versym is None:
         return None
@@ -329,9 +380,13 @@ def _version_names(image: ElfImage, dynsym: Section) -> Optional[List[Optional[s
     count = len(data) // 2
     out: List[Optional[str]] = []
     get = index_names.get
+    hidden = {idx: _Hidden(name) for idx, name in index_names.items()}
     for (value,) in struct.iter_unpack(f"{image.endian}H", memoryview(data)[: count * 2]):
         idx = value & 0x7FFF
-        out.append(get(idx) if idx >= 2 else None)
+        if idx < 2:
+            out.append(None)
+        else:
+            out.append(hidden.get(idx) if value & 0x8000 else get(idx))
     return out
 
 
@@ -363,14 +418,15 @@ def _verneed(image: ElfImage, sec: Section) -> Dict[int, str]:
     out: Dict[int, str] = {}
     e = image.endian
     off = 0
-    budget = len(data) // 8
+    budget = len(data) // 8  # every record is at least 16 bytes: more steps than this means a cycle
     for _ in range(min(sec.info or budget, budget)):
-        if off + 16 > len(data):
+        if off + 16 > len(data) or budget <= 0:
             break
         _ver, cnt, _file, aux, nxt = struct.unpack_from(f"{e}HHIII", data, off)
         aoff = off + aux
-        for _ in range(min(cnt, budget)):
-            if aoff + 16 > len(data):
+        for _ in range(cnt):
+            budget -= 1
+            if aoff + 16 > len(data) or budget <= 0:
                 break
             _hash, _flags, other, name_off, anext = struct.unpack_from(f"{e}IHHII", data, aoff)
             if name_off < len(strtab):
@@ -426,8 +482,14 @@ def function_table(
     dyn_index: Dict[Tuple[str, int], int] = {}
     if dynsym is not None:
         dyn = _function_table(image, dynsym, offsets, ".dynsym", match, _version_names(image, dynsym))
+        versions = dyn.versions
         for i, key in enumerate(zip(dyn.names, dyn.addresses)):
-            dyn_index.setdefault(key, i)
+            j = dyn_index.setdefault(key, i)
+            # One address exported under several versions (foo@V1, foo@@V2): keep the default one.
+            if j != i and versions is not None and type(versions[j]) is _Hidden and type(versions[i]) is str:
+                dyn_index[key] = i
+        if versions is not None:
+            dyn.versions = [None if v is None else str(v) for v in versions]
 
     if not primary:
         if len(dyn_index) == len(dyn):

@@ -1,5 +1,8 @@
 """Resolve a :class:`ProbeRef` to the call sites a uprobe must be placed on.
 
+``usdt::PROVIDER:NAME`` with neither binary nor PID searches every running process (runtime providers
+declared with :mod:`usdtkit.provider`, for instance).
+
 A USDT probe resolves to every call site in its notes (each with its own argument spec and the
 semaphore's file offset); a uprobe to one function's file offset plus an optional offset; an address to
 its file offset.  With a PID, the binary is looked up among the objects the process maps, and the file
@@ -14,7 +17,7 @@ from typing import List, Optional, Tuple
 
 from .. import elf
 from ..elf.model import Arg, UsdtProbe
-from ..errors import NoSuchProcess, ProbeNotFound, TargetError, UsageError
+from ..errors import NoSuchProcess, ProbeNotFound, TargetError, UsageError, UsdtkitError
 from .probes import ProbeRef
 
 MAX_ARGS = 12  # USDT allows 12 arguments (sys/sdt.h); uprobe entry arguments: 6 registers
@@ -29,6 +32,7 @@ class Site:
     pc: int
     ref_ctr_offset: int = 0
     args: Tuple[Arg, ...] = ()
+    pid: Optional[int] = None  # attach for this process only (objects without a shared path)
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,31 @@ def _same_binary(wanted: str, mapped_path: str) -> bool:
     return base == wanted or base.startswith(stem + ".") or base.startswith(stem + "-")
 
 
+def _all_process_objects() -> List[Tuple[str, str, Optional[int]]]:
+    """Every distinct ELF object mapped by any process: ``(path, open path, pid or None)``.
+
+    A file is listed once (attached by path, a uprobe covers every process mapping it, even later
+    ones); an object without a usable path (memfd, deleted file) is listed per process with its pid.
+    """
+    seen = set()
+    out: List[Tuple[str, str, Optional[int]]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            objects = elf.process_objects(int(entry))
+        except UsdtkitError:
+            continue  # vanished, kernel thread, or not ours to read
+        for obj in objects:
+            per_process = obj.memfd or obj.deleted
+            key = (obj.device, obj.inode, obj.pid if per_process else None)
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append((obj.path, obj.open_path, obj.pid if per_process else None))
+    return out
+
+
 def _candidates(ref: ProbeRef, pid: Optional[int]) -> List[Tuple[str, str]]:
     """``(display path, path to open)`` of the objects to search for ``ref``."""
     if pid is None:
@@ -84,10 +113,39 @@ def _check_args(probe: UsdtProbe) -> int:
     return counts.pop() if counts else 0
 
 
+def _probes_of(open_path: str) -> List[UsdtProbe]:
+    try:
+        return elf.read_usdt_probes(open_path)
+    except UsdtkitError:
+        return []  # unreadable objects of other processes are not the user's target
+
+
+def _resolve_everywhere(ref: ProbeRef) -> ResolvedProbe:
+    """``usdt::PROVIDER:NAME`` without a PID: the probe in every process that has it loaded."""
+    sites: List[Site] = []
+    counts = set()
+    binary = ""
+    for shown, open_path, owner in _all_process_objects():
+        for probe in _probes_of(open_path):
+            if probe.name == ref.name and probe.provider == ref.provider:
+                counts.add(_check_args(probe))
+                binary = binary or shown
+                for loc in probe.locations:
+                    sites.append(Site(open_path, loc.file_offset, loc.pc, loc.semaphore_offset or 0, loc.args,
+                                      pid=owner))
+    if not sites:
+        raise ProbeNotFound(f"no running process has USDT probe {ref.provider}:{ref.name} loaded")
+    if len(counts) > 1:
+        raise ProbeNotFound(f"{ref}: processes disagree on the argument count {sorted(counts)}")
+    return ResolvedProbe(ref, binary, tuple(sites), counts.pop())
+
+
 def _resolve_usdt(ref: ProbeRef, pid: Optional[int]) -> ResolvedProbe:
+    if pid is None and not ref.binary and ref.provider:
+        return _resolve_everywhere(ref)
     matches: List[Tuple[str, UsdtProbe]] = []
     for shown, open_path in _candidates(ref, pid):
-        for probe in elf.read_usdt_probes(open_path):
+        for probe in (elf.read_usdt_probes(open_path) if ref.binary else _probes_of(open_path)):
             if probe.name == ref.name and (ref.provider is None or probe.provider == ref.provider):
                 matches.append((open_path, probe))
     if not matches:

@@ -21,6 +21,7 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple
 from ..bpf import capabilities, codegen
 from ..bpf.backend import Program
 from ..collect.results import Counts, Event, Histogram, ProbeStats
+from ..collect.symbolize import Symbolizer
 from ..errors import AttachError, EnvironmentProblem, NoSuchProcess
 from . import site_cost
 from .resolve import Site
@@ -43,6 +44,10 @@ def _event_struct(nargs: int, nstr: int, string_size: int) -> type:
     return RawEvent
 
 
+def _power_of_two(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
+
+
 def _signed(value: int, size: int = 8) -> int:
     bits = size * 8
     value &= (1 << bits) - 1
@@ -58,7 +63,9 @@ class Session:
         self.on_event = on_event
         self.events: Deque[Event] = deque(maxlen=keep_events if keep_events > 0 else None)
         self.dropped_by_user_queue = 0
-        self.text, self.attachments = codegen.generate(spec)
+        self.uses_ringbuf = capabilities.detect().has_ringbuf
+        self.text, self.attachments = codegen.generate(spec, self.uses_ringbuf)
+        self.perf_lost = 0
         self._nargs = max([p.arg_count for p in spec.probes] + [1])
         self._raw = _event_struct(self._nargs, max(len(spec.event_strings), 1), spec.string_size)
         self._signs = [self._probe_signs(i) for i in range(len(spec.probes))]
@@ -67,6 +74,7 @@ class Session:
         self.target_exited = False
         self.attach_seconds = 0.0
         self.warnings: List[str] = self._site_warnings()
+        self._symbolizer = Symbolizer()
         self._semaphores: Optional[SemaphoreWriter] = None
         self._semaphores_done: set = set()
 
@@ -109,9 +117,14 @@ class Session:
                 ref_ctr = site.ref_ctr_offset if kernel_counts else 0
                 if site.ref_ctr_offset and not kernel_counts:
                     self._write_semaphore(site)
-                program.attach_uprobe(function, site.path, site.file_offset, pid, retprobe, ref_ctr)
-            if self.spec.events:
+                site_pid = site.pid if site.pid is not None else pid
+                program.attach_uprobe(function, site.path, site.file_offset, site_pid, retprobe, ref_ctr)
+            self._observe_stack_owners()
+            if self.spec.events and self.uses_ringbuf:
                 program.open_ring_buffer("events", self._on_raw_event)
+            elif self.spec.events:
+                program.open_perf_buffer("events", self._on_raw_event, self._on_perf_lost,
+                                         pages=_power_of_two(max(8, self.spec.ring_pages // (os.cpu_count() or 1))))
         except BaseException:
             self.close()
             raise
@@ -120,15 +133,16 @@ class Session:
 
     def _write_semaphore(self, site: "Site") -> None:
         """Fallback for kernels without ref_ctr_offset: raise the semaphore ourselves, once per site."""
-        if self.spec.pid is None:
+        pid = site.pid if site.pid is not None else self.spec.pid
+        if pid is None:
             raise EnvironmentProblem("this kernel cannot maintain USDT semaphores for all processes; "
                                      "trace one process with a PID")
-        key = (site.path, site.ref_ctr_offset)
+        key = (pid, site.path, site.ref_ctr_offset)
         if key in self._semaphores_done:
             return
         if self._semaphores is None:
             self._semaphores = SemaphoreWriter()
-        self._semaphores.acquire(self.spec.pid, site.path, site.ref_ctr_offset)
+        self._semaphores.acquire(pid, site.path, site.ref_ctr_offset)
         self._semaphores_done.add(key)
 
     def close(self) -> None:
@@ -162,6 +176,10 @@ class Session:
             self.on_event(event)
         return 0
 
+    def _on_perf_lost(self, count: int) -> None:
+        # Already counted per probe in `stats` when perf_submit failed; kept for diagnostics.
+        self.perf_lost += count
+
     def _decode(self, raw: ctypes.Structure) -> Event:
         index = raw.probe
         probe = self.spec.probes[index]
@@ -178,6 +196,7 @@ class Session:
                 values[arg_index] = bytes(raw.str[slot].value).decode("utf-8", errors="replace")
         stack = None
         if self.spec.stacks and self._program is not None:
+            self._symbolizer.observe(raw.pid)
             stack = self._frames(self._program, raw.stack, raw.pid)
         return Event(
             stack=stack,
@@ -192,6 +211,7 @@ class Session:
         program = self._program
         if program is None:
             return
+        self._observe_stack_owners()
         if self.spec.events:
             program.poll(int(timeout * 1000))
         else:
@@ -277,14 +297,20 @@ class Session:
         return int(getattr(key, "k_pid", -1))
 
     def _frames(self, program: Program, stack_id: int, pid: int, detail: bool = True) -> Tuple[str, ...]:
-        cache = self.__dict__.setdefault("_symbol_cache", {})
-        frames = []
-        for address in program.stack(stack_id):
-            name = cache.get((pid, address, detail))
-            if name is None:
-                name = cache[(pid, address, detail)] = program.symbolize(address, pid, detail)
-            frames.append(name)
-        return tuple(frames)
+        return tuple(self._symbolizer.symbolize(pid, address, detail) for address in program.stack(stack_id))
+
+    def _observe_stack_owners(self) -> None:
+        """Snapshot the mappings of traced processes while they live, to name their stacks later."""
+        program = self._program
+        if program is None or not self.spec.needs_stacks:
+            return
+        if self.spec.pid is not None:
+            self._symbolizer.observe(self.spec.pid)
+        elif self.spec.count_by and any(f.name == "ustack" for f in self.spec.count_by):
+            for key in program.table("counts").keys():
+                pid = int(getattr(key, "k_pid", 0))
+                if pid and not self._symbolizer.knows(pid):
+                    self._symbolizer.observe(pid)
 
     def _folded(self, program: Program, stack_id: int, pid: int) -> str:
         """Root-first frames joined by ``;``: the folded format flame graph tools read."""
