@@ -16,17 +16,10 @@ $(STAMPS)/install: $(VPY) $(BUILD_INPUTS)
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@mkdir -p $(STAMPS) && touch $@
 
-DEMO_BIN := demo_apps/build/hello_usdt
-
-$(DEMO_BIN): demo_apps/hello_usdt.c
-	@mkdir -p demo_apps/build
-	gcc -O2 -g -o $@ $<
-
-# The main job: check the machine, then trace the bundled demo app for real.
-demo: setup $(DEMO_BIN)
+# The main job: check the machine, then trace the bundled demo services for real.
+demo: setup
 	$(VENV)/bin/usdtkit doctor
-	$(VENV)/bin/usdtkit trace -s arg1 -c '$(DEMO_BIN) 5 usdtkit' 'usdt::hello:greet'
-	$(VENV)/bin/usdtkit hist -v arg1 -c '$(DEMO_BIN) 50' 'usdt::hello:tick'
+	$(VENV)/bin/usdtkit demo
 
 test: setup
 	$(VPY) -m pytest $(PYTEST_ARGS)

@@ -34,7 +34,11 @@ struct provider_impl {
 
 static char out_of_memory_message[] = "out of memory";
 
-static const uint8_t expected_site[] = {0x0f, 0x1f, 0x44, 0x00, 0x00, 0xc3};
+/* A probe function is a 5-byte NOP then `ret`.  A tracer already attached to the
+ * file (by path) may have patched the NOP in this very mapping (int3, or a call
+ * to a uprobe trampoline) before dlsym() returns, so only the `ret` is checked. */
+#define SITE_RET_OFFSET 5
+#define SITE_RET 0xc3
 
 static struct provider_impl *impl_of(SDTProvider_t *provider) {
   return (struct provider_impl *)provider;
@@ -308,8 +312,9 @@ SDT_API int providerLoad(SDTProvider_t *provider) {
     dlerror();
     void *fn = dlsym(handle, it->probe.name);
     uint64_t link_addr = image.text_vaddr + i * SDT_FUNC_SLOT;
-    if (!fn || (uintptr_t)fn < link_addr ||
-        memcmp(fn, expected_site, sizeof(expected_site)) != 0) {
+    uintptr_t base = (uintptr_t)fn - (uintptr_t)link_addr;
+    if (!fn || (uintptr_t)fn < link_addr || base % 4096 != 0 ||
+        ((const uint8_t *)fn)[SITE_RET_OFFSET] != SITE_RET) {
       const char *msg = fn ? "symbol does not point at a probe site" : dlerror();
       set_error(p, symbolLoadingError, "cannot resolve probe '%s' in %s: %s", it->probe.name,
                 stored.path, msg ? msg : "symbol not found");
@@ -319,7 +324,6 @@ SDT_API int providerLoad(SDTProvider_t *provider) {
       sdt_image_free(&image);
       return -1;
     }
-    uintptr_t base = (uintptr_t)fn - (uintptr_t)link_addr;
     it->probe._fire = fn;
     node_of(&it->probe)->semaphore =
         (volatile uint16_t *)(base + (uintptr_t)(image.probes_vaddr + i * 2));

@@ -59,7 +59,8 @@ def test_count_by_argument_and_filter(hello):
 def test_hist_of_an_argument(hello):
     result = usdtkit("hist", "--json", "-v", "arg1", "-c", f"{hello} 10", "usdt::hello:tick")
     assert result.returncode == 0, result.stderr
-    hist = json.loads(result.stdout.splitlines()[-1])["histograms"]["hello:tick"]
+    (hist,) = json.loads(result.stdout.splitlines()[-1])["histograms"]
+    assert hist["probe"] == "hello:tick"
     # squares 1..100 in log2 buckets
     got = {(b["low"], b["high"]): b["count"] for b in hist["buckets"]}
     want = {}
@@ -76,7 +77,8 @@ def test_hist_of_an_argument(hello):
 def test_latency_of_a_libc_function(hello):
     result = usdtkit("latency", "--json", "-c", f"{hello} 5", "uprobe:libc:nanosleep")
     assert result.returncode == 0, result.stderr
-    hist = json.loads(result.stdout.splitlines()[-1])["histograms"]["nanosleep"]
+    (hist,) = json.loads(result.stdout.splitlines()[-1])["histograms"]
+    assert hist["probe"] == "nanosleep"
     assert sum(b["count"] for b in hist["buckets"]) == 5
     assert all(b["low"] >= 2**24 for b in hist["buckets"])  # 20 ms sleeps: at least 16.7 ms
 

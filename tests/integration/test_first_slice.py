@@ -50,3 +50,14 @@ def test_usdt_counts_and_arguments_are_exact(build_c, processes, event_transport
         )
     assert counts.total() == N
     assert set(counts) == {("demo:args", i) for i in range(N)}
+
+
+@pytest.mark.bpf
+def test_iterating_over_events(build_c, processes):
+    binary = build_c("usdt_args.c", "-O2")
+    target = processes([binary, "8"])
+    with trace(f"usdt:{binary}:demo:tick", pid=target.pid) as session:
+        target.stdin.write(b"g")
+        target.stdin.flush()
+        values = [event.args[0] for event in session]  # ends when the target exits
+    assert values == [i if i % 2 else i * 1000 for i in range(8)]

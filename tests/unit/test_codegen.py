@@ -106,3 +106,17 @@ def test_latency_pair_and_function_latency_code():
     text, attachments = codegen.generate(TraceSpec((fn, ret), function_latency=True, hist=HistSpec(Field("latency"))))
     assert [r for _, _, r in attachments] == [False, True]
     assert "depths.update(&id, &next)" in text
+
+
+def test_only_needed_arguments_are_read():
+    unreadable = Arg(8, False, Unsupported("xmm registers are not readable"), "8@%xmm0")
+    probe = usdt("p", (ARGS_A[0], unreadable))
+    # counting by arg0 never touches arg1: no error, and no read of it
+    text = generated(TraceSpec((probe,), count_by=(Field("arg", 0),)))
+    assert "args[0] =" in text and "args[1] =" not in text
+    # a plain count reads nothing at all per hit
+    text = generated(TraceSpec((probe,), count_by=()))
+    assert "args[0] =" not in text
+    # events carry every argument, so the unreadable one is refused by name
+    with pytest.raises(UsageError, match="xmm0"):
+        generated(TraceSpec((probe,), events=True))

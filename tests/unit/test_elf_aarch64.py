@@ -5,6 +5,8 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +15,9 @@ from usdtkit.elf.argspec import format_arg
 from usdtkit.elf.image import ElfImage
 from usdtkit.elf.model import Constant, Memory, RegisterValue, Unsupported
 
-from .test_elf_notes import readelf_notes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
+from readelf_text import readelf_notes  # noqa: E402
 
 SOURCE = r"""
 #include <sys/sdt.h>
@@ -80,7 +84,6 @@ def test_argument_specs(aarch64_binary):
     kinds = set()
     for probe in probes.values():
         for loc in probe.locations:
-            assert [a.raw for a in loc.args] == loc.arguments.split(" ") if "[" not in loc.arguments else True
             for arg in loc.args:
                 assert arg.arch == "aarch64"
                 kinds.add(type(arg.location))
@@ -92,7 +95,7 @@ def test_argument_specs(aarch64_binary):
                 if isinstance(arg.location, RegisterValue):
                     reg = arg.location.register
                     assert reg.name.startswith("x") and reg.bits == (32 if reg.spelled.startswith("w") else 64)
-    first_six = probes["six"].locations[-1].args
+    first_six = probes["six"].locations[0].args  # note order: work() before main()
     assert [a.size for a in first_six] == [8, 4, 8, 1, 2, 4]
     assert [a.signed for a in first_six] == [True, True, True, False, True, True]
     assert first_six[5].location == Constant(5)

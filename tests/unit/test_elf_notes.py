@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
 import elfbuild  # noqa: E402
+from readelf_text import readelf_notes  # noqa: E402
 
 from usdtkit.elf import read_usdt_probes  # noqa: E402
 from usdtkit.elf.image import ElfImage  # noqa: E402
@@ -27,24 +28,6 @@ REAL = [
     "/usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so",
     "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
 ]
-
-_README_NOTE = re.compile(
-    r"Provider: (?P<provider>[^\n]*)\n\s*Name: (?P<name>[^\n]*)\n\s*"
-    r"Location: (?P<pc>0x[0-9a-f]+), Base: (?P<base>0x[0-9a-f]+), Semaphore: (?P<sem>0x[0-9a-f]+)\n\s*"
-    r"Arguments: ?(?P<args>[^\n]*)"
-)
-
-
-def readelf_notes(path: str):
-    """The stapsdt notes ``readelf -n`` prints, as (provider, name, pc, base, semaphore, args)."""
-    if shutil.which("readelf") is None:
-        pytest.skip("readelf is not installed")
-    out = subprocess.run(["readelf", "-n", "--wide", path], capture_output=True, text=True, check=True).stdout
-    return [
-        (m["provider"], m["name"], int(m["pc"], 16), int(m["base"], 16), int(m["sem"], 16), m["args"].rstrip())
-        for m in _README_NOTE.finditer(out)
-    ]
-
 
 def real(path: str) -> str:
     if not os.path.exists(path):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import lzma
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
 import elfbuild  # noqa: E402
+from readelf_text import readelf_functions  # noqa: E402
 
 from usdtkit.elf import address_to_offset, find_symbol, read_functions  # noqa: E402
 from usdtkit.elf.image import ElfImage  # noqa: E402
@@ -24,37 +24,6 @@ LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
 PYTHON = "/usr/bin/python3.11"
 POSTGRES = "/usr/lib/postgresql/15/bin/postgres"
 LIBSTDCXX = "/usr/lib/x86_64-linux-gnu/libstdc++.so.6"
-
-_TABLE = re.compile(r"^Symbol table '(?P<name>[^']+)' contains")
-_ROW = re.compile(
-    r"^\s*\d+:\s+(?P<value>[0-9a-f]+)\s+(?P<size>\d+|0x[0-9a-f]+)\s+(?P<type>\S+)\s+(?P<bind>\S+)\s+\S+"
-    r"(?:\s+\[[^\]]*\])?\s+(?P<ndx>\S+)\s+(?P<name>.*)$"
-)
-
-
-def readelf_functions(path: str, tables=(".symtab", ".dynsym")):
-    """{(name, value): (size, bind, versions)} of the defined FUNC/IFUNC symbols readelf -Ws lists."""
-    if shutil.which("readelf") is None:
-        pytest.skip("readelf is not installed")
-    out = subprocess.run(["readelf", "-Ws", "--wide", path], capture_output=True, text=True).stdout
-    funcs = {}
-    table = None
-    for line in out.splitlines():
-        m = _TABLE.match(line)
-        if m:
-            table = m["name"]
-            continue
-        m = _ROW.match(line)
-        if not m or table not in tables or m["type"] not in ("FUNC", "IFUNC") or m["ndx"] == "UND":
-            continue
-        full = m["name"].split(" (")[0]
-        name, _, version = full.partition("@")
-        size = int(m["size"], 0)
-        entry = funcs.setdefault((name, int(m["value"], 16)), [size, m["bind"], set()])
-        if version:
-            entry[2].add(version)
-    return funcs
-
 
 def real(path: str) -> str:
     if not os.path.exists(path):

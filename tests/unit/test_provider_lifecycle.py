@@ -126,7 +126,7 @@ def test_unloading_while_other_threads_fire_never_crashes():
         """
         import threading
         from usdtkit.provider import Provider
-        p = Provider("race")
+        p = Provider("race", memfd=True)  # a new mapping per load: stale pointers would fault
         a = p.probe("a", int, str)
         b = p.probe("b")
         p.load()

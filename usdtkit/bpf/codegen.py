@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from ..elf.model import Arg, Constant, Memory, Register, RegisterValue, SymbolRelative, Unsupported
 from ..errors import UsageError
 from ..tracing.resolve import ResolvedProbe, Site
-from ..tracing.spec import COMM_LEN, Field, Predicate, TraceSpec
+from ..tracing.spec import COMM_LEN, STRING_KEY_SIZE, Field, Predicate, TraceSpec
 
 STATS_PER_PROBE = 4
 STAT_HITS, STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_READ_ERRORS = range(4)
@@ -114,12 +114,34 @@ def read_arg(index: int, arg: Arg, site: Site) -> str:
     )
 
 
-def _site_reads(probe: ResolvedProbe, site: Site) -> Tuple[str, ...]:
+def _site_reads(probe: ResolvedProbe, site: Site, needed: FrozenSet[int]) -> Tuple[str, ...]:
+    """Statements reading the ``needed`` arguments at ``site`` (others are never touched)."""
     if probe.ref.is_usdt:
-        return tuple(read_arg(i, arg, site) for i, arg in enumerate(site.args))
+        return tuple(read_arg(i, arg, site) for i, arg in enumerate(site.args) if i in needed)
     if probe.ref.kind == "uprobe":
-        return tuple(f"args[{i}] = ctx->{reg};" for i, reg in enumerate(_X86_PARAMS))
+        return tuple(f"args[{i}] = ctx->{reg};" for i, reg in enumerate(_X86_PARAMS) if i in needed)
     return ()
+
+
+def needed_args(spec: TraceSpec, probe_index: int) -> FrozenSet[int]:
+    """The arguments a probe must read: all of them for events, else only those used by a filter,
+    a count key, a histogram or a latency pair key.  An unreadable argument nobody uses is no error,
+    and a count-only trace reads nothing per hit."""
+    probe = spec.probes[probe_index]
+    if spec.events:
+        return frozenset(range(probe.arg_count))
+    used = {p.field for p in spec.filters}
+    used.update(spec.count_by or ())
+    if spec.hist is not None:
+        used.add(spec.hist.field)
+    if spec.pair is not None:
+        if probe_index == spec.pair.start and spec.pair.start_key is not None:
+            used.add(spec.pair.start_key)
+        if probe_index == spec.pair.done and spec.pair.done_key is not None:
+            used.add(spec.pair.done_key)
+    if spec.hist is not None and spec.hist.by is not None:
+        used.add(spec.hist.by)
+    return frozenset(f.index for f in used if f.argument is not None and f.index < probe.arg_count)
 
 
 def _arg_signed(probe: ResolvedProbe, index: int) -> Optional[bool]:
@@ -196,14 +218,12 @@ class Generator:
             out.append("struct usdtkit_count_key {")
             out.append("    u32 probe;")
             for fld in spec.count_by:
-                if fld.name == "comm":
-                    out.append(f"    char k_comm[{COMM_LEN}];")
-                else:
-                    out.append(f"    u64 k_{self._key_name(fld)};")
+                out.append(f"    {self._key_member(fld)}")
             out.append("};")
             out.append(f"BPF_HASH(counts, struct usdtkit_count_key, u64, {COUNT_MAP_ENTRIES});")
         if spec.hist is not None:
-            out.append("struct usdtkit_hist_key { u32 probe; u32 slot; };")
+            by = f" {self._key_member(spec.hist.by)}" if spec.hist.by is not None else ""
+            out.append(f"struct usdtkit_hist_key {{ u32 probe; u32 slot;{by} }};")
             out.append(f"BPF_HASH(hist, struct usdtkit_hist_key, u64, {max(nprobes, 1) * 4200});")
         if spec.function_latency or spec.pair is not None:
             out.append("struct usdtkit_start_key { u64 key; u64 depth; };")
@@ -211,8 +231,26 @@ class Generator:
             out.append("BPF_HASH(depths, u64, u64, 65536);")
 
     @staticmethod
-    def _key_name(fld: Field) -> str:
-        return str(fld)
+    def _key_member(fld: Field) -> str:
+        """The declaration of ``fld`` as a member of a map key struct."""
+        if fld.name == "comm":
+            return f"char k_comm[{COMM_LEN}];"
+        if fld.name == "str":
+            return f"char k_{fld.key_name}[{STRING_KEY_SIZE}];"
+        return f"u64 k_{fld.key_name};"
+
+    def _key_fill(self, fld: Field) -> str:
+        """The statement that stores ``fld`` into ``key``."""
+        member = f"key.k_{fld.key_name}"
+        if fld.name == "comm":
+            return f"    bpf_get_current_comm(&{member}, sizeof({member}));"
+        if fld.name == "ustack":
+            return f"    {member} = (u64)(s64)stacks.get_stackid(ctx, BPF_F_USER_STACK);"
+        if fld.name == "str":
+            self._value_of(Field("arg", fld.index))  # validates the index
+            return (f"    if (bpf_probe_read_user_str(&{member}, sizeof({member}), (void *)args[{fld.index}]) < 0) "
+                    f"{member}[0] = 0;")
+        return f"    {member} = {self._value_of(fld)};"
 
     # ------------------------------------------------------------------ the shared handler
     def _value_of(self, fld: Field, probe_index: Optional[int] = None) -> str:
@@ -234,21 +272,17 @@ class Generator:
             out += ["    {", "    struct usdtkit_count_key key;", "    __builtin_memset(&key, 0, sizeof(key));",
                     "    key.probe = probe;"]
             for fld in spec.count_by:
-                name = self._key_name(fld)
-                if fld.name == "comm":
-                    out.append(f"    bpf_get_current_comm(&key.k_{name}, sizeof(key.k_{name}));")
-                elif fld.name == "ustack":
-                    out.append("    key.k_ustack = (u64)(s64)stacks.get_stackid(ctx, BPF_F_USER_STACK);")
-                else:
-                    out.append(f"    key.k_{name} = {self._value_of(fld)};")
+                out.append(self._key_fill(fld))
             out += ["    u64 zero = 0, *count = counts.lookup_or_try_init(&key, &zero);",
                     f"    if (count) __sync_fetch_and_add(count, 1); else usdtkit_stat(probe, {STAT_LOST_KEYS});",
                     "    }"]
         if spec.hist is not None:
             hist = spec.hist
             value = self._value_of(hist.field)
-            out += ["    {", f"    u64 value = {value};", "    struct usdtkit_hist_key key = {};",
-                    "    key.probe = probe;"]
+            out += ["    {", f"    u64 value = {value};", "    struct usdtkit_hist_key key;",
+                    "    __builtin_memset(&key, 0, sizeof(key));", "    key.probe = probe;"]
+            if hist.by is not None:
+                out.append(self._key_fill(hist.by))
             if hist.kind == "log2":
                 out.append("    key.slot = bpf_log2l(value);  /* negative values land in slot 64 */")
             else:
@@ -315,7 +349,7 @@ class Generator:
         for p_index, probe in enumerate(spec.probes):
             groups: Dict[Tuple[str, ...], List[Site]] = {}
             for site in probe.sites:
-                groups.setdefault(_site_reads(probe, site), []).append(site)
+                groups.setdefault(_site_reads(probe, site, needed_args(spec, p_index)), []).append(site)
             for g_index, (reads, sites) in enumerate(groups.items()):
                 name = f"usdtkit_p{p_index}_g{g_index}"
                 body = self._prologue(p_index, probe) + [f"    {r}" for r in reads]

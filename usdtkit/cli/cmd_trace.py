@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Callable, List, Optional
 
-from ..collect.render import render_counts
+from ..collect.render import format_value, render_counts
 from ..collect.results import Event
 from ..errors import UsageError
 from ..tracing.api import build_spec
@@ -79,6 +79,7 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     _common(hist)
     hist.add_argument("-v", "--value", default="arg0", help="the field: arg0..arg11 or retval (arg0)")
     hist.add_argument("--linear", metavar="LOW,HIGH,STEP", help="linear buckets instead of log2")
+    hist.add_argument("--by", metavar="FIELD", help="one histogram per value of FIELD (e.g. str(arg2), arg1)")
     hist.add_argument("-i", "--interval", type=_positive(float), help="print every INTERVAL seconds")
     hist.set_defaults(func=run_hist)
 
@@ -90,19 +91,22 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     _common(latency)
     latency.add_argument("-k", "--key", help="match start and done by these arguments (START[,DONE])")
     latency.add_argument("--linear", metavar="LOW,HIGH,STEP", help="linear buckets (ns) instead of log2")
+    latency.add_argument("--by", metavar="FIELD",
+                         help="one histogram per value of FIELD of the done probe (e.g. str(arg2))")
     latency.add_argument("-i", "--interval", type=_positive(float), help="print every INTERVAL seconds")
     latency.set_defaults(func=run_latency)
 
 
 # --------------------------------------------------------------------------- running a session
-def _linear(text: Optional[str], fld: Field) -> HistSpec:
+def _hist_spec(text: Optional[str], fld: Field, by: Optional[str]) -> HistSpec:
+    by_field = Field.parse(by) if by else None
     if not text:
-        return HistSpec(fld)
+        return HistSpec(fld, by=by_field)
     try:
         low, high, step = (int(x, 0) for x in text.split(","))
     except ValueError:
         raise UsageError(f"--linear {text!r}: expected LOW,HIGH,STEP integers") from None
-    return HistSpec(fld, "linear", low, high, step)
+    return HistSpec(fld, "linear", low, high, step, by=by_field)
 
 
 def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None]] = None,
@@ -246,16 +250,19 @@ def run_count(args: argparse.Namespace) -> int:
 def _print_hists(session: Session, args: argparse.Namespace, title: str) -> None:
     hists = session.histograms()
     if args.json:
-        doc = {"histograms": {label: h.to_json() for label, h in hists.items()},
+        doc = {"histograms": [{"probe": label[0], "by": label[1], **h.to_json()} if isinstance(label, tuple)
+                              else {"probe": label, **h.to_json()} for label, h in hists.items()],
                "stats": _report_losses(session, True)}
         sys.stdout.write(json.dumps(doc) + "\n")
     else:
         if not hists:
             print("(no values)")
-        for label, hist in hists.items():
+        for label, hist in sorted(hists.items(), key=lambda kv: str(kv[0])):
             unit = f" ({hist.unit})" if hist.unit else ""
-            print(f"{label} {title}{unit}: {hist.total} values, p50 <= {hist.percentile(50)}, "
-                  f"p99 <= {hist.percentile(99)}")
+            if isinstance(label, tuple):
+                label = f"{label[0]} [{args.by}={label[1]}]"
+            p50, p99 = (format_value(hist.percentile(p), hist.unit) for p in (50, 99))
+            print(f"{label} {title}{unit}: {hist.total} values, p50 <= {p50}, p99 <= {p99}")
             print(hist.render())
         _report_losses(session, False)
     sys.stdout.flush()
@@ -265,7 +272,7 @@ def run_hist(args: argparse.Namespace) -> int:
     fld = Field.parse(args.value)
     if fld.name not in ("arg", "retval"):
         raise UsageError(f"--value {args.value}: histograms take arg0..arg11 or retval")
-    session, command = _session(args, events=False, hist=_linear(args.linear, fld))
+    session, command = _session(args, events=False, hist=_hist_spec(args.linear, fld, args.by))
     reason = _collect(session, command, args, on_tick=lambda: _print_hists(session, args, str(fld)))
     _print_hists(session, args, str(fld))
     if not args.json:
@@ -283,7 +290,7 @@ def run_latency(args: argparse.Namespace) -> int:
             raise UsageError("--key takes START or START,DONE")
         keys = parts
     session, command = _session(args, events=False, latency=True, pair_keys=keys,
-                                hist=_linear(args.linear, Field("latency")))
+                                hist=_hist_spec(args.linear, Field("latency"), args.by))
     reason = _collect(session, command, args, on_tick=lambda: _print_hists(session, args, "latency"))
     _print_hists(session, args, "latency")
     if not args.json:

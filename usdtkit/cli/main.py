@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import UsdtkitError
 
 #: Sub-command modules, in the order ``usdtkit --help`` lists them.
-COMMAND_MODULES = ("doctor", "list", "trace")
+COMMAND_MODULES = ("doctor", "list", "trace", "demo")
 
 
 class _Parser(argparse.ArgumentParser):

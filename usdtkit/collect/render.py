@@ -14,6 +14,16 @@ def _human(value: int) -> str:
     return str(value)
 
 
+def format_value(value: int, unit: str = "") -> str:
+    """``value`` with its unit made readable: nanoseconds as ns/us/ms/s, else the plain number."""
+    if unit != "ns":
+        return f"{value}{unit}"
+    for suffix, size in (("s", 10**9), ("ms", 10**6), ("us", 10**3)):
+        if value >= size:
+            return f"{value / size:.3g} {suffix}"
+    return f"{value} ns"
+
+
 def render_histogram(hist: "Histogram", width: int = 40) -> str:
     """Rows ``[lo, hi)  count |@@@@|`` from the first to the last non-empty bucket."""
     used = sorted(i for i, c in hist.buckets.items() if c)

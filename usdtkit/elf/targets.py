@@ -38,9 +38,15 @@ def resolve_target(target: str) -> str:
     """The absolute path of a target given as a path (containing ``/`` or existing) or a library name."""
     if not target:
         raise TargetError("empty target")
-    if "/" in target or os.path.exists(target):
-        if not os.path.exists(target):
-            raise TargetError(f"{target}: no such file")
+    if "/" in target or os.path.lexists(target):
+        try:
+            os.stat(target)
+        except FileNotFoundError:
+            raise TargetError(f"{target}: no such file") from None
+        except PermissionError:
+            raise TargetError(f"{target}: permission denied") from None
+        except OSError as exc:
+            raise TargetError(f"{target}: {exc.strerror or exc}") from None
         return os.path.abspath(target)
     return resolve_library(target)
 

@@ -48,6 +48,7 @@ def build_spec(
     string_size: int = 64,
     count_by: Optional[Iterable[FieldLike]] = None,
     hist: Optional[Union[str, Field, HistSpec]] = None,
+    hist_by: Optional[FieldLike] = None,
     latency: bool = False,
     pair_keys: Optional[Sequence[Optional[FieldLike]]] = None,
     stacks: bool = False,
@@ -68,8 +69,9 @@ def build_spec(
     if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
         raise UsageError(f"invalid pid {pid!r}")
     refs = [p if isinstance(p, ProbeRef) else parse_probe(p) for p in probes]
+    by_field = None if hist_by is None else (hist_by if isinstance(hist_by, Field) else Field.parse(hist_by))
     hist_spec = hist if isinstance(hist, HistSpec) or hist is None else HistSpec(
-        hist if isinstance(hist, Field) else Field.parse(hist))
+        hist if isinstance(hist, Field) else Field.parse(hist), by=by_field)
     if default_binary:
         refs = [replace(r, binary=default_binary) if not r.binary else r for r in refs]
     if not refs:

@@ -16,17 +16,17 @@ import os
 import select
 import time
 from collections import deque
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from ..bpf import capabilities, codegen
 from ..bpf.backend import Program
 from ..collect.results import Counts, Event, Histogram, ProbeStats
 from ..collect.symbolize import Symbolizer
-from ..errors import AttachError, EnvironmentProblem, NoSuchProcess
+from ..errors import AttachError, EnvironmentProblem, NoSuchProcess, UsageError
 from . import site_cost
 from .resolve import Site
 from .semaphores import SemaphoreWriter
-from .spec import COMM_LEN, TraceSpec
+from .spec import COMM_LEN, Field, TraceSpec
 
 EventCallback = Callable[[Event], None]
 
@@ -242,6 +242,28 @@ class Session:
                 break
         self.drain()
 
+    def stream(self, duration: Optional[float] = None, interval: float = 0.1) -> Iterator[Event]:
+        """Yield events as they arrive, until ``duration`` passes or the target exits.
+
+        Events yielded here are not kept in :attr:`events`.
+        """
+        if not self.spec.events:
+            raise UsageError("this trace collects no events (events=False)")
+        deadline = None if duration is None else time.monotonic() + duration
+        while self._program is not None:
+            while self.events:
+                yield self.events.popleft()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if (remaining is not None and remaining <= 0) or self.target_exited:
+                break
+            self.poll(interval if remaining is None else min(interval, remaining))
+        self.drain()
+        while self.events:
+            yield self.events.popleft()
+
+    def __iter__(self) -> Iterator[Event]:
+        return self.stream()
+
     def drain(self) -> None:
         """Deliver every event already in the ring buffer."""
         if self._program is not None and self.spec.events:
@@ -279,17 +301,21 @@ class Session:
             probe = self.spec.probes[key.probe]
             row: List[object] = [probe.label]
             for fld in self.spec.count_by:
-                raw = getattr(key, f"k_{fld}")
-                if fld.name == "comm":
-                    row.append(bytes(raw).split(b"\0", 1)[0].decode(errors="replace"))
-                elif fld.name == "ustack":
-                    row.append(self._folded(program, _signed(raw), self._key_pid(key)))
-                elif fld.name == "arg" and fld.index < len(self._signs[key.probe]) and self._signs[key.probe][fld.index][0]:
-                    row.append(_signed(raw))
-                else:
-                    row.append(int(raw))
+                row.append(self._key_value(program, key, fld))
             items[tuple(row)] = items.get(tuple(row), 0) + int(value.value)
         return Counts(fields, items)
+
+    def _key_value(self, program: Program, key: ctypes.Structure, fld: Field) -> object:
+        """A map key member as a Python value (strings decoded, signed arguments signed)."""
+        raw = getattr(key, f"k_{fld.key_name}")
+        if fld.name in ("comm", "str"):
+            return bytes(raw).split(b"\0", 1)[0].decode(errors="replace")
+        if fld.name == "ustack":
+            return self._folded(program, _signed(raw), self._key_pid(key))
+        signs = self._signs[key.probe]
+        if fld.name == "arg" and fld.index < len(signs) and signs[fld.index][0]:
+            return _signed(raw)
+        return int(raw)
 
     def _key_pid(self, key: ctypes.Structure) -> int:
         if self.spec.pid is not None:
@@ -327,6 +353,8 @@ class Session:
         out: Dict[str, Histogram] = {}
         for key, value in program.table("hist").items():
             label = self.spec.probes[key.probe].label
+            if hist.by is not None:
+                label = (label, self._key_value(program, key, hist.by))
             h = out.setdefault(label, Histogram(hist.kind, {}, hist.low, hist.high, hist.step, unit))
             h.buckets[key.slot] = h.buckets.get(key.slot, 0) + int(value.value)
         return out
@@ -344,7 +372,8 @@ class Session:
     def counts(self) -> Optional[Counts]:
         return self._current("counts")
 
-    def histograms(self) -> Dict[str, Histogram]:
+    def histograms(self) -> Dict[object, Histogram]:
+        """Histograms by probe label, or by ``(label, value)`` when split with ``HistSpec(by=...)``."""
         return self._current("hist") or {}
 
     @property

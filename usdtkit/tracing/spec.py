@@ -17,29 +17,52 @@ from .resolve import ResolvedProbe
 FIELD_NAMES = ("pid", "tid", "comm", "cpu", "probe", "retval", "latency", "ustack")
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=")
 _ARG = re.compile(r"arg([0-9]|1[01])")
+_STR_ARG = re.compile(r"str\(arg([0-9]|1[01])\)")
+STRING_KEY_SIZE = 32
 MAX_STRING = 256
 COMM_LEN = 16
 
 
 @dataclass(frozen=True)
 class Field:
-    """A value an event can carry or a key can hold: ``arg3``, ``pid``, ``latency``..."""
+    """A value an event can carry or a key can hold: ``arg3``, ``str(arg1)``, ``pid``, ``latency``...
+
+    ``str(argN)`` is the NUL-terminated string argument ``N`` points to, as a key (first 31 bytes).
+    """
 
     name: str
-    index: int = -1  # argument index for argN
+    index: int = -1  # argument index for argN and str(argN)
 
     @classmethod
     def parse(cls, text: str) -> "Field":
         text = text.strip() if isinstance(text, str) else text
-        match = _ARG.fullmatch(text) if isinstance(text, str) else None
-        if match:
-            return cls("arg", int(match.group(1)))
-        if text in FIELD_NAMES:
-            return cls(text)
-        raise UsageError(f"unknown field {text!r}: use arg0..arg11, " + ", ".join(FIELD_NAMES))
+        if isinstance(text, str):
+            match = _ARG.fullmatch(text)
+            if match:
+                return cls("arg", int(match.group(1)))
+            match = _STR_ARG.fullmatch(text)
+            if match:
+                return cls("str", int(match.group(1)))
+            if text in FIELD_NAMES:
+                return cls(text)
+        raise UsageError(f"unknown field {text!r}: use arg0..arg11, str(argN), " + ", ".join(FIELD_NAMES))
+
+    @property
+    def argument(self) -> Optional[int]:
+        """The argument index this field reads, if any."""
+        return self.index if self.name in ("arg", "str") else None
+
+    @property
+    def key_name(self) -> str:
+        """A C identifier for this field as a struct member."""
+        return f"str_arg{self.index}" if self.name == "str" else str(self)
 
     def __str__(self) -> str:
-        return f"arg{self.index}" if self.name == "arg" else self.name
+        if self.name == "arg":
+            return f"arg{self.index}"
+        if self.name == "str":
+            return f"str(arg{self.index})"
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -70,7 +93,7 @@ class Predicate:
             if len(value) >= COMM_LEN or not re.fullmatch(rb"[\x21-\x7e]+", value):
                 raise UsageError(f"filter {text!r}: comm must be 1-15 printable characters")
             return cls(fld, op, value)
-        if fld.name in ("probe", "latency", "ustack"):
+        if fld.name in ("probe", "latency", "ustack", "str"):
             raise UsageError(f"filter {text!r}: cannot filter on {fld}")
         try:
             number = int(raw, 0)
@@ -83,15 +106,21 @@ class Predicate:
 
 @dataclass(frozen=True)
 class HistSpec:
-    """A histogram of ``field``: ``log2`` buckets, or ``linear`` from ``low`` to ``high`` by ``step``."""
+    """A histogram of ``field``: ``log2`` buckets, or ``linear`` from ``low`` to ``high`` by ``step``;
+    one histogram per value of ``by`` (a route, a status...) when given."""
 
     field: Field
     kind: str = "log2"
     low: int = 0
     high: int = 0
     step: int = 1
+    by: Optional[Field] = None
 
     def __post_init__(self) -> None:
+        if self.field.name in ("comm", "ustack", "probe", "str"):
+            raise UsageError(f"cannot make a histogram of {self.field}")
+        if self.by is not None and self.by.name in ("latency", "ustack", "probe"):
+            raise UsageError(f"cannot split histograms by {self.by}")
         if self.kind not in ("log2", "linear"):
             raise UsageError(f"histogram kind {self.kind!r}: use log2 or linear")
         if self.kind == "linear":
@@ -138,8 +167,6 @@ class TraceSpec:
                 raise UsageError(f"string argument index {index} out of range")
         if self.pid is not None and not 0 < self.pid < (1 << 22):
             raise UsageError(f"invalid pid {self.pid}")
-        if self.hist is not None and self.hist.field.name in ("comm", "ustack", "probe"):
-            raise UsageError(f"cannot make a histogram of {self.hist.field}")
 
     @property
     def needs_stacks(self) -> bool:
