@@ -10,6 +10,8 @@ from typing import Callable, List
 
 import pytest
 
+from usdtkit.elf import read_usdt_probes
+
 PROGRAMS = Path(__file__).parent / "integration" / "programs"
 
 
@@ -58,3 +60,29 @@ def processes() -> Callable[..., subprocess.Popen]:
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream:
                 stream.close()
+
+
+def semaphore_value(pid: int, binary: str, probe_name: str) -> int:
+    """Read a probe's 16-bit semaphore in a live process through /proc/PID/mem."""
+    probe = next(p for p in read_usdt_probes(binary) if p.name == probe_name)
+    offset = probe.semaphore_offset
+    real = os.path.realpath(binary)
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) < 6 or os.path.realpath(fields[5]) != real:
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            file_off = int(fields[2], 16)
+            if file_off <= offset < file_off + (end - start):
+                with open(f"/proc/{pid}/mem", "rb") as mem:
+                    mem.seek(start + offset - file_off)
+                    return int.from_bytes(mem.read(2), "little")
+    raise AssertionError("semaphore not mapped")
+
+
+
+@pytest.fixture(scope="session")
+def read_semaphore() -> Callable[[int, str, str], int]:
+    """``read_semaphore(pid, binary, probe_name)``: a probe's semaphore, read live from the process."""
+    return semaphore_value

@@ -1,15 +1,31 @@
-"""pytest plugin (entry point ``pytest11``): the ``bpf`` marker and the policy for tests that need BPF.
+"""pytest plugin (entry point ``pytest11``): trace real processes in tests and assert on their probes.
 
-A test marked ``@pytest.mark.bpf`` needs root (or CAP_BPF+CAP_PERFMON), bcc, kernel headers and the
-uprobe PMU.  Where those are missing it is skipped with the reason, except under CI (``CI`` set),
-``USDTKIT_REQUIRE_BPF=1`` or ``--usdtkit-require-bpf``: there it fails instead, so a green run always
-means real probes were attached.
+Fixtures (each cleans up every process and attachment it made, even when the test fails):
+
+* ``usdtkit_trace(*probes, **options)``: attach a trace (options of :func:`usdtkit.trace`) and return
+  the live :class:`~usdtkit.tracing.session.Session`;
+* ``traced_process(argv, *probes, **options)``: start ``argv`` with the probes attached before its first
+  instruction (probe specs may leave the binary empty: ``usdt::provider:name``); returns an object with
+  ``.process``, ``.pid``, ``.session`` and ``.expect(probe)``;
+* ``provider_trace(provider, *names, **options)``: trace probes of a :class:`usdtkit.provider.Provider`
+  loaded in the test's own process.
+
+Assertions: ``usdtkit.testing.expect_probe(session, "prov:name").fired(times=3).with_args(...)``, also
+available as the ``expect_probe`` fixture.
+
+Markers and options: a test marked ``@pytest.mark.bpf`` (or using one of the fixtures above) needs
+root (or CAP_BPF+CAP_PERFMON), bcc, kernel headers and the uprobe PMU.  Where those are missing it is
+skipped with the reason, except under CI (``CI`` set), ``USDTKIT_REQUIRE_BPF=1`` or
+``--usdtkit-require-bpf``: there it fails instead, so a green run always means real probes attached.
+Processes started by ``traced_process`` die with the test process (``PR_SET_PDEATHSIG``), so even a
+test killed by a timeout leaves none behind; its probes go with it (they are file descriptors).
 """
 from __future__ import annotations
 
 import functools
 import os
-from typing import Optional
+import sys
+from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
@@ -56,8 +72,13 @@ def bpf_unavailable_reason() -> Optional[str]:
     return None
 
 
+_BPF_FIXTURES = ("usdtkit_trace", "traced_process", "provider_trace")
+
+
 def pytest_runtest_setup(item: "pytest.Item") -> None:
-    if item.get_closest_marker("bpf") is None:
+    uses_bpf = item.get_closest_marker("bpf") is not None or any(
+        name in getattr(item, "fixturenames", ()) for name in _BPF_FIXTURES)
+    if not uses_bpf:
         return
     reason = bpf_unavailable_reason()
     if reason is None:
@@ -66,3 +87,109 @@ def pytest_runtest_setup(item: "pytest.Item") -> None:
         pytest.fail(f"BPF required (CI/USDTKIT_REQUIRE_BPF/--usdtkit-require-bpf) but unavailable: {reason}",
                     pytrace=False)
     pytest.skip(f"needs BPF: {reason}")
+
+
+# --------------------------------------------------------------------------- fixtures
+class TracedProcess:
+    """A process started under trace by the ``traced_process`` fixture."""
+
+    def __init__(self, command: Any, session: Any) -> None:
+        self.command = command
+        self.session = session
+
+    @property
+    def process(self) -> Any:
+        return self.command.process
+
+    @property
+    def pid(self) -> int:
+        return self.command.pid
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """Wait for the process to exit, then deliver the events still in flight."""
+        code = self.command.wait(timeout)
+        self.session.run(duration=0.05)
+        return code
+
+    def expect(self, probe: str) -> Any:
+        from .testing import expect_probe
+
+        return expect_probe(self.session, probe)
+
+    def stop(self) -> None:
+        self.command.stop()
+
+
+@pytest.fixture
+def usdtkit_trace() -> Iterator[Callable[..., Any]]:
+    """Factory: ``usdtkit_trace(*probes, **options)`` returns an attached session, detached after the test."""
+    from .tracing.api import trace
+
+    sessions: List[Any] = []
+
+    def start(*probes: str, **options: Any) -> Any:
+        session = trace(*probes, **options)
+        session.attach()
+        sessions.append(session)
+        return session
+
+    yield start
+    for session in reversed(sessions):
+        session.close()
+
+
+@pytest.fixture
+def traced_process() -> Iterator[Callable[..., TracedProcess]]:
+    """Factory: ``traced_process(argv, *probes, **options)`` starts ``argv`` with the probes attached."""
+    from .tracing.api import build_spec
+    from .tracing.launch import GatedCommand
+    from .tracing.session import Session
+
+    started: List[TracedProcess] = []
+
+    def start(argv: List[str], *probes: str, stdout: Optional[int] = None, **options: Any) -> TracedProcess:
+        command = GatedCommand([str(a) for a in argv], stdout=stdout)
+        try:
+            options.setdefault("events", True)
+            spec = build_spec(list(probes), pid=command.pid, default_binary=command.executable,
+                              resolve_in_pid=False, **options)
+            session = Session(spec)
+            session.attach()
+        except BaseException:
+            command.stop()
+            raise
+        traced = TracedProcess(command, session)
+        started.append(traced)
+        command.release()
+        return traced
+
+    yield start
+    for traced in reversed(started):
+        try:
+            traced.stop()
+        finally:
+            traced.session.close()
+
+
+@pytest.fixture
+def provider_trace(usdtkit_trace: Callable[..., Any]) -> Callable[..., Any]:
+    """Factory: ``provider_trace(provider, *probe_names, **options)`` traces probes of a provider loaded
+    in this test's own process (all its probes when no name is given)."""
+
+    def start(provider: Any, *names: str, **options: Any) -> Any:
+        if not provider.loaded:
+            provider.load()
+        chosen = names or tuple(provider.probes)
+        specs = [f"usdt::{provider.name}:{name}" for name in chosen]
+        options.setdefault("events", True)
+        return usdtkit_trace(*specs, pid=os.getpid(), **options)
+
+    return start
+
+
+@pytest.fixture
+def expect_probe() -> Callable[..., Any]:
+    """``expect_probe(session, "provider:name")``: chainable assertions (see :mod:`usdtkit.testing`)."""
+    from .testing import expect_probe as expect
+
+    return expect

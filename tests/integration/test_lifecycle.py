@@ -11,29 +11,9 @@ import time
 
 import pytest
 
-from usdtkit.elf import read_usdt_probes
 from usdtkit.tracing.api import trace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def semaphore_value(pid: int, binary: str, probe_name: str) -> int:
-    """Read a probe's 16-bit semaphore in a live process through /proc/PID/mem."""
-    probe = next(p for p in read_usdt_probes(binary) if p.name == probe_name)
-    offset = probe.semaphore_offset
-    real = os.path.realpath(binary)
-    with open(f"/proc/{pid}/maps") as maps:
-        for line in maps:
-            fields = line.split()
-            if len(fields) < 6 or os.path.realpath(fields[5]) != real:
-                continue
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            file_off = int(fields[2], 16)
-            if file_off <= offset < file_off + (end - start):
-                with open(f"/proc/{pid}/mem", "rb") as mem:
-                    mem.seek(start + offset - file_off)
-                    return int.from_bytes(mem.read(2), "little")
-    raise AssertionError("semaphore not mapped")
 
 
 def usdtkit_program_ids() -> set:
@@ -75,6 +55,12 @@ def tracefs_uprobes() -> str:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(autouse=True)
+def _semaphore_reader(read_semaphore):
+    global semaphore_value
+    semaphore_value = read_semaphore
 
 
 @pytest.fixture

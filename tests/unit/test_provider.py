@@ -7,8 +7,11 @@ call target for a recorder after checking that the real call works."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import enum
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, List, Tuple
@@ -56,13 +59,16 @@ def app():
 
 
 class Recorder:
-    """Stands in for a probe's native function; records the converted arguments."""
+    """Stands in for a probe's native function; records the converted arguments (64-bit values
+    boxed for ctypes are unboxed; :class:`RegisterRecorder` checks what really reaches the
+    registers)."""
 
     def __init__(self) -> None:
         self.calls: List[Tuple[Any, ...]] = []
 
     def __call__(self, *args: Any) -> None:
-        self.calls.append(args)
+        self.calls.append(tuple(a.value if isinstance(a, (ctypes.c_int64, ctypes.c_uint64)) else a
+                                for a in args))
 
 
 def traced(probe: Probe) -> Recorder:
@@ -473,3 +479,100 @@ def test_span_async_and_untraced(app):
     start, done = traced(db.start), traced(db.done)
     sid = asyncio.run(use())
     assert start.calls == [(sid,)] and done.calls[0][0] == sid
+
+
+# ---------------------------------------------------------------- what reaches the registers
+
+RECORDER_C = r"""
+#include <stdint.h>
+#include <string.h>
+uint64_t regs[6];
+unsigned calls, strmask;
+char strs[6][8192];
+int strnull[6];
+void record(uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5) {
+  uint64_t v[6] = {a0, a1, a2, a3, a4, a5};
+  for (int i = 0; i < 6; i++) {
+    regs[i] = v[i];
+    if (strmask & (1u << i)) {   /* copy the string while the pointer is valid */
+      strnull[i] = v[i] == 0;
+      if (v[i]) { strncpy(strs[i], (const char *)v[i], sizeof(strs[i]) - 1); }
+    }
+  }
+  calls++;
+}
+"""
+
+
+class RegisterRecorder:
+    """A C function with the probe's calling convention that stores its six argument registers;
+    values are decoded like a tracer decodes the note's spec (``-4@%edi``: low 4 bytes, signed)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+        self.regs = (ctypes.c_uint64 * 6).in_dll(lib, "regs")
+        self.strs = (ctypes.c_char * 8192 * 6).in_dll(lib, "strs")
+        self.strnull = (ctypes.c_int * 6).in_dll(lib, "strnull")
+        self.count = ctypes.c_uint.in_dll(lib, "calls")
+        self.address = ctypes.cast(lib.record, ctypes.c_void_p).value
+        self.probe: Any = None
+
+    def attach(self, probe: Probe) -> "RegisterRecorder":
+        self.probe = probe
+        ctypes.c_uint.in_dll(self.lib, "strmask").value = sum(
+            1 << i for i, t in enumerate(probe.types) if t in (str, bytes))
+        probe.enabled.value += 1
+        probe._slot.call = ctypes.PYFUNCTYPE(None)(self.address)
+        return self
+
+    def last(self) -> Tuple[Any, ...]:
+        out = []
+        for i, (declared, code) in enumerate(zip(self.probe.types, self.probe.argument_types)):
+            reg = self.regs[i]
+            if declared in (str, bytes):
+                out.append(None if self.strnull[i] else self.strs[i].value)
+                continue
+            bits = 8 * abs(int(code))
+            value = reg & ((1 << bits) - 1)
+            if int(code) < 0 and value >= 1 << (bits - 1):
+                value -= 1 << bits
+            out.append(bool(value) if declared is bool else value)
+        return tuple(out)
+
+
+@pytest.fixture(scope="module")
+def registers(tmp_path_factory: pytest.TempPathFactory) -> RegisterRecorder:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the register recorder")
+    out = tmp_path_factory.mktemp("recorder")
+    (out / "record.c").write_text(RECORDER_C)
+    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-o", str(out / "record.so"), str(out / "record.c")],
+                   check=True, capture_output=True)
+    return RegisterRecorder(ctypes.CDLL(str(out / "record.so")))
+
+
+BOUNDARIES = [-(2**63), -(2**31) - 1, -(2**31), -129, -128, -1, 0, 1, 127, 128, 255, 256,
+              2**15 - 1, 2**16 - 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1]
+
+
+@pytest.mark.parametrize("width", list(RANGES), ids=lambda w: w.name)
+def test_registers_carry_exact_values(app, registers, width):
+    probe = app.probe("regs", width, int, width)
+    app.load()
+    rec = registers.attach(probe)
+    low, high = RANGES[width]
+    for value in (v for v in BOUNDARIES if low <= v <= high):
+        probe(value, -value if -(2**63) <= -value < 2**63 else 0, value)
+        assert rec.last() == (value, -value if -(2**63) <= -value < 2**63 else 0, value), value
+
+
+def test_registers_carry_strings_and_bools(app, registers):
+    probe = app.probe("strs", str, bytes, bool, str, bool, uint64)
+    app.load()
+    rec = registers.attach(probe)
+    before = rec.count.value
+    probe("héllo ✓ 日本", b"raw\xff", True, None, False, 2**64 - 1)
+    assert rec.count.value == before + 1
+    assert rec.last() == ("héllo ✓ 日本".encode(), b"raw\xff", True, None, False, 2**64 - 1)
+    probe("x" * 5000, b"", 1, "", 0, 0)
+    assert rec.last() == (b"x" * MAX_STRING_BYTES, b"", True, b"", False, 0)

@@ -8,11 +8,12 @@ handled in columns and serialised without building one object per function.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import gc
+import json
+import os
+import sys
 from itertools import islice, repeat
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 from ..errors import ElfError, UsageError
 
@@ -147,10 +148,13 @@ def _run(args: argparse.Namespace) -> int:
             if obj is None:
                 raise
             warnings.append(str(exc))  # one bad object must not hide a process's others
-    if args.pid is not None and not results and not warnings:
-        from ..errors import TargetError
+    if args.pid is not None and not results:
+        from ..errors import NoSuchProcess, TargetError
 
-        raise TargetError(f"pid {args.pid}: no ELF objects mapped (kernel thread or zombie?)")
+        if not os.path.exists(f"/proc/{args.pid}"):
+            raise NoSuchProcess(args.pid, "exited while being listed")
+        if not warnings:
+            raise TargetError(f"pid {args.pid}: no ELF objects mapped (kernel thread or zombie?)")
     for warning in warnings:
         print(f"usdtkit: warning: {warning}", file=sys.stderr)
     out = sys.stdout

@@ -5,9 +5,11 @@ tracer's own stdout stays machine-readable).  The child is forked at once, so it
 blocks reading a pipe before ``exec``.  :meth:`GatedCommand.release` closes the pipe after attaching,
 and the command runs from its first instruction with every probe in place.  The PID survives
 ``exec``, and the kernel arms uprobes (and semaphore counts) in mappings created after attach.
+The command is killed if the tracer dies (``PR_SET_PDEATHSIG``), so nothing outlives a killed tracer.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -15,6 +17,20 @@ import subprocess
 from typing import List, Optional
 
 from ..errors import TargetError, UsageError
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child before exec: get SIGKILL when the tracer dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def _child_setup(gate_fd: int) -> None:
+    die_with_parent()
+    os.dup2(gate_fd, 3)
 
 
 class GatedCommand:
@@ -31,7 +47,7 @@ class GatedCommand:
                 ["/bin/sh", "-c", 'read _ <&3; exec 3<&-; exec "$@"', "usdtkit-gate", executable, *argv[1:]],
                 pass_fds=(read_end,),
                 stdout=stdout,
-                preexec_fn=lambda: os.dup2(read_end, 3),
+                preexec_fn=lambda: _child_setup(read_end),
             )
         finally:
             os.close(read_end)
