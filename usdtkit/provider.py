@@ -351,7 +351,7 @@ def _fire_factory(args: List[_Arg]) -> Callable[..., Callable[..., None]]:
         return factory
     params = ", ".join(f"a{i}" for i in range(len(args)))
     lines = [
-        "def make(slot, ctx, _int, _wide, _bool, _str, _cut):",
+        "def make(slot, ctx, _int, _wide, _bool, _str):",
         f"    def fire({params}):",
         "        if slot.sem:",
     ]
@@ -376,11 +376,11 @@ def _fire_factory(args: List[_Arg]) -> Callable[..., Callable[..., None]]:
                 f"                {a} = _bool(ctx, {i}, {a})",
             ]
         else:
+            # Up to MAX_STRING_BYTES // 4 characters cannot exceed the cap once encoded.
             lines += [
-                f"            if {a}.__class__ is str and '\\x00' not in {a}:",
+                f"            if {a}.__class__ is str and len({a}) <= {MAX_STRING_BYTES // 4} "
+                f"and '\\x00' not in {a}:",
                 f"                {a} = {a}.encode()",
-                f"                if len({a}) > {MAX_STRING_BYTES}:",
-                f"                    {a} = _cut({a}, True)",
                 f"            elif {a}.__class__ is not bytes or 0 in {a} or len({a}) > {MAX_STRING_BYTES}:",
                 f"                {a} = _str(ctx, {i}, {a})",
             ]
@@ -440,7 +440,7 @@ class Probe:
         )
         probe = object.__new__(probe_type)
         slot = _Slot(probe)
-        fire = _fire_factory(args)(slot, ctx, _int_arg, _wide_arg, _bool_arg, _str_arg, _cut)
+        fire = _fire_factory(args)(slot, ctx, _int_arg, _wide_arg, _bool_arg, _str_arg)
         fire.__name__ = name if not keyword.iskeyword(name) else f"{name}_"
         fire.__qualname__ = f"{provider.name}.{fire.__name__}"
         probe_type.__call__ = staticmethod(fire)  # type: ignore[attr-defined]

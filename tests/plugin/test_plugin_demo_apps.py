@@ -181,14 +181,16 @@ def check_killed_suite(tmp_path, bystander, read_semaphore):
     suite = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(tmp_path),
                              env=dict(os.environ, PYTHONPATH=ROOT, STATE_FILE=str(state)))
-    deadline = time.time() + 60
-    while not (state.exists() and state.read_text()) and time.time() < deadline:
-        time.sleep(0.1)
-    child = int(state.read_text())
-    assert os.path.exists(f"/proc/{child}")
-    assert read_semaphore(bystander.pid, binary, "request__done") > 0  # one count per call site
-    suite.kill()  # what a hard timeout does
-    suite.wait(timeout=10)
+    try:
+        deadline = time.time() + 60
+        while not (state.exists() and state.read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        child = int(state.read_text())
+        assert os.path.exists(f"/proc/{child}")
+        assert read_semaphore(bystander.pid, binary, "request__done") > 0  # one count per call site
+    finally:
+        suite.kill()  # what a hard timeout does
+        suite.wait(timeout=10)
     deadline = time.time() + 10
     while os.path.exists(f"/proc/{child}") and time.time() < deadline:
         time.sleep(0.05)
