@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import timeit
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -83,7 +83,10 @@ def main() -> None:
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
 
-    os.environ.setdefault("USDTKIT_RUNTIME_DIR", tempfile.mkdtemp(prefix="usdtkit-bench-"))
+    scratch = None
+    if "USDTKIT_RUNTIME_DIR" not in os.environ:
+        scratch = tempfile.mkdtemp(prefix="usdtkit-bench-")
+        os.environ["USDTKIT_RUNTIME_DIR"] = os.path.join(scratch, "run")
     app = Provider("bench")
     probe = app.probe("hot", int, str)
     app.load()
@@ -159,6 +162,8 @@ def main() -> None:
         print("traced rows skipped: run as root with bpftrace installed")
     app.close()
     sprovider.unload()
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

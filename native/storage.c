@@ -254,12 +254,14 @@ static int existing_matches(int dfd, const char *name, const struct sdt_image *i
 /* Publish tmp as name without replacing an existing file: 0 published,
  * 1 someone else's file is already there, -1 error. */
 static int publish_noreplace(int dfd, const char *tmp, const char *name) {
+#ifdef RENAME_NOREPLACE /* glibc 2.28+ */
   if (renameat2(dfd, tmp, dfd, name, RENAME_NOREPLACE) == 0)
     return 0;
   if (errno == EEXIST)
     return 1;
   if (errno != EINVAL && errno != ENOSYS)
     return -1;
+#endif
   /* Filesystem without RENAME_NOREPLACE: a hard link is just as exclusive. */
   if (linkat(dfd, tmp, dfd, name, 0) == 0) {
     unlinkat(dfd, tmp, 0);

@@ -33,8 +33,15 @@ the probe is enabled: a disabled probe costs one attribute read and a compare.
 Probes added after :meth:`Provider.load` fire only after the next ``load()``, which then reloads
 the provider (tracers attached to the old object must attach again).  Firing is thread-safe;
 ``unload()``/``close()`` while other threads fire is safe in CPython with the GIL (the probe state is
-swapped out before the object is unmapped, and the unmapping runs with the GIL held).  A provider
+swapped out before the object is unmapped, firing reads it afresh at each step, and both the probe
+call and the unmapping run with the GIL held); free-threaded builds are not supported.  A provider
 loaded before ``os.fork()`` keeps working in the child.  Providers are unloaded at interpreter exit.
+
+The API is built on the PyPI ``stapsdt`` package's ABI binding: its ``ArgTypes`` are the fixed widths
+here, and ``import stapsdt`` runs unmodified on our library.  Lifecycle and firing calls are bound
+here rather than through ``stapsdt.Provider``/``Probe`` because those report a successful load as
+False, hide the library's error message, and pass Python ints as 32-bit C ints (so 64-bit values
+would be truncated); unloading must also run with the GIL held (see above).
 
 Where the object lives: by default a file named by its content in a private runtime directory
 (``$XDG_RUNTIME_DIR/usdtkit``, ``/run/user/UID/usdtkit``, ``/run/usdtkit`` for root, else
@@ -64,8 +71,7 @@ _cdll = _native.load_library()  # must precede `import stapsdt`: it resolves lib
 # The same object, called without releasing the GIL (see Provider.unload).
 _pydll = ctypes.PyDLL(_native.library_path(), mode=os.RTLD_NOW | os.RTLD_GLOBAL)
 
-import stapsdt  # noqa: E402  (PyPI package; works unmodified on top of our library)
-from stapsdt import ArgTypes  # noqa: E402
+from stapsdt import ArgTypes  # noqa: E402  (PyPI stapsdt, running unmodified on our library)
 
 __all__ = [
     "ArgTypes",
@@ -76,6 +82,7 @@ __all__ = [
     "Provider",
     "Semaphore",
     "Span",
+    "SpanScope",
     "int8",
     "int16",
     "int32",
@@ -334,7 +341,7 @@ def _noop(*args: Any) -> None:
     """Stands in for the probe function while the provider is not loaded."""
 
 
-_FACTORY_CACHE: Dict[Tuple[Tuple[str, int], ...], Callable[..., Callable[..., None]]] = {}
+_FACTORY_CACHE: Dict[Tuple[Any, ...], Callable[..., Callable[..., None]]] = {}
 
 
 def _fire_factory(args: List[_Arg]) -> Callable[..., Callable[..., None]]:
@@ -416,9 +423,10 @@ class _Slot:
 class Probe:
     """A declared probe.  Fire it by calling it; test :attr:`enabled` first on hot paths.
 
-    ``probe(*args)`` (or ``probe.fire(*args)``) fires with exactly the declared number of arguments.
+    ``probe(*args)`` (or ``probe.fire(*args)``, the same generated function) fires with exactly the
+    declared number of arguments; it does nothing unless the probe is enabled and loaded.
     :attr:`enabled` is a :class:`Semaphore` view: ``if probe.enabled: probe(...)`` costs a single
-    memory read when nobody traces the probe.
+    memory read when nobody traces the probe, and skips building the arguments.
     """
 
     __slots__ = ("name", "provider", "types", "enabled", "fire", "_slot", "_native", "__weakref__")
@@ -464,7 +472,7 @@ class Probe:
     @property
     def argument_types(self) -> Tuple[ArgTypes, ...]:
         """The native argument types (``stapsdt.ArgTypes``) this probe was declared with."""
-        return tuple(ArgTypes(c) for c in self._native.contents.argFmt[: len(self.types)])
+        return tuple(_resolve_arg(t).code for t in self.types)
 
     def __repr__(self) -> str:
         types = ", ".join(t.__name__ if isinstance(t, type) else t.name for t in self.types)

@@ -16,12 +16,30 @@ from usdtkit.tracing.api import trace
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def programs_of_other_processes() -> set:
+    """Program IDs held through an fd by some other live process (concurrent tracers on the machine)."""
+    held = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{entry}/fdinfo"):
+                with open(f"/proc/{entry}/fdinfo/{fd}") as info:
+                    for line in info:
+                        if line.startswith("prog_id:"):
+                            held.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return held
+
+
 def usdtkit_program_ids() -> set:
-    """IDs of every loaded BPF program whose name usdtkit generates (any process)."""
+    """IDs of loaded BPF programs named by usdtkit that no other live process holds."""
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     if out.returncode != 0:
         pytest.fail(f"bpftool cannot list programs: {out.stderr.strip()}")
-    return {p["id"] for p in json.loads(out.stdout or "[]") if p.get("name", "").startswith("usdtkit_")}
+    ids = {p["id"] for p in json.loads(out.stdout or "[]") if p.get("name", "").startswith("usdtkit_")}
+    return ids - programs_of_other_processes() if ids else ids
 
 
 def bpf_fds_of_this_process() -> int:

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 POSTGRES = "/usr/lib/postgresql/15/bin/postgres"
 PYTHON = "/usr/bin/python3.11"
 LIBSTDCXX = "/usr/lib/x86_64-linux-gnu/libstdc++.so.6"
+LIBJVM = "/usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so"
 
 
 def usdtkit(*args: str, user: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -43,8 +44,9 @@ def real(path: str) -> str:
 
 
 # --------------------------------------------------------------------------- JSON
-def test_json_equals_the_api():
-    path = real(POSTGRES)
+@pytest.mark.parametrize("path", [POSTGRES, LIBJVM])
+def test_json_equals_the_api(path):
+    path = real(path)
     doc = listing(path)
     assert set(doc) == {"probes", "functions"}
     assert doc["probes"] == [p.to_json() for p in read_usdt_probes(path)]

@@ -123,6 +123,24 @@ def _site_reads(probe: ResolvedProbe, site: Site, needed: FrozenSet[int]) -> Tup
     return ()
 
 
+def pointer_like(probe: ResolvedProbe, index: int) -> bool:
+    """Whether argument ``index`` can hold a pointer at every site (unsigned 8 bytes; any uprobe arg)."""
+    if probe.ref.kind == "uprobe":
+        return index < len(_X86_PARAMS)
+    if not probe.ref.is_usdt or index >= probe.arg_count:
+        return False
+    return all(index < len(s.args) and s.args[index].size == 8 and not s.args[index].signed
+               for s in probe.sites)
+
+
+def string_mask(spec: TraceSpec, probe_index: int) -> int:
+    """Bit ``slot`` set when string slot ``slot`` applies to this probe: a requested string argument is
+    read only where it can be a pointer, so ``strings=["arg1"]`` over probes of different shapes never
+    turns a number into text."""
+    probe = spec.probes[probe_index]
+    return sum(1 << slot for slot, index in enumerate(spec.event_strings) if pointer_like(probe, index))
+
+
 def needed_args(spec: TraceSpec, probe_index: int) -> FrozenSet[int]:
     """The arguments a probe must read: all of them for events, else only those used by a filter,
     a count key, a histogram or a latency pair key.  An unreadable argument nobody uses is no error,
@@ -265,7 +283,7 @@ class Generator:
         spec, out = self.spec, self._lines
         out += [
             "static __always_inline int usdtkit_handle(struct pt_regs *ctx, u32 probe, u64 *args, u32 errs,",
-            "                                          u64 retval, u64 latency, u32 pid, u32 tid) {",
+            "                                          u64 retval, u64 latency, u32 pid, u32 tid, u32 strmask) {",
             "    usdtkit_stat(probe, 0);",
         ]
         if spec.count_by is not None:
@@ -311,8 +329,9 @@ class Generator:
                 out.append(f"    e->args[{i}] = args[{i}];")
             for slot, index in enumerate(spec.event_strings):
                 if index < self.nargs:
-                    out.append(f"    if (bpf_probe_read_user_str(&e->str[{slot}], sizeof(e->str[{slot}]), "
-                               f"(void *)args[{index}]) < 0) e->str[{slot}][0] = 0;")
+                    out.append(f"    e->str[{slot}][0] = 0;")
+                    out.append(f"    if ((strmask & {1 << slot}) && bpf_probe_read_user_str(&e->str[{slot}], "
+                               f"sizeof(e->str[{slot}]), (void *)args[{index}]) < 0) e->str[{slot}][0] = 0;")
             if spec.stacks:
                 out.append("    e->stack = stacks.get_stackid(ctx, BPF_F_USER_STACK);")
             else:
@@ -357,7 +376,8 @@ class Generator:
                     body.append("    retval = PT_REGS_RC(ctx);")
                 body += self._filters(probe)
                 body += self._latency(p_index, probe)
-                body.append("    return usdtkit_handle(ctx, probe, args, errs, retval, latency, pid, tid);")
+                mask = string_mask(spec, p_index)
+                body.append(f"    return usdtkit_handle(ctx, probe, args, errs, retval, latency, pid, tid, {mask});")
                 out += [f"int {name}(struct pt_regs *ctx) {{", *body, "}"]
                 for site in sites:
                     self.attachments.append((name, site, probe.ref.is_return))

@@ -196,18 +196,33 @@ def function_json_chunks(table, binary: str, demangled=None, extra: str = "") ->
     distinct combination, and the rows with one ``%`` each, a chunk at a time.
     """
     count = len(table)
-    versions = table.versions if table.versions is not None else repeat(None, count)
-    dem = demangled if demangled is not None else repeat(None, count)
-    keys = list(zip(table.bindings, versions, table.sources, dem))
     binary_json = _encode(binary)
-    tails = {
-        k: '"binding": "%s", "version": %s, "source": %s, "demangled": %s, "binary": %s%s}'
-        % (k[0], _json_value(k[1]), _encode(k[2]), _json_value(k[3]), binary_json, extra)
-        for k in set(keys)
-    }
-    rows = zip(map(_encode, table.names), table.addresses, table.sizes, table.offsets,
-               map(tails.__getitem__, keys))
-    fmt = '{"name": %s, "address": %d, "size": %d, "file_offset": %d, %s'.__mod__
+    sources = set(table.sources)
+    if demangled is None and len(sources) <= 1:
+        # The usual big table: one source, no demangling; only binding and version vary.
+        rest = '"source": %s, "demangled": null, "binary": %s%s}' % (
+            _encode(sources.pop()) if sources else '""', binary_json, extra)
+        if table.versions is None:
+            versions = repeat("null", count)
+        else:
+            as_json = {v: _json_value(v) for v in set(table.versions)}
+            versions = map(as_json.__getitem__, table.versions)
+        rows = zip(map(_encode, table.names), table.addresses, table.sizes, table.offsets, table.bindings,
+                   versions, repeat(rest, count))
+        fmt = ('{"name": %s, "address": %d, "size": %d, "file_offset": %d, "binding": "%s", "version": %s, %s'
+               .__mod__)
+    else:
+        tail = '"binding": "%s", "version": %s, "source": %s, "demangled": %s, "binary": %s%s}'
+        versions = table.versions if table.versions is not None else repeat(None, count)
+        dem = demangled if demangled is not None else repeat(None, count)
+        keys = list(zip(table.bindings, versions, table.sources, dem))
+        tails = {
+            k: tail % (k[0], _json_value(k[1]), _encode(k[2]), _json_value(k[3]), binary_json, extra)
+            for k in set(keys)
+        }
+        rows = zip(map(_encode, table.names), table.addresses, table.sizes, table.offsets,
+                   map(tails.__getitem__, keys))
+        fmt = '{"name": %s, "address": %d, "size": %d, "file_offset": %d, %s'.__mod__
     while True:
         chunk = list(map(fmt, islice(rows, _CHUNK)))
         if not chunk:
@@ -257,6 +272,12 @@ def _write_json(out, results: List[Listed], usdt: bool, functions: bool, pid: Op
 # --------------------------------------------------------------------------- table
 def _write_table(out, results: List[Listed], usdt: bool, functions: bool) -> None:
     write = out.write
+    if results and results[0].obj is not None:
+        # A process maps dozens of objects: show only those with something to list.
+        pid = results[0].obj.pid
+        results = [r for r in results if (usdt and r.probes) or (functions and len(r.functions))]
+        if not results:
+            write(f"pid {pid}: nothing to list\n")
     for n, r in enumerate(results):
         if n:
             write("\n")

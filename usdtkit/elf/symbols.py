@@ -336,7 +336,8 @@ def _function_table(
     addrs = table.addresses
     lo0, hi0, delta0 = offsets.hot
     if not addrs or (lo0 <= min(addrs) and max(addrs) < hi0):
-        table.offsets = list(map(delta0.__add__, addrs))
+        # All in the executable segment, the common case; PIC objects often have offset == address.
+        table.offsets = addrs.copy() if delta0 == 0 else list(map(delta0.__add__, addrs))
     else:
         shndx = list(compress((lo | hi << 8 for lo, hi in zip(cols.shndx_lo, cols.shndx_hi)), sel))
         table.offsets = [

@@ -69,6 +69,7 @@ class Session:
         self._nargs = max([p.arg_count for p in spec.probes] + [1])
         self._raw = _event_struct(self._nargs, max(len(spec.event_strings), 1), spec.string_size)
         self._signs = [self._probe_signs(i) for i in range(len(spec.probes))]
+        self._string_masks = [codegen.string_mask(spec, i) for i in range(len(spec.probes))]
         self._program: Optional[Program] = None
         self._pidfd: Optional[int] = None
         self.target_exited = False
@@ -191,8 +192,9 @@ class Session:
             value = raw.args[i]
             signed, size = self._signs[index][i] if i < len(self._signs[index]) else (False, 8)
             values.append(_signed(value, 8) if signed else value)
+        mask = self._string_masks[index]
         for slot, arg_index in enumerate(self.spec.event_strings):
-            if arg_index < len(values) and values[arg_index] is not None:
+            if mask & (1 << slot) and arg_index < len(values) and values[arg_index] is not None:
                 values[arg_index] = bytes(raw.str[slot].value).decode("utf-8", errors="replace")
         stack = None
         if self.spec.stacks and self._program is not None:
