@@ -7,7 +7,13 @@ BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.c native/*.h)
 
 .PHONY: setup demo test clean
 
-setup: $(STAMPS)/install
+HELLO   := demo_apps/build/hello_usdt
+
+setup: $(STAMPS)/install $(HELLO)
+
+$(HELLO): demo_apps/hello_usdt.c
+	@mkdir -p demo_apps/build
+	gcc -O2 -g -o $@ $<
 
 $(VPY):
 	$(PY) -m venv --system-site-packages $(VENV)

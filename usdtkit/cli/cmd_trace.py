@@ -229,18 +229,19 @@ def run_count(args: argparse.Namespace) -> int:
     fields = [f for f in args.by.split(",") if f.strip()] if args.by else []
     session, command = _session(args, events=False, count_by=fields)
 
-    def show() -> None:
+    def show(tick: bool = False) -> None:
         counts = session.counts()
         if args.json:
             doc = {"counts": counts.to_json() if counts else None, "stats": _report_losses(session, True)}
             sys.stdout.write(json.dumps(doc) + "\n")
         else:
-            print(time.strftime("%H:%M:%S"))
+            if tick:
+                print(time.strftime("%H:%M:%S"))
             print(render_counts(counts) if counts is not None else "(no counts)")
             _report_losses(session, False)
         sys.stdout.flush()
 
-    reason = _collect(session, command, args, on_tick=show)
+    reason = _collect(session, command, args, on_tick=lambda: show(tick=True))
     show()
     if not args.json:
         print(f"({reason})", file=sys.stderr)

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Iterable, Optional, Sequence, Union
 
 from ..errors import UsageError
+from .launch import GatedCommand
 from .probes import ProbeRef, parse_probe
 from .resolve import resolve
 from .session import EventCallback, Session
@@ -118,11 +119,25 @@ def build_spec(
     )
 
 
-def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = None, **options: object) -> Session:
+def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = None,
+          command: Optional[Sequence[str]] = None, **options: object) -> Session:
     """Build a trace of ``probes``; use the result as a context manager to attach and detach.
 
     Options are those of :func:`build_spec` (``pid``, ``filters``, ``events``, ``strings``,
-    ``count_by``, ``hist``, ``latency``, ``pair_keys``, ``stacks``...).
+    ``count_by``, ``hist``, ``latency``, ``pair_keys``, ``stacks``...).  ``command=[argv...]`` starts
+    that program with the probes attached before its first instruction (probe specs may leave the
+    binary empty); the session ends when it exits, and closing the session stops it.
     """
-    spec = build_spec(list(probes), **options)  # type: ignore[arg-type]
-    return Session(spec, on_event=on_event)
+    if command is None:
+        spec = build_spec(list(probes), **options)  # type: ignore[arg-type]
+        return Session(spec, on_event=on_event)
+    if options.get("pid") is not None:
+        raise UsageError("give a command or a pid, not both")
+    gated = GatedCommand([str(a) for a in command])
+    try:
+        spec = build_spec(list(probes), pid=gated.pid, default_binary=gated.executable,  # type: ignore[arg-type]
+                          resolve_in_pid=False, **options)
+    except BaseException:
+        gated.stop()
+        raise
+    return Session(spec, on_event=on_event, command=gated)

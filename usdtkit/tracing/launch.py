@@ -2,7 +2,8 @@
 
 The command's standard output goes where the caller says (the CLI sends it to stderr, so the
 tracer's own stdout stays machine-readable).  The child is forked at once, so its PID is known and probes can be attached with a PID filter, but it
-blocks reading a pipe before ``exec``.  :meth:`GatedCommand.release` closes the pipe after attaching,
+blocks reading a pipe before ``exec`` (no shell in between: the PID and argv are the command's own;
+``subprocess`` cannot do this, as ``Popen`` waits for the exec).  :meth:`GatedCommand.release` closes the pipe after attaching,
 and the command runs from its first instruction with every probe in place.  The PID survives
 ``exec``, and the kernel arms uprobes (and semaphore counts) in mappings created after attach.
 The command is killed if the tracer dies (``PR_SET_PDEATHSIG``), so nothing outlives a killed tracer.
@@ -14,43 +15,90 @@ import os
 import shutil
 import signal
 import subprocess
-from typing import List, Optional
+import time
+from typing import IO, List, Optional
 
 from ..errors import TargetError, UsageError
 
 
 _PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child must not dlopen
 
 
 def die_with_parent() -> None:
     """In a child before exec: get SIGKILL when the tracer dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
-def _child_setup(gate_fd: int) -> None:
-    die_with_parent()
-    os.dup2(gate_fd, 3)
+class ChildProcess:
+    """The started command: a small ``subprocess.Popen``-like handle (pid, stdout, poll, wait, signals)."""
+
+    def __init__(self, pid: int, stdout: Optional[IO[bytes]]) -> None:
+        self.pid = pid
+        self.stdout = stdout
+        self.stdin = None
+        self.returncode: Optional[int] = None
+
+    def poll(self) -> Optional[int]:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.01)
+        return self.returncode  # type: ignore[return-value]
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 class GatedCommand:
     def __init__(self, argv: List[str], stdout: Optional[int] = None) -> None:
+        """Fork ``argv`` blocked before exec.  ``stdout``: an fd to write to, ``subprocess.PIPE`` for a
+        readable pipe (``process.stdout``), or None to inherit."""
         if not argv:
             raise UsageError("empty command")
         executable = shutil.which(argv[0])
         if executable is None:
             raise TargetError(f"{argv[0]}: command not found")
         self.executable = os.path.realpath(executable)
-        read_end, self._gate = os.pipe()
-        try:
-            self.process = subprocess.Popen(
-                ["/bin/sh", "-c", 'read _ <&3; exec 3<&-; exec "$@"', "usdtkit-gate", executable, *argv[1:]],
-                pass_fds=(read_end,),
-                stdout=stdout,
-                preexec_fn=lambda: _child_setup(read_end),
-            )
-        finally:
-            os.close(read_end)
+        gate_read, self._gate = os.pipe()
+        out_read = out_write = None
+        if stdout == subprocess.PIPE:
+            out_read, out_write = os.pipe()
+        target_fd = out_write if out_write is not None else stdout
+        pid = os.fork()
+        if pid == 0:  # the child: only system calls until exec
+            try:
+                die_with_parent()
+                os.close(self._gate)
+                if target_fd is not None:
+                    os.dup2(target_fd, 1)
+                if os.read(gate_read, 1):  # a byte: go; EOF: the tracer gave up
+                    os.close(gate_read)
+                    os.execv(executable, [argv[0], *argv[1:]])
+            finally:
+                os._exit(127)
+        os.close(gate_read)
+        if out_write is not None:
+            os.close(out_write)
+        self.process = ChildProcess(pid, os.fdopen(out_read, "rb") if out_read is not None else None)
 
     @property
     def pid(self) -> int:
@@ -74,9 +122,11 @@ class GatedCommand:
             os.close(self._gate)
             self._gate = None
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.terminate()
             try:
                 self.process.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()

@@ -25,6 +25,7 @@ from ..collect.symbolize import Symbolizer
 from ..errors import AttachError, EnvironmentProblem, NoSuchProcess, UsageError
 from . import site_cost
 from .resolve import Site
+from .launch import GatedCommand
 from .semaphores import SemaphoreWriter
 from .spec import COMM_LEN, Field, TraceSpec
 
@@ -58,8 +59,9 @@ class Session:
     """Attach a :class:`TraceSpec`, collect in the kernel, read results; detach on exit."""
 
     def __init__(self, spec: TraceSpec, on_event: Optional[EventCallback] = None,
-                 keep_events: int = 1_000_000) -> None:
+                 keep_events: int = 1_000_000, command: Optional["GatedCommand"] = None) -> None:
         self.spec = spec
+        self.command = command
         self.on_event = on_event
         self.events: Deque[Event] = deque(maxlen=keep_events if keep_events > 0 else None)
         self.dropped_by_user_queue = 0
@@ -130,6 +132,8 @@ class Session:
             self.close()
             raise
         self.attach_seconds = time.monotonic() - started
+        if self.command is not None:
+            self.command.release()
         return self
 
     def _write_semaphore(self, site: "Site") -> None:
@@ -156,6 +160,8 @@ class Session:
         if writer is not None:
             writer.close()
             self._semaphores_done.clear()
+        if self.command is not None:
+            self.command.stop()
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
