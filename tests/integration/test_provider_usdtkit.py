@@ -102,3 +102,23 @@ def test_a_worker_started_after_the_trace_is_covered():
             assert dict(session.counts()) == {("late_usdtkit:tick", pid): 3}
     finally:
         app.close()
+
+
+@pytest.mark.bpf
+def test_the_pypi_stapsdt_example_is_traced_by_usdtkit():
+    """PyPI stapsdt, unmodified, on our library (loaded by `import usdtkit`), seen by usdtkit."""
+    import usdtkit  # noqa: F401  (preloads our libstapsdt.so)
+    import stapsdt
+
+    provider = stapsdt.Provider("pythonapp")
+    probe = provider.add_probe("firstProbe", stapsdt.ArgTypes.uint64, stapsdt.ArgTypes.int32)
+    provider.load()
+    try:
+        with trace("usdt::pythonapp:firstProbe", pid=os.getpid()) as session:
+            assert probe.is_enabled
+            assert probe.fire(12345, -42)  # stapsdt passes ints as C ints: small values only
+            session.run(duration=0.2)
+            assert [e.args for e in session.events] == [(12345, -42)]
+        assert not probe.is_enabled
+    finally:
+        provider.unload()
