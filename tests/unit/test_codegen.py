@@ -120,3 +120,9 @@ def test_only_needed_arguments_are_read():
     # events carry every argument, so the unreadable one is refused by name
     with pytest.raises(UsageError, match="xmm0"):
         generated(TraceSpec((probe,), events=True))
+
+
+def test_index_only_memory_operand():
+    args = (Arg(8, False, Memory(None, 0x40, reg("rdx"), 8), "8@0x40(,%rdx,8)"),)
+    text = generated(TraceSpec((usdt("p", args),), events=True))
+    assert "(void *)(0x40ULL + ctx->dx * 8)" in text

@@ -95,7 +95,7 @@ def read_arg(index: int, arg: Arg, site: Site) -> str:
         value = f"(u64)(u{width})({value})" if width < 64 else value
         return f"args[{index}] = {_extend(value, arg.size, arg.signed)};"
     if isinstance(loc, Memory):
-        address = f"{_reg(loc.base)} + {_u64(loc.offset)}"
+        address = f"{_reg(loc.base)} + {_u64(loc.offset)}" if loc.base is not None else _u64(loc.offset)
         if loc.index is not None:
             if loc.scale not in (1, 2, 4, 8):
                 raise UnreadableArgument(f"argument {index} ({arg.raw}): scale {loc.scale}")

@@ -9,11 +9,13 @@ import sys
 import time
 from typing import Dict, List
 
-from .. import demo_services, elf
-from ..collect.render import format_value
+from typing import TYPE_CHECKING
+
 from ..errors import EnvironmentProblem
-from ..tracing.api import trace
-from ..tracing.session import Session
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .. import demo_services
+    from ..tracing.session import Session
 
 
 def add_parser(subparsers: "argparse._SubParsersAction") -> None:
@@ -41,8 +43,10 @@ def _preflight() -> None:
             raise EnvironmentProblem(f"the demo cannot trace here: {result.name}: {result.detail}")
 
 
-def _list_probes(args: argparse.Namespace, httpd: demo_services.DemoService,
-                 pysvc: demo_services.DemoService) -> Dict[str, List[str]]:
+def _list_probes(args: argparse.Namespace, httpd: "demo_services.DemoService",
+                 pysvc: "demo_services.DemoService") -> Dict[str, List[str]]:
+    from .. import elf
+
     listing = {"demo_httpd": [], "demo_pyservice": []}
     for probe in elf.read_usdt_probes(httpd.binary):
         listing["demo_httpd"].append(f"{probe.qualified_name} ({len(probe.locations)} sites, "
@@ -58,7 +62,9 @@ def _list_probes(args: argparse.Namespace, httpd: demo_services.DemoService,
 
 
 def _attach(args: argparse.Namespace, stack: contextlib.ExitStack, label: str, *probes: str,
-            **options: object) -> Session:
+            **options: object) -> "Session":
+    from ..tracing.api import trace
+
     _say(args, f"  attaching: {label} ...", end="")
     session = stack.enter_context(trace(*probes, events=False, **options))
     sites = len(session.attachments)
@@ -66,7 +72,7 @@ def _attach(args: argparse.Namespace, stack: contextlib.ExitStack, label: str, *
     return session
 
 
-def _histograms(session: Session) -> Dict[str, object]:
+def _histograms(session: "Session") -> Dict[str, object]:
     out = {}
     for key, hist in sorted(session.histograms().items(), key=lambda kv: str(kv[0])):
         route = key[1] if isinstance(key, tuple) else key
@@ -75,6 +81,8 @@ def _histograms(session: Session) -> Dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import demo_services
+
     if args.requests <= 0:
         raise EnvironmentProblem("--requests must be positive")
     _preflight()
@@ -129,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace, results: dict, stats: dict, total: int) -> int:
+    from ..collect.render import format_value
+
     traced = sum(results[s]["status"].total() for s in ("demo_httpd", "demo_pyservice"))
     if args.json:
         doc = {"requests_sent": results["requests_sent"], "requests_traced": traced, "services": {}}

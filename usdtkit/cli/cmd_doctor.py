@@ -5,8 +5,6 @@ import argparse
 import json
 import sys
 
-from .. import doctor
-
 
 def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     parser = subparsers.add_parser(
@@ -22,6 +20,8 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import doctor
+
     results = doctor.run_checks(self_test=not args.no_self_test)
     ok = all(r.status != doctor.FAIL for r in results)
     if not args.no_self_test:
