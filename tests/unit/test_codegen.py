@@ -52,7 +52,7 @@ def test_no_user_text_reaches_the_c():
                      hist=HistSpec(Field("arg", 1), "linear", -10, 10, 2))
     text = generated(spec)
     assert "evil" not in text and "shadow" not in text and "name" not in text and "prov" not in text
-    assert '"' not in text.replace('#include <uapi/linux/ptrace.h>', "")
+    assert '"' not in text and text.count('#include') == 1
     # the comm filter became numbers
     assert "comm[0] == 120 && comm[1] == 34 && comm[2] == 121 && comm[3] == 59" in text
 

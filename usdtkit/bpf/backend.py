@@ -49,6 +49,16 @@ def _quiet_stderr() -> Iterator[io.StringIO]:
             captured.write(tmp.read().decode(errors="replace"))
 
 
+def _first_error(output: str, fallback: str) -> str:
+    """The first ``error:`` line of a compiler's output, else its last line, else ``fallback``."""
+    lines = output.strip().splitlines()
+    for line in lines:
+        if "error:" in line:
+            where, _, message = line.partition("error:")
+            return f"{message.strip()} (at {where.strip().rstrip(':')})"
+    return lines[-1] if lines else fallback
+
+
 class Program:
     """A compiled BPF module, its attached uprobe events, and access to its maps.
 
@@ -64,15 +74,17 @@ class Program:
             raise EnvironmentProblem(str(exc)) from None
         self._events: List[int] = []
         self._ring_buffers_open = False
+        failure: Optional[Exception] = None
         with kernel_headers.bcc_environment(headers), _quiet_stderr() as err:
             try:
                 self._bpf = bcc.BPF(text=text.encode(), cflags=list(cflags or []))
-            except Exception as exc:
-                message = err.getvalue().strip().splitlines()
-                detail = message[-1] if message else str(exc)
-                if os.geteuid() != 0 and "Operation not permitted" in (str(exc) + detail):
-                    raise EnvironmentProblem(f"not allowed to load BPF programs: {detail}") from None
-                raise AttachError(f"BPF compilation or load failed: {detail}") from None
+            except Exception as exc:  # bcc raises bare Exceptions; clang explains on stderr
+                failure = exc
+        if failure is not None:
+            detail = _first_error(err.getvalue(), str(failure))
+            if os.geteuid() != 0 and "not permitted" in (str(failure) + detail):
+                raise EnvironmentProblem(f"not allowed to load BPF programs: {detail}")
+            raise AttachError(f"BPF compilation or load failed: {detail}")
         self._fds: Dict[str, int] = {}
 
     def program_fd(self, function: str) -> int:
@@ -80,13 +92,16 @@ class Program:
         fd = self._fds.get(function)
         if fd is None:
             bcc = import_bcc()
+            failure: Optional[Exception] = None
             with _quiet_stderr() as err:
                 try:
                     fd = self._bpf.load_func(function.encode(), bcc.BPF.KPROBE).fd
                 except Exception as exc:
-                    lines = [line for line in err.getvalue().splitlines() if line.strip()]
-                    detail = "; ".join(lines[-3:]) or str(exc)
-                    raise AttachError(f"the kernel refused program {function}: {detail}") from None
+                    failure = exc
+            if failure is not None:
+                lines = [line for line in err.getvalue().splitlines() if line.strip()]
+                detail = "; ".join(lines[-3:]) or str(failure)
+                raise AttachError(f"the kernel refused program {function}: {detail}")
             self._fds[function] = fd
         return fd
 
