@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -105,3 +107,127 @@ def test_bad_input_is_one_clear_line(args, code, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def latency_bin(tmp_path_factory):
+    out = tmp_path_factory.mktemp("latency") / "latency"
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(out),
+                    os.path.join(ROOT, "tests", "integration", "programs", "latency.c")], check=True)
+    return str(out)
+
+
+def usdtkit_with_stdin(*args, stdin="go", timeout=120):
+    return subprocess.run([sys.executable, "-m", "usdtkit.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, input=stdin, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+@pytest.mark.bpf
+def test_max_events_is_exact_and_losses_are_reported(latency_bin):
+    result = usdtkit_with_stdin("trace", "-n", "5", f"usdt:{latency_bin}:app:burst", "-c", f"{latency_bin} burst 200000")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 5
+    assert "stopped after 5 events" in result.stderr
+    assert "dropped" not in result.stderr  # no false in-memory queue warning
+    flood = usdtkit_with_stdin("trace", "--json", f"usdt:{latency_bin}:app:burst", "-c", f"{latency_bin} burst 300000")
+    delivered = len(flood.stdout.splitlines())
+    if delivered < 300000:  # the reader fell behind: every loss must be reported, on stderr
+        lost = int(flood.stderr.split("events lost")[0].split()[-1])
+        assert delivered + lost == 300000
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signals_stop_a_trace_under_load(latency_bin, sig):
+    proc = subprocess.Popen([sys.executable, "-m", "usdtkit.cli.main", "trace", f"usdt:{latency_bin}:app:burst",
+                             "-c", f"{latency_bin} burst 4000000000"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc.stdin.write("go")
+    proc.stdin.flush()
+    assert proc.stderr.readline().startswith("Attached")
+    time.sleep(1)
+    proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"{sig.name} did not stop a trace under load")
+    assert proc.returncode == 0
+    assert ("interrupted" if sig == signal.SIGINT else "terminated") in err
+    time.sleep(0.2)
+    assert subprocess.run(["pgrep", "-f", f"{latency_bin} burst"], capture_output=True).returncode == 1
+
+
+@pytest.mark.bpf
+def test_log2_histograms_of_zero_and_negative_values(build_c):
+    binary = build_c("usdt_args.c", "-O2")
+    # demo:args arg0 is an int8 0, -1, -2, -3; demo:tick arg0 is 0, 1, 2000, 3
+    signed = usdtkit_with_stdin("hist", "--json", "-v", "arg0", "-c", f"{binary} 4", f"usdt:{binary}:demo:args")
+    (hist,) = json.loads(signed.stdout.splitlines()[-1])["histograms"]
+    assert [(b["low"], b["high"], b["count"]) for b in hist["buckets"]] == [(-2**63, 0, 3), (0, 1, 1)]
+    plain = usdtkit_with_stdin("hist", "--json", "-v", "arg0", "-c", f"{binary} 4", f"usdt:{binary}:demo:tick")
+    (hist,) = json.loads(plain.stdout.splitlines()[-1])["histograms"]
+    assert [(b["low"], b["count"]) for b in hist["buckets"]] == [(0, 1), (1, 1), (2, 1), (1024, 1)]
+
+
+@pytest.mark.bpf
+def test_linear_histogram_keeps_the_partial_last_bucket(build_c):
+    binary = build_c("usdt_args.c", "-O2")
+    out = usdtkit_with_stdin("hist", "--json", "-v", "arg1", "--linear", "60000,60010,3", "-c", f"{binary} 12",
+                             f"usdt:{binary}:demo:args")
+    (hist,) = json.loads(out.stdout.splitlines()[-1])["histograms"]
+    got = [(b["low"], b["high"], b["count"]) for b in hist["buckets"]]
+    assert got == [(60000, 60003, 3), (60003, 60006, 3), (60006, 60009, 3), (60009, 60010, 1),
+                   (60010, 2**64, 2)]
+
+
+@pytest.mark.bpf
+def test_deep_recursion_is_never_mispaired(latency_bin):
+    # the kernel stops probing returns past 64 nested uretprobes: the 64 outer levels are timed
+    out = usdtkit_with_stdin("latency", "--json", "--linear", "0,200000000,1000000", "-c",
+                             f"{latency_bin} recurse 100 1", f"uprobe:{latency_bin}:nest")
+    doc = json.loads(out.stdout.splitlines()[-1])
+    (hist,) = doc["histograms"]
+    assert sum(b["count"] for b in hist["buckets"]) == 64
+    assert min(b["low"] for b in hist["buckets"]) >= 36_000_000  # level 64 from the top sleeps 37 times
+    assert doc["stats"]["nest"]["unmatched"] == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["count", "--by", "arg0,arg0", "usdt:BIN:demo:tick"], "names a field twice"),
+        (["count", "--by", "arg3", "usdt:BIN:demo:tick"], "demo:tick has 1 argument"),
+        (["hist", "-v", "retval", "usdt:BIN:demo:tick"], "is not a uretprobe"),
+        (["count", "--by", "str(arg1)", "usdt:BIN:demo:args"], "is not a pointer"),
+        (["trace", "-s", "arg0", "usdt:BIN:demo:tick"], "no traced probe has a pointer argument 0"),
+        (["latency", "--key", "str(arg0)", "usdt:BIN:demo:tick", "usdt:BIN:demo:global"], "use argN, pid, tid"),
+        (["count", "--by", "latency", "usdt:BIN:demo:tick"], "only latency traces"),
+        (["count", "uprobe:BIN:main+0x3"], "cannot check that it starts an instruction"),
+        (["count", "uretprobe:BIN:0x1"], "must be placed at the start of a function"),
+        (["trace", "-c", "'unterminated", "usdt::demo:tick"], "No closing quotation"),
+        (["trace", "-c", "", "usdt::demo:tick"], "needs a command"),
+    ],
+)
+def test_fields_a_probe_cannot_provide_are_refused(build_c, args, message):
+    binary = build_c("usdt_args.c", "-O2")
+    result = usdtkit(*[a.replace("BIN", binary) for a in args])
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_thread_id_is_refused_with_its_process(tmp_path):
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.5)
+        tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
+        result = usdtkit("count", "-p", str(tids[0]), "usdt::python:function__entry")
+        assert result.returncode == 2
+        assert f"is a thread of process {proc.pid}" in result.stderr
+    finally:
+        proc.kill()
+        proc.wait()

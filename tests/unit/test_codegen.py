@@ -52,7 +52,7 @@ def test_no_user_text_reaches_the_c():
                      hist=HistSpec(Field("arg", 1), "linear", -10, 10, 2))
     text = generated(spec)
     assert "evil" not in text and "shadow" not in text and "name" not in text and "prov" not in text
-    assert '"' not in text and text.count('#include') == 1
+    assert '"' not in text.replace('BPF_TABLE("lru_hash"', "") and text.count('#include') == 1
     # the comm filter became numbers
     assert "comm[0] == 120 && comm[1] == 34 && comm[2] == 121 && comm[3] == 59" in text
 
@@ -105,7 +105,7 @@ def test_latency_pair_and_function_latency_code():
     ret = ResolvedProbe(ProbeRef("uretprobe", "/x", "f"), "/x", (Site("/x", 0x10, 0x10),), 0)
     text, attachments = codegen.generate(TraceSpec((fn, ret), function_latency=True, hist=HistSpec(Field("latency"))))
     assert [r for _, _, r in attachments] == [False, True]
-    assert "depths.update(&id, &next)" in text
+    assert "struct usdtkit_start_key sk = {.key = id, .frame = ctx->sp - 8};" in text
 
 
 def test_only_needed_arguments_are_read():

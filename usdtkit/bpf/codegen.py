@@ -8,8 +8,9 @@ Layout of a generated program:
   signed), applies the filters and calls
 * ``usdtkit_handle``, inlined, which counts the hit, then feeds the collectors: a count map keyed by the
   chosen fields, a log2 or linear histogram, the event ring buffer.
-* ``stats``, a per-CPU array of four counters per probe: hits, events lost (ring buffer full), keys lost
-  (map full), argument reads that failed.  Nothing is dropped without being counted.
+* ``stats``, a per-CPU array of five counters per probe: hits, events lost (ring buffer full), keys lost
+  (map full), argument reads that failed, and done/return hits without a matching start (latency).
+  Nothing is dropped without being counted.
 
 What reaches the C text: integers formatted by this module, field names from a closed set, and
 identifiers built here.  Probe names, paths and filter text never do.
@@ -30,8 +31,9 @@ from ..errors import UsageError
 from ..tracing.resolve import ResolvedProbe, Site
 from ..tracing.spec import COMM_LEN, STRING_KEY_SIZE, Field, Predicate, TraceSpec
 
-STATS_PER_PROBE = 4
-STAT_HITS, STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_READ_ERRORS = range(4)
+STATS_PER_PROBE = 5
+STAT_HITS, STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_READ_ERRORS, STAT_UNMATCHED = range(5)
+LOG2_NEGATIVE_SLOT = 65  # signed values below zero, in log2 histograms
 COUNT_MAP_ENTRIES = 65536
 LOG2_SLOTS = 65
 
@@ -213,7 +215,7 @@ class Generator:
             "static __always_inline void usdtkit_stat(u32 probe, u32 which) {",
             f"    u32 index = probe * {STATS_PER_PROBE} + which;",
             "    u64 *value = stats.lookup(&index);",
-            "    if (value) *value += 1;",
+            "    if (value) __sync_fetch_and_add(value, 1);  /* uprobe programs may be preempted */",
             "}",
         ]
         if spec.events:
@@ -245,9 +247,10 @@ class Generator:
             out.append(f"struct usdtkit_hist_key {{ u32 probe; u32 slot;{by} }};")
             out.append(f"BPF_HASH(hist, struct usdtkit_hist_key, u64, {max(nprobes, 1) * 4200});")
         if spec.function_latency or spec.pair is not None:
-            out.append("struct usdtkit_start_key { u64 key; u64 depth; };")
-            out.append("BPF_HASH(starts, struct usdtkit_start_key, u64, 65536);")
-            out.append("BPF_HASH(depths, u64, u64, 65536);")
+            # LRU: starts whose done never comes (a thread killed mid-request, returns the kernel does
+            # not probe past 64 nested uretprobes) age out instead of filling the map.
+            out.append("struct usdtkit_start_key { u64 key; u64 frame; };")
+            out.append('BPF_TABLE("lru_hash", struct usdtkit_start_key, u64, starts, 65536);')
 
     @staticmethod
     def _key_member(fld: Field) -> str:
@@ -280,6 +283,14 @@ class Generator:
         return {"pid": "pid", "tid": "tid", "cpu": "bpf_get_smp_processor_id()", "probe": "probe",
                 "retval": "retval", "latency": "latency"}[fld.name]
 
+    def _field_signed(self, fld: Field) -> bool:
+        """Whether a histogram field can be negative: a signed argument of some probe, or a retval."""
+        if fld.name == "retval":
+            return True
+        if fld.name != "arg":
+            return False
+        return any(_arg_signed(p, fld.index) for p in self.spec.probes if fld.index < p.arg_count)
+
     def _handler(self) -> None:
         spec, out = self.spec, self._lines
         out += [
@@ -302,14 +313,19 @@ class Generator:
                     "    __builtin_memset(&key, 0, sizeof(key));", "    key.probe = probe;"]
             if hist.by is not None:
                 out.append(self._key_fill(hist.by))
+            signed = self._field_signed(hist.field)
             if hist.kind == "log2":
-                out.append("    key.slot = bpf_log2l(value);  /* negative values land in slot 64 */")
+                # slot 0: the value 0; slot k: [2^(k-1), 2^k); slot 65: negative (signed fields only)
+                if signed:
+                    out.append(f"    if ((s64)value < 0) key.slot = {LOG2_NEGATIVE_SLOT}; else")
+                out.append("    key.slot = value ? bpf_log2l(value) : 0;")
             else:
-                buckets = (hist.high - hist.low) // hist.step
-                out += [f"    s64 v = (s64)value;",
-                        f"    if (v < (s64){_u64(hist.low)}) key.slot = 0;",
-                        f"    else if (v >= (s64){_u64(hist.high)}) key.slot = {buckets + 1};",
-                        f"    else key.slot = 1 + (u32)((u64)(v - (s64){_u64(hist.low)}) / {_u64(hist.step)});"]
+                buckets = hist.buckets
+                kind = "s64" if signed or hist.low < 0 else "u64"
+                out += [f"    {kind} v = ({kind})value;",
+                        f"    if (v < ({kind}){_u64(hist.low)}) key.slot = 0;",
+                        f"    else if (v >= ({kind}){_u64(hist.high)}) key.slot = {buckets + 1};",
+                        f"    else key.slot = 1 + (u32)((u64)(v - ({kind}){_u64(hist.low)}) / {_u64(hist.step)});"]
             out += ["    u64 zero = 0, *count = hist.lookup_or_try_init(&key, &zero);",
                     f"    if (count) __sync_fetch_and_add(count, 1); else usdtkit_stat(probe, {STAT_LOST_KEYS});",
                     "    }"]
@@ -357,10 +373,18 @@ class Generator:
         return lines
 
     def _filters(self, probe: ResolvedProbe) -> List[str]:
+        """Drop conditions for one probe.  In a function latency trace, argument filters act on entry
+        and retval filters on return (each side has only its own values)."""
+        preds = list(self.spec.filters)
+        if self.spec.function_latency:
+            if probe.ref.is_return:
+                preds = [p for p in preds if p.field.name != "arg"]
+            else:
+                preds = [p for p in preds if p.field.name != "retval"]
         lines = []
-        if any(p.field.name == "comm" for p in self.spec.filters):
+        if any(p.field.name == "comm" for p in preds):
             lines += [f"    char comm[{COMM_LEN}] = {{}};", "    bpf_get_current_comm(&comm, sizeof(comm));"]
-        for pred in self.spec.filters:
+        for pred in preds:
             lines.append(f"    if {_predicate(pred, probe)} return 0;")
         return lines
 
@@ -387,17 +411,18 @@ class Generator:
         """Time a function (uprobe+uretprobe) or a start/done probe pair; entry sides return early."""
         spec = self.spec
         if spec.function_latency and probe.ref.kind in ("uprobe", "uretprobe"):
-            # Per-thread depth makes recursion correct: each level has its own start time.
+            # Keyed by thread and stack pointer: at entry %rsp points at the return address, after the
+            # return it is 8 bytes higher.  Each recursion level has its own key, and a level the
+            # kernel does not probe on return (past 64 nested uretprobes) is never mispaired.
             if probe.ref.kind == "uprobe":
-                return ["    u64 *depth = depths.lookup(&id);", "    u64 level = depth ? *depth : 0;",
-                        "    u64 next = level + 1; depths.update(&id, &next);",
-                        "    struct usdtkit_start_key sk = {.key = id, .depth = level};",
-                        "    u64 now = bpf_ktime_get_ns(); starts.update(&sk, &now);", "    return 0;"]
-            return ["    u64 *depth = depths.lookup(&id);", "    if (!depth || *depth == 0) return 0;",
-                    "    u64 level = *depth - 1;",
-                    "    if (level == 0) depths.delete(&id); else depths.update(&id, &level);",
-                    "    struct usdtkit_start_key sk = {.key = id, .depth = level};",
-                    "    u64 *started = starts.lookup(&sk);", "    if (!started) return 0;",
+                return ["    usdtkit_stat(probe, 0);",
+                        "    struct usdtkit_start_key sk = {.key = id, .frame = ctx->sp};",
+                        "    u64 now = bpf_ktime_get_ns();",
+                        f"    if (starts.update(&sk, &now) < 0) usdtkit_stat(probe, {STAT_LOST_KEYS});",
+                        "    return 0;"]
+            return ["    struct usdtkit_start_key sk = {.key = id, .frame = ctx->sp - 8};",
+                    "    u64 *started = starts.lookup(&sk);",
+                    f"    if (!started) {{ usdtkit_stat(probe, {STAT_UNMATCHED}); return 0; }}",
                     "    latency = bpf_ktime_get_ns() - *started; starts.delete(&sk);"]
         pair = spec.pair
         if pair is None or p_index not in (pair.start, pair.done):
@@ -405,10 +430,14 @@ class Generator:
         key_field = pair.start_key if p_index == pair.start else pair.done_key
         key = self._value_of(key_field) if key_field is not None else "id"
         if p_index == pair.start:
-            return [f"    struct usdtkit_start_key sk = {{.key = {key}, .depth = 0}};",
-                    "    u64 now = bpf_ktime_get_ns(); starts.update(&sk, &now);", "    return 0;"]
-        return [f"    struct usdtkit_start_key sk = {{.key = {key}, .depth = 0}};",
-                "    u64 *started = starts.lookup(&sk);", "    if (!started) return 0;",
+            return ["    usdtkit_stat(probe, 0);",
+                    f"    struct usdtkit_start_key sk = {{.key = {key}, .frame = 0}};",
+                    "    u64 now = bpf_ktime_get_ns();",
+                    f"    if (starts.update(&sk, &now) < 0) usdtkit_stat(probe, {STAT_LOST_KEYS});",
+                    "    return 0;"]
+        return [f"    struct usdtkit_start_key sk = {{.key = {key}, .frame = 0}};",
+                "    u64 *started = starts.lookup(&sk);",
+                f"    if (!started) {{ usdtkit_stat(probe, {STAT_UNMATCHED}); return 0; }}",
                 "    latency = bpf_ktime_get_ns() - *started; starts.delete(&sk);"]
 
     def generate(self) -> str:

@@ -91,6 +91,9 @@ def open_uprobe(path: str, offset: int, pid: int = -1, retprobe: bool = False,
             raise EnvironmentProblem(f"not allowed to create a uprobe at {where}: {os.strerror(err)}")
         if err == errno_mod.ESRCH:
             raise AttachError(f"cannot attach at {where}: the process does not exist")
+        if err == errno_mod.EINVAL and ref_ctr_offset:
+            raise AttachError(f"cannot create uprobe at {where}: the kernel refused it (another uprobe on "
+                              "this instruction uses a different semaphore offset, or it is not a valid site)")
         raise AttachError(f"cannot create uprobe at {where}: {os.strerror(err)}")
     return fd
 

@@ -18,13 +18,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..tracing.session import Session
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 10_000:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 1 and 10000")
+    return value
+
+
 def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     parser = subparsers.add_parser(
         "demo", help="trace the bundled demo services and show real data",
         description="Start the demo services (C and Python, on loopback), list their probes, trace them "
         "while driving load, print per-route latency histograms, status counts and a uretprobe latency, "
         "then stop everything it started.")
-    parser.add_argument("-n", "--requests", type=int, default=25, help="requests per route and service (25)")
+    parser.add_argument("-n", "--requests", type=_positive, default=25,
+                        help="requests per route and service (25)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON document")
     parser.set_defaults(func=run)
 
@@ -83,8 +94,6 @@ def _histograms(session: "Session") -> Dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     from .. import demo_services
 
-    if args.requests <= 0:
-        raise EnvironmentProblem("--requests must be positive")
     _preflight()
     _say(args, "usdtkit demo: two small HTTP services with USDT probes, traced with eBPF\n")
     _say(args, "building and starting the demo services ...")

@@ -48,6 +48,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--filter", action="append", default=[], metavar="EXPR",
                         help="keep hits where EXPR holds: 'arg0 > 5', 'comm == nginx', 'tid != 7' (repeatable)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--unsafe", action="store_true",
+                        help="allow uprobes at FUNC+OFFSET or addresses usdtkit cannot verify to start an "
+                        "instruction (a wrong one corrupts the traced program)")
 
 
 def add_parser(subparsers: "argparse._SubParsersAction") -> None:

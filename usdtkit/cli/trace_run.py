@@ -13,17 +13,13 @@ import sys
 import time
 from typing import Callable, Optional
 
-from ..collect.render import format_value, render_counts
+from ..collect.render import format_value, printable, render_counts
 from ..collect.results import Event
 from ..errors import UsageError
 from ..tracing.api import build_spec
 from ..tracing.launch import GatedCommand
 from ..tracing.session import Session
 from ..tracing.spec import Field, HistSpec
-
-
-class _Stop(Exception):
-    """Raised from the SIGTERM handler to leave the collection loop cleanly."""
 
 
 # --------------------------------------------------------------------------- running a session
@@ -40,28 +36,38 @@ def _hist_spec(text: Optional[str], fld: Field, by: Optional[str]) -> HistSpec:
 
 def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None]] = None,
              **options: object) -> tuple:
+    keep_events = options.pop("keep_events", 1_000_000)
     command = None
-    if args.command:
-        argv = shlex.split(args.command)
+    if args.command is not None:
+        try:
+            argv = shlex.split(args.command)
+        except ValueError as exc:
+            raise UsageError(f"-c {args.command!r}: {exc}") from None
+        if not argv:
+            raise UsageError("-c needs a command")
         command = GatedCommand(argv, stdout=sys.stderr.fileno())
         options.update(pid=command.pid, default_binary=command.executable, resolve_in_pid=False)
     else:
         options["pid"] = args.pid
     try:
-        spec = build_spec(args.probes, filters=args.filter, **options)
+        spec = build_spec(args.probes, filters=args.filter, unsafe=args.unsafe, **options)
+        return Session(spec, on_event=on_event, keep_events=keep_events, command=None), command
     except BaseException:
         if command:
             command.stop()
         raise
-    return Session(spec, on_event=on_event), command
 
 
 def _collect(session: Session, command: Optional[GatedCommand], args: argparse.Namespace,
              on_tick: Optional[Callable[[], None]] = None, until: Optional[Callable[[], bool]] = None) -> str:
     """Attach, collect until the end condition, detach. Returns why it stopped."""
 
+    terminated = []
+
     def on_term(signum: int, frame: object) -> None:
-        raise _Stop()
+        # Only a flag: raising here would land inside bcc's ctypes callback and be swallowed.
+        terminated.append(signum)
+        session.stop()
 
     previous = signal.signal(signal.SIGTERM, on_term)
     reason = "done"
@@ -89,16 +95,18 @@ def _collect(session: Session, command: Optional[GatedCommand], args: argparse.N
             if session.target_exited:
                 reason = "target exited"
                 break
-            if until is not None and until():
+            if terminated:
+                reason = "terminated"
+                break
+            if session.stopped or (until is not None and until()):
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if next_tick is not None and time.monotonic() >= next_tick and on_tick:
                 on_tick()
                 next_tick += interval
-    except (KeyboardInterrupt, _Stop):
+    except KeyboardInterrupt:
         reason = "interrupted"
-        session.drain()
     finally:
         signal.signal(signal.SIGTERM, previous)
         session.close()
@@ -125,30 +133,36 @@ def _report_losses(session: Session, as_json: bool) -> dict:
 # --------------------------------------------------------------------------- commands
 def _format_value(value: object) -> str:
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return json.dumps(value, ensure_ascii=False)  # quoted, control characters escaped
     return "?" if value is None else str(value)
 
 
 def run_trace(args: argparse.Namespace) -> int:
     printed = [0]
+    interactive = sys.stdout.isatty()
 
     def show(event: Event) -> None:
+        if args.max_events and printed[0] >= args.max_events:
+            session.stop()
+            return
         printed[0] += 1
         if args.json:
             sys.stdout.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
         else:
             values = " ".join(_format_value(v) for v in event.args)
             extra = f" ret={event.retval}" if event.retval is not None else ""
-            sys.stdout.write(f"{event.timestamp_ns / 1e9:.6f} {event.pid:>7} {event.tid:>7} {event.comm:<15} "
-                             f"{event.probe} {values}{extra}\n")
-        sys.stdout.flush()
+            sys.stdout.write(f"{event.timestamp_ns / 1e9:.6f} {event.pid:>7} {event.tid:>7} "
+                             f"{printable(event.comm):<15} {event.probe} {values}{extra}\n")
+        if interactive:
+            sys.stdout.flush()
 
     session, command = _session(args, on_event=show, events=True, strings=args.string,
-                                string_size=args.string_size)
-    session.events = type(session.events)(maxlen=1)  # printed as they come; keep none around
-    until = (lambda: printed[0] >= args.max_events) if args.max_events else None
-    reason = _collect(session, command, args, until=until)
-    _report_losses(session, args.json)
+                                string_size=args.string_size, keep_events=0)
+    reason = _collect(session, command, args)
+    sys.stdout.flush()
+    _report_losses(session, False)  # warnings go to stderr, also with --json (stdout holds events only)
+    if args.max_events and printed[0] >= args.max_events:
+        reason = f"stopped after {args.max_events} events"
     if not args.json:
         print(f"{printed[0]} events ({reason})", file=sys.stderr)
     return 0

@@ -26,15 +26,18 @@ def format_value(value: int, unit: str = "") -> str:
 
 def render_histogram(hist: "Histogram", width: int = 40) -> str:
     """Rows ``[lo, hi)  count |@@@@|`` from the first to the last non-empty bucket."""
-    used = sorted(i for i, c in hist.buckets.items() if c)
+    used = [i for i in hist.ordered() if hist.buckets[i]]
     if not used:
         return "(no values)"
     peak = max(hist.buckets[i] for i in used)
     rows: List[str] = []
     labels = []
-    for index in range(used[0], used[-1] + 1):
+    negative = [i for i in used if hist.kind == "log2" and i == hist.NEGATIVE]
+    positive = [i for i in used if i not in negative]
+    span = list(range(positive[0], positive[-1] + 1)) if positive else []
+    for index in negative + span:
         lo, hi = hist.bounds(index)
-        if hist.kind == "linear" and index == 0:
+        if lo <= -(1 << 63):
             label = f"(..., {_human(hi)})"
         elif hi >= 1 << 64:
             label = f"[{_human(lo)}, ...)"
@@ -49,9 +52,14 @@ def render_histogram(hist: "Histogram", width: int = 40) -> str:
     return "\n".join(rows)
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: data from a traced process must not drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def render_counts(counts: "Counts", limit: int = 50) -> str:
     """An aligned table of the largest counts."""
-    rows = [[*map(str, key), str(value)] for key, value in counts.most_common(limit)]
+    rows = [[*(printable(str(k)) for k in key), str(value)] for key, value in counts.most_common(limit)]
     header = [*counts.fields, "count"]
     if not rows:
         return "(no hits)"

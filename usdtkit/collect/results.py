@@ -51,10 +51,11 @@ class ProbeStats:
     lost_events: int = 0
     lost_keys: int = 0
     read_errors: int = 0
+    unmatched: int = 0  # latency: a done/return without its start (started before the trace, evicted)
 
     def to_json(self) -> dict:
         return {"hits": self.hits, "lost_events": self.lost_events, "lost_keys": self.lost_keys,
-                "read_errors": self.read_errors}
+                "read_errors": self.read_errors, "unmatched": self.unmatched}
 
 
 class Counts(Mapping):
@@ -92,9 +93,10 @@ class Counts(Mapping):
 class Histogram:
     """A histogram of one probe: ``buckets`` maps a bucket index to a count.
 
-    log2: bucket 0 holds the value 0 and bucket ``k`` the values ``[2**(k-1), 2**k)``.
-    linear: bucket 0 holds values below ``low``, bucket ``k`` ``[low+(k-1)*step, low+k*step)``, the last
-    one the values from ``high`` on.
+    log2: bucket 0 holds the value 0, bucket ``k`` the values ``[2**(k-1), 2**k)`` and bucket 65 the
+    negative values of signed fields.
+    linear: bucket 0 holds values below ``low``, bucket ``k`` ``[low+(k-1)*step, low+k*step)`` (the last
+    one cut at ``high``), the one after it the values from ``high`` on.
     """
 
     kind: str
@@ -111,26 +113,39 @@ class Histogram:
     def total(self) -> int:
         return sum(self.buckets.values())
 
+    NEGATIVE = 65
+
+    @property
+    def _linear_buckets(self) -> int:
+        return -(-(self.high - self.low) // self.step)
+
     def bounds(self, index: int) -> Tuple[int, int]:
         """The half-open value range ``[lo, hi)`` of bucket ``index``."""
         if self.kind == "log2":
+            if index == self.NEGATIVE:
+                return (-(1 << 63), 0)
             return (0, 1) if index == 0 else (1 << (index - 1), 1 << index)
         if index == 0:
             return (-(1 << 63), self.low)
-        last = (self.high - self.low) // self.step + 1
-        if index >= last:
+        if index > self._linear_buckets:
             return (self.high, 1 << 64)
         lo = self.low + (index - 1) * self.step
-        return (lo, lo + self.step)
+        return (lo, min(lo + self.step, self.high))
 
     def bucket_of(self, value: int) -> int:
         if self.kind == "log2":
-            return 0 if value <= 0 else value.bit_length()
+            if value < 0:
+                return self.NEGATIVE
+            return value.bit_length()
         if value < self.low:
             return 0
         if value >= self.high:
-            return (self.high - self.low) // self.step + 1
+            return self._linear_buckets + 1
         return 1 + (value - self.low) // self.step
+
+    def ordered(self) -> List[int]:
+        """Bucket indexes in value order (the negative log2 bucket first)."""
+        return sorted(self.buckets, key=lambda i: self.bounds(i)[0])
 
     def percentile(self, p: float) -> int:
         """Upper bound of the bucket holding the ``p``-th percentile (0-100); 0 when empty."""
@@ -141,11 +156,12 @@ class Histogram:
             return 0
         rank = max(1, math.ceil(total * p / 100))
         seen = 0
-        for index in sorted(self.buckets):
+        order = self.ordered()
+        for index in order:
             seen += self.buckets[index]
             if seen >= rank:
                 return self.bounds(index)[1]
-        return self.bounds(max(self.buckets))[1]
+        return self.bounds(order[-1])[1]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Histogram):
@@ -155,8 +171,8 @@ class Histogram:
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "unit": self.unit,
-                "buckets": [{"low": self.bounds(i)[0], "high": self.bounds(i)[1], "count": c}
-                            for i, c in sorted(self.buckets.items()) if c]}
+                "buckets": [{"low": self.bounds(i)[0], "high": self.bounds(i)[1], "count": self.buckets[i]}
+                            for i in self.ordered() if self.buckets[i]]}
 
     def render(self, width: int = 40) -> str:
         """A bcc/bpftrace style text histogram."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable, Optional, Sequence, Union
 
-from ..errors import UsageError
+from ..errors import NoSuchProcess, TargetError, UsageError
 from .launch import GatedCommand
 from .probes import ProbeRef, parse_probe
 from .resolve import resolve
@@ -40,6 +40,29 @@ def _strings(values: Iterable[Union[int, str]]) -> tuple:
     return tuple(out)
 
 
+def check_process(pid: int) -> None:
+    """Refuse a PID that names a thread, a kernel thread or a zombie, with what to do instead."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            status = dict(line.rstrip("\n").split(":\t", 1) for line in handle if ":\t" in line)
+    except FileNotFoundError:
+        raise NoSuchProcess(pid) from None
+    except OSError as exc:
+        raise TargetError(f"pid {pid}: cannot read its status: {exc.strerror}") from None
+    tgid = status.get("Tgid", "").strip()
+    if tgid and tgid != str(pid):
+        raise UsageError(f"pid {pid} is a thread of process {tgid}: trace -p {tgid} (and filter on 'tid == {pid}')")
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            empty = not maps.read(1)
+    except OSError:
+        empty = False
+    if empty:
+        state = status.get("State", "").strip()
+        what = "a zombie" if state.startswith("Z") else "a kernel thread"
+        raise TargetError(f"pid {pid} has no address space ({what}): nothing to probe")
+
+
 def build_spec(
     probes: Sequence[Union[str, ProbeRef]],
     pid: Optional[int] = None,
@@ -56,6 +79,7 @@ def build_spec(
     ring_pages: int = 256,
     default_binary: Optional[str] = None,
     resolve_in_pid: bool = True,
+    unsafe: bool = False,
 ) -> TraceSpec:
     """Parse, validate and resolve everything a trace needs.
 
@@ -63,14 +87,19 @@ def build_spec(
     thread, recursion-safe); with two USDT probes it times start to done, matched by thread or by the
     arguments named in ``pair_keys`` (e.g. ``("arg0", "arg0")``).  ``default_binary`` fills specs with
     an empty binary; ``resolve_in_pid=False`` resolves probes by path and uses ``pid`` only as a filter
-    (for a command that has not exec'd yet).
+    (for a command that has not exec'd yet).  ``unsafe=True`` allows uprobes at ``func+OFFSET`` or
+    addresses that usdtkit cannot verify to start an instruction (a wrong one corrupts the target).
     """
     if isinstance(probes, (str, ProbeRef)):
         probes = [probes]
     if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
         raise UsageError(f"invalid pid {pid!r}")
+    if pid is not None and resolve_in_pid:
+        check_process(pid)
     refs = [p if isinstance(p, ProbeRef) else parse_probe(p) for p in probes]
     by_field = None if hist_by is None else (hist_by if isinstance(hist_by, Field) else Field.parse(hist_by))
+    if isinstance(hist, HistSpec) and by_field is not None:
+        raise UsageError("give hist_by inside the HistSpec (HistSpec(..., by=...)), not both")
     hist_spec = hist if isinstance(hist, HistSpec) or hist is None else HistSpec(
         hist if isinstance(hist, Field) else Field.parse(hist), by=by_field)
     if default_binary:
@@ -102,7 +131,7 @@ def build_spec(
     if count_fields and any(f.name == "ustack" for f in count_fields) and pid is None:
         if not any(f.name == "pid" for f in count_fields):
             count_fields = count_fields + (Field("pid"),)  # stacks are symbolised per process
-    resolved = tuple(resolve(ref, pid if resolve_in_pid else None) for ref in refs)
+    resolved = tuple(resolve(ref, pid if resolve_in_pid else None, unsafe) for ref in refs)
     return TraceSpec(
         probes=resolved,
         pid=pid,
@@ -120,24 +149,26 @@ def build_spec(
 
 
 def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = None,
-          command: Optional[Sequence[str]] = None, **options: object) -> Session:
+          command: Optional[Sequence[str]] = None, keep_events: Optional[int] = 1_000_000,
+          **options: object) -> Session:
     """Build a trace of ``probes``; use the result as a context manager to attach and detach.
 
     Options are those of :func:`build_spec` (``pid``, ``filters``, ``events``, ``strings``,
     ``count_by``, ``hist``, ``latency``, ``pair_keys``, ``stacks``...).  ``command=[argv...]`` starts
     that program with the probes attached before its first instruction (probe specs may leave the
-    binary empty); the session ends when it exits, and closing the session stops it.
+    binary empty); the session ends when it exits, and closing the session stops it.  ``keep_events``
+    bounds the events kept in ``session.events`` (None: all, 0: none; ``on_event`` still sees them all).
     """
     if command is None:
         spec = build_spec(list(probes), **options)  # type: ignore[arg-type]
-        return Session(spec, on_event=on_event)
+        return Session(spec, on_event=on_event, keep_events=keep_events)
     if options.get("pid") is not None:
         raise UsageError("give a command or a pid, not both")
     gated = GatedCommand([str(a) for a in command])
     try:
         spec = build_spec(list(probes), pid=gated.pid, default_binary=gated.executable,  # type: ignore[arg-type]
                           resolve_in_pid=False, **options)
+        return Session(spec, on_event=on_event, keep_events=keep_events, command=gated)
     except BaseException:
         gated.stop()
         raise
-    return Session(spec, on_event=on_event, command=gated)

@@ -93,7 +93,10 @@ def parse_probe(spec: str) -> ProbeRef:
         raise UsageError(f"probe {spec!r}: expected {kind}:BINARY:FUNCTION")
     _check_binary(spec, binary)
     if _NUMBER.fullmatch(target) and target.startswith("0x"):
-        return ProbeRef(kind, binary, target, address=int(target, 16))
+        address = int(target, 16)
+        if address >= 1 << 63:
+            raise UsageError(f"probe {spec!r}: address {target} out of range")
+        return ProbeRef(kind, binary, target, address=address)
     name, plus, offset_text = target.partition("+")
     if not _SYMBOL.fullmatch(name):
         raise UsageError(f"probe {spec!r}: {name!r} is not a valid function name")
@@ -102,6 +105,8 @@ def parse_probe(spec: str) -> ProbeRef:
         if not _NUMBER.fullmatch(offset_text):
             raise UsageError(f"probe {spec!r}: offset {offset_text!r} is not a number")
         offset = int(offset_text, 0)
+        if offset >= 1 << 32:
+            raise UsageError(f"probe {spec!r}: offset {offset_text} is larger than any function")
         if kind == "uretprobe" and offset:
             raise UsageError(f"probe {spec!r}: a uretprobe takes no offset")
     return ProbeRef(kind, binary, name, offset=offset)

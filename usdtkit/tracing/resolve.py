@@ -44,10 +44,12 @@ class ResolvedProbe:
 
     @property
     def label(self) -> str:
-        """The name events and results carry: ``provider:name`` or the function."""
+        """The name events and results carry: ``provider:name``, the function (``func+0x10``,
+        ``0x1139``), or ``func:return`` for a uretprobe."""
         if self.ref.is_usdt:
             return f"{self.ref.provider}:{self.ref.name}" if self.ref.provider else self.ref.name
-        return str(self.ref).split(":", 2)[2]
+        name = str(self.ref).split(":", 2)[2]
+        return f"{name}:return" if self.ref.is_return else name
 
 
 def _pid_objects(pid: int) -> List["elf.MappedObject"]:
@@ -167,22 +169,45 @@ def _resolve_usdt(ref: ProbeRef, pid: Optional[int]) -> ResolvedProbe:
     return ResolvedProbe(full, matches[0][1].binary, tuple(sites), arg_counts.pop())
 
 
-def _resolve_function(ref: ProbeRef, pid: Optional[int]) -> ResolvedProbe:
+def _known_instruction_start(path: str, address: int) -> bool:
+    """Whether ``address`` starts a function or is a USDT site (both certainly start an instruction)."""
+    if any(f.address == address for f in elf.read_functions(path)):
+        return True
+    return any(loc.pc == address for p in elf.read_usdt_probes(path) for loc in p.locations)
+
+
+def _function_site(ref: ProbeRef, open_path: str, unsafe: bool) -> Tuple[int, int]:
+    """``(file offset, link-time address)`` of a function probe, refusing what could corrupt the target."""
+    unverified = ("usdtkit cannot check that it starts an instruction, and a probe inside an instruction "
+                  "corrupts the traced program; probe the function itself, or pass unsafe=True (--unsafe) "
+                  "if you are sure")
+    if ref.address is not None:
+        if ref.is_return and not any(f.address == ref.address for f in elf.read_functions(open_path)):
+            raise UsageError(f"{ref}: a uretprobe must be placed at the start of a function (it replaces "
+                             "the return address on the stack)")
+        if not unsafe and not _known_instruction_start(open_path, ref.address):
+            raise UsageError(f"{ref}: {ref.address:#x} is not a function start or USDT site; {unverified}")
+        return elf.address_to_offset(open_path, ref.address), ref.address
+    symbol = elf.find_symbol(open_path, ref.name)
+    if ref.offset:
+        if symbol.size and ref.offset >= symbol.size:
+            raise UsageError(f"{ref}: offset {ref.offset:#x} is past the end of {ref.name} ({symbol.size} bytes)")
+        if not unsafe:
+            raise UsageError(f"{ref}: {unverified}")
+    offset = symbol.file_offset + ref.offset
+    if offset >= os.path.getsize(open_path):
+        raise UsageError(f"{ref}: offset {offset:#x} is past the end of {open_path}")
+    return offset, symbol.address + ref.offset
+
+
+def _resolve_function(ref: ProbeRef, pid: Optional[int], unsafe: bool = False) -> ResolvedProbe:
     candidates = _candidates(ref, pid)
     if pid is not None and not ref.binary:
         candidates = candidates[:1]  # the main executable, as bpftrace does
     errors = []
     for shown, open_path in candidates:
         try:
-            if ref.address is not None:
-                offset = elf.address_to_offset(open_path, ref.address)
-                pc = ref.address
-            else:
-                symbol = elf.find_symbol(open_path, ref.name)
-                if ref.offset and symbol.size and ref.offset >= symbol.size:
-                    raise UsageError(f"{ref}: offset {ref.offset:#x} is past the end of {ref.name} "
-                                     f"({symbol.size} bytes)")
-                offset, pc = symbol.file_offset + ref.offset, symbol.address + ref.offset
+            offset, pc = _function_site(ref, open_path, unsafe)
         except ProbeNotFound as exc:
             errors.append(str(exc))
             continue
@@ -190,8 +215,9 @@ def _resolve_function(ref: ProbeRef, pid: Optional[int]) -> ResolvedProbe:
     raise ProbeNotFound(errors[0] if errors else f"{ref}: not found")
 
 
-def resolve(ref: ProbeRef, pid: Optional[int] = None) -> ResolvedProbe:
-    """Find every call site of ``ref`` (in ``pid``'s objects when given)."""
+def resolve(ref: ProbeRef, pid: Optional[int] = None, unsafe: bool = False) -> ResolvedProbe:
+    """Find every call site of ``ref`` (in ``pid``'s objects when given).  ``unsafe`` allows uprobes
+    at offsets and addresses usdtkit cannot verify to start an instruction."""
     if ref.is_usdt:
         return _resolve_usdt(ref, pid)
-    return _resolve_function(ref, pid)
+    return _resolve_function(ref, pid, unsafe)

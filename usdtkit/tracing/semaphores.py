@@ -10,6 +10,7 @@ with SIGKILL cannot undo its increment; that is the limit ``usdtkit doctor`` war
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import threading
 from typing import Dict, List, Optional, Tuple
@@ -19,10 +20,18 @@ from ..errors import AttachError, NoSuchProcess
 _Key = Tuple[int, int]  # (pid, runtime address)
 
 
+def _add(mem_fd: int, address: int, delta: int) -> int:
+    """Add ``delta`` to the 16-bit counter at ``address`` through an open ``/proc/PID/mem``."""
+    value = int.from_bytes(os.pread(mem_fd, 2, address), "little")
+    new = max(0, min(0xFFFF, value + delta))
+    os.pwrite(mem_fd, new.to_bytes(2, "little"), address)
+    return new
+
+
 def semaphore_address(pid: int, path: str, file_offset: int) -> Optional[int]:
-    """The runtime address of the byte at ``file_offset`` of ``path`` in ``pid``, if it is mapped."""
+    """The runtime address of the byte at ``file_offset`` of ``path`` in ``pid``, in a private writable
+    mapping of that very file (device and inode), if there is one."""
     try:
-        real = os.path.realpath(path)
         target = os.stat(path)
     except OSError:
         return None
@@ -35,9 +44,11 @@ def semaphore_address(pid: int, path: str, file_offset: int) -> Optional[int]:
         fields = line.split(maxsplit=5)
         if len(fields) < 6:
             continue
-        device, inode = fields[3], int(fields[4])
-        name = fields[5].strip()
-        if inode != target.st_ino and os.path.realpath(name) != real:
+        perms, device, inode = fields[1], fields[3], int(fields[4])
+        major, _, minor = device.partition(":")
+        if inode != target.st_ino or os.makedev(int(major, 16), int(minor, 16)) != target.st_dev:
+            continue
+        if not perms.startswith("rw") or perms[3] != "p":
             continue
         start, end = (int(x, 16) for x in fields[0].split("-"))
         offset = int(fields[2], 16)
@@ -51,28 +62,25 @@ class SemaphoreWriter:
 
     def __init__(self) -> None:
         self._held: Dict[_Key, int] = {}
+        # The /proc/PID/mem fd stays open from acquire to release: it keeps naming the process it was
+        # opened for, so a PID reused after the target exits is never written to.
+        self._mem: Dict[int, int] = {}
         self._lock = threading.Lock()
         atexit.register(self.release_all)
-
-    @staticmethod
-    def _add(pid: int, address: int, delta: int) -> int:
-        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
-            mem.seek(address)
-            value = int.from_bytes(mem.read(2), "little")
-            new = max(0, min(0xFFFF, value + delta))
-            mem.seek(address)
-            mem.write(new.to_bytes(2, "little"))
-            return new
 
     def acquire(self, pid: int, path: str, file_offset: int) -> None:
         address = semaphore_address(pid, path, file_offset)
         if address is None:
-            raise AttachError(f"pid {pid}: semaphore at {path}+{file_offset:#x} is not mapped")
-        try:
-            self._add(pid, address, +1)
-        except OSError as exc:
-            raise AttachError(f"pid {pid}: cannot write semaphore: {exc.strerror}") from None
+            raise AttachError(
+                f"pid {pid} does not map {path} (yet): without kernel semaphore refcounts usdtkit can only "
+                "raise the semaphores of a running process; attach to it with a PID")
         with self._lock:
+            try:
+                if pid not in self._mem:
+                    self._mem[pid] = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+                _add(self._mem[pid], address, +1)
+            except OSError as exc:
+                raise AttachError(f"pid {pid}: cannot write semaphore: {exc.strerror}") from None
             self._held[(pid, address)] = self._held.get((pid, address), 0) + 1
 
     def release_all(self) -> List[str]:
@@ -80,12 +88,15 @@ class SemaphoreWriter:
         problems = []
         with self._lock:
             held, self._held = self._held, {}
+            mem, self._mem = self._mem, {}
         for (pid, address), count in held.items():
             try:
-                self._add(pid, address, -count)
-            except OSError as exc:
-                if os.path.exists(f"/proc/{pid}"):
+                _add(mem[pid], address, -count)
+            except OSError as exc:  # the process exited: its memory (and semaphore) is gone with it
+                if exc.errno not in (errno.ESRCH, errno.EIO):
                     problems.append(f"pid {pid}: semaphore at {address:#x}: {exc.strerror}")
+        for fd in mem.values():
+            os.close(fd)
         return problems
 
     def close(self) -> None:

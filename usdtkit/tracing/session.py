@@ -11,9 +11,12 @@ Results are copied out of the kernel maps into plain objects (:mod:`usdtkit.coll
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import select
+import signal
+import threading
 import time
 from collections import deque
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
@@ -45,6 +48,24 @@ def _event_struct(nargs: int, nstr: int, string_size: int) -> type:
     return RawEvent
 
 
+def probe_labels(spec: TraceSpec) -> List[str]:
+    """One distinct name per probe for results.  In a function latency trace the return side, where
+    times are taken, is named after the function and the entry side ``func:entry``; probes that would
+    share a name get their binary's name appended."""
+    labels = [p.label for p in spec.probes]
+    if spec.function_latency:
+        for i, probe in enumerate(spec.probes):
+            labels[i] = probe.ref.name if probe.ref.is_return else f"{probe.ref.name}:entry"
+    for i, label in enumerate(labels):
+        if labels.count(label) > 1:
+            labels = [f"{lab} [{os.path.basename(spec.probes[j].binary)}]" if lab == label else lab
+                      for j, lab in enumerate(labels)]
+    for i, label in enumerate(labels):
+        if labels.count(label) > 1:
+            labels[i] = f"{label} #{i}"
+    return labels
+
+
 def _power_of_two(n: int) -> int:
     return 1 << (n.bit_length() - 1)
 
@@ -59,11 +80,17 @@ class Session:
     """Attach a :class:`TraceSpec`, collect in the kernel, read results; detach on exit."""
 
     def __init__(self, spec: TraceSpec, on_event: Optional[EventCallback] = None,
-                 keep_events: int = 1_000_000, command: Optional["GatedCommand"] = None) -> None:
+                 keep_events: Optional[int] = 1_000_000, command: Optional["GatedCommand"] = None) -> None:
         self.spec = spec
         self.command = command
         self.on_event = on_event
-        self.events: Deque[Event] = deque(maxlen=keep_events if keep_events > 0 else None)
+        # keep_events: how many recent events stay in `events` (None: all; 0: none, for on_event users)
+        if keep_events is not None and keep_events < 0:
+            raise UsageError("keep_events must be 0 or more (or None for all)")
+        self.keep_events = keep_events
+        self.events: Deque[Event] = deque(maxlen=keep_events)
+        self._stop = False
+        self._callback_error: Optional[BaseException] = None
         self.dropped_by_user_queue = 0
         self.uses_ringbuf = capabilities.detect().has_ringbuf
         self.text, self.attachments = codegen.generate(spec, self.uses_ringbuf)
@@ -72,6 +99,7 @@ class Session:
         self._raw = _event_struct(self._nargs, max(len(spec.event_strings), 1), spec.string_size)
         self._signs = [self._probe_signs(i) for i in range(len(spec.probes))]
         self._string_masks = [codegen.string_mask(spec, i) for i in range(len(spec.probes))]
+        self.labels = probe_labels(spec)
         self._program: Optional[Program] = None
         self._pidfd: Optional[int] = None
         self.target_exited = False
@@ -85,7 +113,7 @@ class Session:
         """Warnings about expensive uprobe sites, known before attaching."""
         out = []
         for probe in self.spec.probes:
-            if probe.ref.is_usdt or probe.ref.is_return:
+            if probe.ref.is_usdt:  # USDT sites are NOPs: the cheapest kind
                 continue
             for site in probe.sites:
                 warning = site_cost.describe_site(site_cost.read_site(site.path, site.file_offset))
@@ -174,14 +202,39 @@ class Session:
 
     # ------------------------------------------------------------------ events
     def _on_raw_event(self, _ctx: object, data: int, _size: int) -> int:
-        raw = ctypes.cast(data, ctypes.POINTER(self._raw)).contents
-        event = self._decode(raw)
-        if self.events.maxlen is not None and len(self.events) == self.events.maxlen:
-            self.dropped_by_user_queue += 1
-        self.events.append(event)
-        if self.on_event is not None:
-            self.on_event(event)
+        """Called by bcc for each record.  Never lets an exception escape into ctypes (which would
+        swallow it, and with it a Ctrl-C or a signal): it is kept, polling stops (a negative return
+        ends ``ring_buffer_poll``), and :meth:`poll` raises it."""
+        if self._stop:
+            return -1
+        try:
+            raw = ctypes.cast(data, ctypes.POINTER(self._raw)).contents
+            event = self._decode(raw)
+            if self.keep_events != 0:
+                if self.events.maxlen is not None and len(self.events) == self.events.maxlen:
+                    self.dropped_by_user_queue += 1
+                self.events.append(event)
+            if self.on_event is not None:
+                self.on_event(event)
+        except BaseException as exc:  # KeyboardInterrupt and signal-raised exceptions included
+            self._callback_error = exc
+            self._stop = True
+            return -1
         return 0
+
+    def stop(self) -> None:
+        """Stop delivering events (callable from ``on_event``); ``run`` returns at the next check."""
+        self._stop = True
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop
+
+    def _raise_callback_error(self) -> None:
+        error, self._callback_error = self._callback_error, None
+        if error is not None:
+            self._stop = False
+            raise error
 
     def _on_perf_lost(self, count: int) -> None:
         # Already counted per probe in `stats` when perf_submit failed; kept for diagnostics.
@@ -208,7 +261,7 @@ class Session:
             stack = self._frames(self._program, raw.stack, raw.pid)
         return Event(
             stack=stack,
-            probe=probe.label, pid=raw.pid, tid=raw.tid, timestamp_ns=raw.ts, cpu=raw.cpu,
+            probe=self.labels[index], pid=raw.pid, tid=raw.tid, timestamp_ns=raw.ts, cpu=raw.cpu,
             comm=raw.comm.decode(errors="replace"), args=tuple(values),
             retval=raw.retval if probe.ref.is_return else None,
             latency_ns=raw.latency if (self.spec.function_latency or self.spec.pair) else None,
@@ -220,16 +273,16 @@ class Session:
         if program is None:
             return
         self._observe_stack_owners()
-        if self.spec.events:
+        if self.spec.events and not self._stop:
             program.poll(int(timeout * 1000))
+            self._raise_callback_error()
         else:
             self._wait_target(timeout)
         if self._pidfd is not None and not self.target_exited:
             ready, _, _ = select.select([self._pidfd], [], [], 0)
             if ready:
                 self.target_exited = True
-                if self.spec.events:
-                    program.poll(0)
+                self.drain()
 
     def _wait_target(self, timeout: float) -> None:
         if self._pidfd is not None:
@@ -237,18 +290,47 @@ class Session:
         else:
             time.sleep(timeout)
 
+    @contextlib.contextmanager
+    def interrupts_deferred(self) -> Iterator[None]:
+        """Turn Ctrl-C into :meth:`stop` while events are polled, and raise it once polling returned.
+
+        A signal handler that raises runs wherever the interpreter is, which during polling is inside
+        bcc's ctypes callback, where ctypes would swallow the exception.  Here the handler only sets a
+        flag (the callback then ends the poll) and ``KeyboardInterrupt`` is raised in the caller.
+        """
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            yield
+            return
+        interrupted = []
+
+        def on_interrupt(signum: int, frame: object) -> None:
+            interrupted.append(signum)
+            self._stop = True
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if interrupted:
+            self._stop = False
+            raise KeyboardInterrupt
+
     def run(self, duration: Optional[float] = None, until: Optional[Callable[[], bool]] = None,
             interval: float = 0.1) -> None:
-        """Collect until ``duration`` seconds pass, ``until()`` is true, or the target exits."""
+        """Collect until ``duration`` seconds pass, ``until()`` is true, :meth:`stop` is called, or the
+        target exits.  Ctrl-C raises ``KeyboardInterrupt`` here, with everything collected so far kept."""
         deadline = None if duration is None else time.monotonic() + duration
-        while self._program is not None:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                break
-            self.poll(interval if remaining is None else min(interval, max(remaining, 0.0)))
-            if self.target_exited or (until is not None and until()):
-                break
-        self.drain()
+        with self.interrupts_deferred():
+            while self._program is not None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self.poll(interval if remaining is None else min(interval, max(remaining, 0.0)))
+                if self.target_exited or self._stop or (until is not None and until()):
+                    break
+            self.drain()
 
     def stream(self, duration: Optional[float] = None, interval: float = 0.1) -> Iterator[Event]:
         """Yield events as they arrive, until ``duration`` passes or the target exits.
@@ -262,10 +344,12 @@ class Session:
             while self.events:
                 yield self.events.popleft()
             remaining = None if deadline is None else deadline - time.monotonic()
-            if (remaining is not None and remaining <= 0) or self.target_exited:
+            if (remaining is not None and remaining <= 0) or self.target_exited or self._stop:
                 break
-            self.poll(interval if remaining is None else min(interval, remaining))
-        self.drain()
+            with self.interrupts_deferred():
+                self.poll(interval if remaining is None else min(interval, remaining))
+        with self.interrupts_deferred():
+            self.drain()
         while self.events:
             yield self.events.popleft()
 
@@ -273,9 +357,10 @@ class Session:
         return self.stream()
 
     def drain(self) -> None:
-        """Deliver every event already in the ring buffer."""
-        if self._program is not None and self.spec.events:
+        """Deliver every event already in the ring buffer (unless :meth:`stop` was called)."""
+        if self._program is not None and self.spec.events and not self._stop:
             self._program.poll(0)
+            self._raise_callback_error()
 
     # ------------------------------------------------------------------ results
     def _snapshot(self, program: Program) -> Dict[str, object]:
@@ -294,10 +379,10 @@ class Session:
         for i, probe in enumerate(self.spec.probes):
             base = i * codegen.STATS_PER_PROBE
             stats = ProbeStats(*totals[base:base + codegen.STATS_PER_PROBE])
-            previous = out.get(probe.label)
+            previous = out.get(self.labels[i])
             if previous is not None:  # two probes with one label (uprobe+uretprobe): add them up
                 stats = ProbeStats(*(a + b for a, b in zip(previous.to_json().values(), stats.to_json().values())))
-            out[probe.label] = stats
+            out[self.labels[i]] = stats
         return out
 
     def _read_counts(self, program: Program) -> Optional[Counts]:
@@ -307,7 +392,7 @@ class Session:
         items: Dict[Tuple, int] = {}
         for key, value in program.table("counts").items():
             probe = self.spec.probes[key.probe]
-            row: List[object] = [probe.label]
+            row: List[object] = [self.labels[key.probe]]
             for fld in self.spec.count_by:
                 row.append(self._key_value(program, key, fld))
             items[tuple(row)] = items.get(tuple(row), 0) + int(value.value)
@@ -360,7 +445,7 @@ class Session:
         unit = "ns" if hist.field.name == "latency" else ""
         out: Dict[str, Histogram] = {}
         for key, value in program.table("hist").items():
-            label = self.spec.probes[key.probe].label
+            label = self.labels[key.probe]
             if hist.by is not None:
                 label = (label, self._key_value(program, key, hist.by))
             h = out.setdefault(label, Histogram(hist.kind, {}, hist.low, hist.high, hist.step, unit))

@@ -124,8 +124,18 @@ class HistSpec:
         if self.kind not in ("log2", "linear"):
             raise UsageError(f"histogram kind {self.kind!r}: use log2 or linear")
         if self.kind == "linear":
-            if self.step <= 0 or self.high <= self.low or (self.high - self.low) // self.step > 4096:
+            limit = 1 << 63
+            if not all(isinstance(v, int) and -limit <= v < limit for v in (self.low, self.high, self.step)):
+                raise UsageError("linear histogram bounds and step must fit in a signed 64-bit integer")
+            if self.step <= 0 or self.high <= self.low or self.buckets > 4096:
                 raise UsageError("linear histogram needs low < high, step > 0 and at most 4096 buckets")
+
+    @property
+    def buckets(self) -> int:
+        """Linear buckets between low and high (the last one may be partial); 0 for log2."""
+        if self.kind != "linear":
+            return 0
+        return -(-(self.high - self.low) // self.step)
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,24 @@ class PairSpec:
     done: int
     start_key: Optional[Field] = None  # None: match by thread
     done_key: Optional[Field] = None
+
+
+def _check_field(fld: Field, probe: ResolvedProbe, role: str, latency: bool) -> None:
+    """Refuse a field that the probe where it is read cannot provide (never read it as 0)."""
+    label = probe.label
+    if fld.argument is not None:
+        if fld.index >= probe.arg_count:
+            raise UsageError(f"{role} {fld}: {label} has {probe.arg_count} argument(s)")
+        if fld.name == "str":
+            from ..bpf.codegen import pointer_like  # the one rule for what can be a pointer
+
+            if not pointer_like(probe, fld.index):
+                raise UsageError(f"{role} {fld}: argument {fld.index} of {label} is not a pointer "
+                                 "(a string argument is an unsigned 8-byte value)")
+    elif fld.name == "retval" and not probe.ref.is_return:
+        raise UsageError(f"{role} retval: {label} is not a uretprobe")
+    elif fld.name == "latency" and not latency:
+        raise UsageError(f"{role} latency: only latency traces (latency=True) measure it")
 
 
 @dataclass(frozen=True)
@@ -167,6 +195,45 @@ class TraceSpec:
                 raise UsageError(f"string argument index {index} out of range")
         if self.pid is not None and not 0 < self.pid < (1 << 22):
             raise UsageError(f"invalid pid {self.pid}")
+
+        self._check_fields()
+
+    def handler_probes(self) -> Tuple[ResolvedProbe, ...]:
+        """The probes where counts, histograms and events are taken (the done/return side of a
+        latency trace, every probe otherwise)."""
+        if self.pair is not None:
+            return (self.probes[self.pair.done],)
+        if self.function_latency:
+            return tuple(p for p in self.probes if p.ref.is_return)
+        return self.probes
+
+    def _check_fields(self) -> None:
+        latency = self.function_latency or self.pair is not None
+        keys = list(self.count_by or ())
+        if len(set(keys)) != len(keys):
+            raise UsageError("count_by names a field twice")
+        if self.hist is not None and self.hist.by is not None and self.hist.by == self.hist.field:
+            raise UsageError("a histogram cannot be split by its own field")
+        for probe in self.handler_probes():
+            for fld in keys:
+                _check_field(fld, probe, "count by", latency)
+            if self.hist is not None:
+                _check_field(self.hist.field, probe, "histogram of", latency)
+                if self.hist.by is not None:
+                    _check_field(self.hist.by, probe, "histogram by", latency)
+        if self.event_strings:
+            from ..bpf.codegen import pointer_like
+
+            for index in self.event_strings:
+                if not any(pointer_like(p, index) for p in self.handler_probes()):
+                    raise UsageError(f"string arg{index}: no traced probe has a pointer argument {index}")
+        if self.pair is not None:
+            for index, key in ((self.pair.start, self.pair.start_key), (self.pair.done, self.pair.done_key)):
+                if key is None:
+                    continue
+                if key.name not in ("arg", "pid", "tid", "cpu"):
+                    raise UsageError(f"latency key {key}: use argN, pid, tid or cpu")
+                _check_field(key, self.probes[index], "latency key", True)
 
     @property
     def needs_stacks(self) -> bool:
