@@ -12,11 +12,14 @@ N = 25
 
 @pytest.fixture(params=["ringbuf", "perfbuf"])
 def event_transport(request, monkeypatch):
-    """Both event paths: the BPF ring buffer, and the perf buffer used on kernels before 5.8."""
+    """Both kernel paths: ring buffer and uprobe_multi links (new kernels), and perf buffer with one
+    perf event per site (what kernels before 5.8 and 6.6 get)."""
     from usdtkit.bpf import capabilities
 
     if request.param == "perfbuf":
         monkeypatch.setenv("USDTKIT_NO_RINGBUF", "1")
+        monkeypatch.setenv("USDTKIT_NO_UPROBE_MULTI", "1")
+    capabilities.detect.cache_clear()
     yield request.param
     capabilities.detect.cache_clear()
 
@@ -31,6 +34,7 @@ def test_usdt_counts_and_arguments_are_exact(build_c, processes, event_transport
         session.run(duration=20)  # ends early: the session notices the target's exit
         events = list(session.events)
         assert session.uses_ringbuf == (event_transport == "ringbuf")
+        assert (session._program.links > 0) == (event_transport == "ringbuf")  # noqa: SLF001 (which path ran)
         stats = session.stats()
         counts = session.counts()
     assert target.wait(timeout=10) == 0

@@ -54,6 +54,14 @@ def bpf_fds_of_this_process() -> int:
     return count
 
 
+def assert_no_new_programs(before: set) -> None:
+    """No program usdtkit loaded since ``before`` is still loaded (after the kernel's deferred free)."""
+    deadline = time.time() + 5  # links and programs are freed after an RCU grace period
+    while usdtkit_program_ids() - before and time.time() < deadline:
+        time.sleep(0.05)
+    assert not usdtkit_program_ids() - before
+
+
 @pytest.fixture
 def programs_before():
     """Programs loaded before the test: what is new after it was left behind by it."""
@@ -114,10 +122,7 @@ def test_semaphore_follows_the_trace_and_survives_sigkill(waiting_target, progra
     while semaphore_value(target.pid, binary, "guarded") != 0 and time.time() < deadline:
         time.sleep(0.05)
     assert semaphore_value(target.pid, binary, "guarded") == 0
-    deadline = time.time() + 5  # the kernel frees a dead process's programs asynchronously
-    while usdtkit_program_ids() - programs_before and time.time() < deadline:
-        time.sleep(0.05)
-    assert not usdtkit_program_ids() - programs_before  # the killed tracer's programs went with it
+    assert_no_new_programs(programs_before)  # the killed tracer's programs went with it
 
 
 @pytest.mark.bpf
@@ -136,7 +141,7 @@ def test_sigterm_and_sigint_detach_and_print_what_was_collected(waiting_target, 
         assert tracer.returncode == 0, err
         assert json.loads(out.splitlines()[-1])["stats"]["demo:guarded"]["hits"] == 0
         assert semaphore_value(target.pid, binary, "guarded") == 0
-    assert not usdtkit_program_ids() - programs_before
+    assert_no_new_programs(programs_before)
 
 
 @pytest.mark.bpf
@@ -151,7 +156,7 @@ def test_a_hundred_attach_detach_cycles_leave_nothing(waiting_target, programs_b
     assert open_fds() == before_fds
     assert tracefs_uprobes() == before_uprobes
     assert bpf_fds_of_this_process() == before_bpf
-    assert not usdtkit_program_ids() - programs_before
+    assert_no_new_programs(programs_before)
     assert semaphore_value(target.pid, binary, "guarded") == 0
     assert semaphore_value(target.pid, binary, "args") == 0
 

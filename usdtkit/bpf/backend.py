@@ -17,7 +17,7 @@ import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from ..errors import AttachError, EnvironmentProblem
-from . import kernel_headers, perf_uprobe
+from . import capabilities, kernel_headers, perf_uprobe, uprobe_multi
 
 
 def import_bcc() -> Any:
@@ -86,16 +86,20 @@ class Program:
                 raise EnvironmentProblem(f"not allowed to load BPF programs: {detail}")
             raise AttachError(f"BPF compilation or load failed: {detail}")
         self._fds: Dict[str, int] = {}
+        self._multi = True
+        self.links = 0  # uprobe_multi links made (the rest of the attachments are perf events)
 
-    def program_fd(self, function: str) -> int:
-        """Load (once) the BPF function ``function`` as a uprobe program and return its fd."""
+    def program_fd(self, function: str, multi: bool = False) -> int:
+        """Load (once) the BPF function ``function`` as a uprobe program and return its fd; ``multi``
+        loads it for uprobe_multi links."""
         fd = self._fds.get(function)
         if fd is None:
             bcc = import_bcc()
+            attach_type = uprobe_multi.BPF_TRACE_UPROBE_MULTI if multi else -1
             failure: Optional[Exception] = None
             with _quiet_stderr() as err:
                 try:
-                    fd = self._bpf.load_func(function.encode(), bcc.BPF.KPROBE).fd
+                    fd = self._bpf.load_func(function.encode(), bcc.BPF.KPROBE, attach_type=attach_type).fd
                 except Exception as exc:
                     failure = exc
             if failure is not None:
@@ -104,6 +108,28 @@ class Program:
                 raise AttachError(f"the kernel refused program {function}: {detail}")
             self._fds[function] = fd
         return fd
+
+    def _unload(self, function: str) -> None:
+        fn = self._bpf.funcs.pop(function.encode(), None)
+        if fn is not None:
+            os.close(fn.fd)
+        self._fds.pop(function, None)
+
+    def attach_uprobes(self, function: str, path: str, offsets: List[int], ref_ctr_offsets: List[int],
+                       pid: int = -1, retprobe: bool = False) -> None:
+        """Attach ``function`` at every offset of ``path``: one uprobe_multi link where the kernel has
+        them (fast to attach and to detach), else one perf event per site."""
+        if self._multi and capabilities.detect().has_uprobe_multi:
+            prog_fd = self.program_fd(function, multi=True)
+            try:
+                self._events.append(uprobe_multi.attach(prog_fd, path, offsets, ref_ctr_offsets, pid, retprobe))
+                self.links += 1
+                return
+            except uprobe_multi.Unsupported:
+                self._multi = False  # an older kernel: perf events from now on
+                self._unload(function)
+        for offset, ref_ctr in zip(offsets, ref_ctr_offsets):
+            self.attach_uprobe(function, path, offset, pid, retprobe, ref_ctr)
 
     def attach_uprobe(self, function: str, path: str, offset: int, pid: int = -1,
                       retprobe: bool = False, ref_ctr_offset: int = 0) -> int:
@@ -126,8 +152,16 @@ class Program:
     def table(self, name: str) -> Any:
         return self._bpf.get_table(name.encode())
 
-    def open_ring_buffer(self, name: str, callback: Callable[[Any, Any, int], Any]) -> None:
-        self._bpf[name.encode()].open_ring_buffer(callback)
+    def open_ring_buffer(self, name: str, callback: Callable[[Any, int, int], int]) -> None:
+        """Deliver the records of ring buffer ``name`` to ``callback(ctx, address, size)``.
+
+        The callback is registered with libbcc directly, without bcc's Python wrapper around it: one
+        Python frame less per record, and its return value (negative: stop polling) goes through."""
+        from bcc.libbcc import _RINGBUF_CB_TYPE
+
+        table = self._bpf[name.encode()]
+        self._ring_callback = _RINGBUF_CB_TYPE(callback)  # kept alive as long as the program
+        self._bpf._open_ring_buffer(table.map_fd, self._ring_callback, None)
         self._ring_buffers_open = True
 
     def open_perf_buffer(self, name: str, callback: Callable, lost: Callable, pages: int = 64) -> None:
@@ -141,7 +175,7 @@ class Program:
             self._bpf.perf_buffer_poll(timeout_ms)
 
     def detach_all(self) -> None:
-        """Close every uprobe event; the kernel removes the breakpoints and semaphore counts."""
+        """Close every uprobe link and event; the kernel removes the breakpoints and semaphore counts."""
         while self._events:
             perf_uprobe.close_event(self._events.pop())
 

@@ -12,11 +12,14 @@ Decisions elsewhere read ``if caps.has_sema_refcnt`` rather than comparing kerne
   decrements it when the probe goes, even when the tracer is killed.
 * ``has_ringbuf``: the BPF ring buffer map (kernel 5.8, commit 457f44363a88 "bpf: Implement BPF ring
   buffer and verifier support for it"); without it events go through the per-CPU perf buffer.
+* ``has_uprobe_multi``: BPF uprobe_multi links (kernel 6.6, commit 89ae89f53d20 "bpf: Add multi uprobe
+  link"): every call site of a probe in one link, attached and detached at once (see ``uprobe_multi``).
 * ``tracefs``: where tracefs is mounted, if anywhere (only needed by fallbacks and diagnostics).
 
 ``USDTKIT_NO_SEMA_REFCNT=1`` makes usdtkit behave as on a kernel without the reference counter (it then
-writes semaphores itself) and ``USDTKIT_NO_RINGBUF=1`` as on one without the ring buffer (events go
-through the perf buffer); they exist to exercise those paths on new kernels.
+writes semaphores itself), ``USDTKIT_NO_RINGBUF=1`` as on one without the ring buffer (events go
+through the perf buffer) and ``USDTKIT_NO_UPROBE_MULTI=1`` as on one without uprobe_multi links (one
+perf event per site); they exist to exercise those paths on new kernels.
 """
 from __future__ import annotations
 
@@ -46,6 +49,12 @@ class Capabilities:
     @property
     def has_sema_refcnt(self) -> bool:
         return self.ref_ctr_shift is not None
+
+    @property
+    def has_uprobe_multi(self) -> bool:
+        if os.environ.get("USDTKIT_NO_UPROBE_MULTI") == "1":
+            return False
+        return kernel_version(self.kernel_release) >= (6, 6)
 
     @property
     def has_ringbuf(self) -> bool:

@@ -219,13 +219,13 @@ class Generator:
             "}",
         ]
         if spec.events:
-            nstr = max(len(spec.event_strings), 1)
+            nstr = len(spec.event_strings)
             out += [
                 "struct usdtkit_event {",
                 "    u64 ts; u32 pid; u32 tid; u32 probe; u32 cpu; u32 errs; s32 stack;",
                 "    u64 latency; u64 retval;",
                 f"    u64 args[USDTKIT_NARGS]; char comm[{COMM_LEN}];",
-                f"    char str[{nstr}][{spec.string_size}];",
+                f"    char str[{nstr}][{spec.string_size}];" if nstr else "",
                 "};",
             ]
             if self.ringbuf:
@@ -235,7 +235,7 @@ class Generator:
                         "BPF_PERCPU_ARRAY(event_scratch, struct usdtkit_event, 1);"]
         if spec.needs_stacks:
             out.append("BPF_STACK_TRACE(stacks, 16384);")
-        if spec.count_by is not None:
+        if spec.count_by:  # counts by probe alone come from the hits in `stats`: no hash map per hit
             out.append("struct usdtkit_count_key {")
             out.append("    u32 probe;")
             for fld in spec.count_by:
@@ -298,7 +298,7 @@ class Generator:
             "                                          u64 retval, u64 latency, u32 pid, u32 tid, u32 strmask) {",
             "    usdtkit_stat(probe, 0);",
         ]
-        if spec.count_by is not None:
+        if spec.count_by:
             out += ["    {", "    struct usdtkit_count_key key;", "    __builtin_memset(&key, 0, sizeof(key));",
                     "    key.probe = probe;"]
             for fld in spec.count_by:

@@ -80,9 +80,8 @@ def _collect(session: Session, command: Optional[GatedCommand], args: argparse.N
             if command:
                 command.stop()
             raise
-        if not args.json:
-            what = f"{len(session.attachments)} site(s) of {len(session.spec.probes)} probe(s)"
-            print(f"Attached {what} in {session.attach_seconds:.2f}s. Ctrl-C to stop.", file=sys.stderr)
+        what = f"{len(session.attachments)} site(s) of {len(session.spec.probes)} probe(s)"
+        print(f"Attached {what} in {session.attach_seconds:.2f}s. Ctrl-C to stop.", file=sys.stderr, flush=True)
         if command:
             command.release()
         deadline = time.monotonic() + args.duration if args.duration else None

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Event:
     """One probe hit copied to user space.
 
     ``args`` holds the argument values in order (signed where the spec says signed; ``None`` where a
-    memory read failed); string arguments read with ``strings=`` are ``str``.  ``latency_ns`` is set for
+    memory read failed); string arguments read with ``strings=`` are ``str``.  Treat it as read-only
+    (it is a plain slotted class because events are built by the hundred thousand per second).  ``latency_ns`` is set for
     latency traces, ``retval`` for uretprobes, ``stack`` (addresses, innermost first) when stacks were
     asked for.
     """

@@ -23,6 +23,7 @@ from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from ..bpf import capabilities, codegen
 from ..bpf.backend import Program
+from ..collect.records import ProbeDecoder, RecordDecoder
 from ..collect.results import Counts, Event, Histogram, ProbeStats
 from ..collect.symbolize import Symbolizer
 from ..errors import AttachError, EnvironmentProblem, NoSuchProcess, UsageError
@@ -33,19 +34,6 @@ from .semaphores import SemaphoreWriter
 from .spec import COMM_LEN, Field, TraceSpec
 
 EventCallback = Callable[[Event], None]
-
-
-def _event_struct(nargs: int, nstr: int, string_size: int) -> type:
-    class RawEvent(ctypes.Structure):
-        _fields_ = [
-            ("ts", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("tid", ctypes.c_uint32),
-            ("probe", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("errs", ctypes.c_uint32),
-            ("stack", ctypes.c_int32), ("latency", ctypes.c_uint64), ("retval", ctypes.c_uint64),
-            ("args", ctypes.c_uint64 * nargs), ("comm", ctypes.c_char * COMM_LEN),
-            ("str", (ctypes.c_char * string_size) * nstr),
-        ]
-
-    return RawEvent
 
 
 def probe_labels(spec: TraceSpec) -> List[str]:
@@ -96,10 +84,14 @@ class Session:
         self.text, self.attachments = codegen.generate(spec, self.uses_ringbuf)
         self.perf_lost = 0
         self._nargs = max([p.arg_count for p in spec.probes] + [1])
-        self._raw = _event_struct(self._nargs, max(len(spec.event_strings), 1), spec.string_size)
+        self._records: Optional[RecordDecoder] = None
         self._signs = [self._probe_signs(i) for i in range(len(spec.probes))]
         self._string_masks = [codegen.string_mask(spec, i) for i in range(len(spec.probes))]
         self.labels = probe_labels(spec)
+        if spec.events:
+            self._records = RecordDecoder(
+                [self._probe_decoder(i) for i in range(len(spec.probes))], self._nargs, len(spec.event_strings),
+                spec.string_size, self._event_stack if spec.stacks else None)
         self._program: Optional[Program] = None
         self._pidfd: Optional[int] = None
         self.target_exited = False
@@ -120,6 +112,21 @@ class Session:
                 if warning:
                     out.append(f"{probe.label} at {site.path}+{site.file_offset:#x}: {warning}")
         return out
+
+    def _probe_decoder(self, index: int) -> ProbeDecoder:
+        probe = self.spec.probes[index]
+        mask = self._string_masks[index]
+        slots = [(slot, arg) for slot, arg in enumerate(self.spec.event_strings)
+                 if mask & (1 << slot) and arg < probe.arg_count]
+        signed = [sign for sign, _ in self._signs[index]]
+        has_latency = self.spec.function_latency or self.spec.pair is not None
+        return ProbeDecoder(self.labels[index], probe.arg_count, signed, slots, probe.ref.is_return, has_latency)
+
+    def _event_stack(self, stack_id: int, pid: int) -> Optional[Tuple[str, ...]]:
+        if self._program is None:
+            return None
+        self._symbolizer.observe(pid)
+        return self._frames(self._program, stack_id, pid)
 
     def _probe_signs(self, index: int) -> List[Tuple[bool, int]]:
         probe = self.spec.probes[index]
@@ -144,12 +151,17 @@ class Session:
                 except (AttributeError, OSError):
                     self._pidfd = None
             kernel_counts = capabilities.detect().has_sema_refcnt
+            groups: Dict[Tuple[str, str, bool, int], Tuple[List[int], List[int]]] = {}
             for function, site, retprobe in self.attachments:
                 ref_ctr = site.ref_ctr_offset if kernel_counts else 0
                 if site.ref_ctr_offset and not kernel_counts:
                     self._write_semaphore(site)
                 site_pid = site.pid if site.pid is not None else pid
-                program.attach_uprobe(function, site.path, site.file_offset, site_pid, retprobe, ref_ctr)
+                offsets, ref_ctrs = groups.setdefault((function, site.path, retprobe, site_pid), ([], []))
+                offsets.append(site.file_offset)
+                ref_ctrs.append(ref_ctr)
+            for (function, path, retprobe, site_pid), (offsets, ref_ctrs) in groups.items():
+                program.attach_uprobes(function, path, offsets, ref_ctrs, site_pid, retprobe)
             self._observe_stack_owners()
             if self.spec.events and self.uses_ringbuf:
                 program.open_ring_buffer("events", self._on_raw_event)
@@ -208,8 +220,7 @@ class Session:
         if self._stop:
             return -1
         try:
-            raw = ctypes.cast(data, ctypes.POINTER(self._raw)).contents
-            event = self._decode(raw)
+            event = self._records.decode(data)
             if self.keep_events != 0:
                 if self.events.maxlen is not None and len(self.events) == self.events.maxlen:
                     self.dropped_by_user_queue += 1
@@ -239,33 +250,6 @@ class Session:
     def _on_perf_lost(self, count: int) -> None:
         # Already counted per probe in `stats` when perf_submit failed; kept for diagnostics.
         self.perf_lost += count
-
-    def _decode(self, raw: ctypes.Structure) -> Event:
-        index = raw.probe
-        probe = self.spec.probes[index]
-        values: List[object] = []
-        for i in range(probe.arg_count):
-            if raw.errs & (1 << i):
-                values.append(None)
-                continue
-            value = raw.args[i]
-            signed, size = self._signs[index][i] if i < len(self._signs[index]) else (False, 8)
-            values.append(_signed(value, 8) if signed else value)
-        mask = self._string_masks[index]
-        for slot, arg_index in enumerate(self.spec.event_strings):
-            if mask & (1 << slot) and arg_index < len(values) and values[arg_index] is not None:
-                values[arg_index] = bytes(raw.str[slot].value).decode("utf-8", errors="replace")
-        stack = None
-        if self.spec.stacks and self._program is not None:
-            self._symbolizer.observe(raw.pid)
-            stack = self._frames(self._program, raw.stack, raw.pid)
-        return Event(
-            stack=stack,
-            probe=self.labels[index], pid=raw.pid, tid=raw.tid, timestamp_ns=raw.ts, cpu=raw.cpu,
-            comm=raw.comm.decode(errors="replace"), args=tuple(values),
-            retval=raw.retval if probe.ref.is_return else None,
-            latency_ns=raw.latency if (self.spec.function_latency or self.spec.pair) else None,
-        )
 
     def poll(self, timeout: float = 0.1) -> None:
         """Deliver pending events; notice the target's exit."""
@@ -390,6 +374,11 @@ class Session:
             return None
         fields = tuple(str(f) for f in self.spec.count_by)
         items: Dict[Tuple, int] = {}
+        if not self.spec.count_by:  # counts by probe only: the in-kernel hit counters
+            for label, stats in self._read_stats(program).items():
+                if stats.hits:
+                    items[(label,)] = stats.hits
+            return Counts(fields, items)
         for key, value in program.table("counts").items():
             probe = self.spec.probes[key.probe]
             row: List[object] = [self.labels[key.probe]]
