@@ -862,19 +862,6 @@ def _ev_usdtkit_api(env: Env, binary: str, pid: int, tmp: str) -> Optional[Calla
     return finish
 
 
-def _wait_usdtkit_attached(tracer: Proc, sites: int = 1, timeout: float = 60) -> bool:
-    """``usdtkit trace --json`` prints no ``Attached`` line: wait for its uprobe and ring buffer fds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and tracer.alive():
-        perf, epoll = perf_event_fds(tracer.pid)
-        if perf >= sites and epoll >= 1:
-            time.sleep(0.05)
-            return True
-        time.sleep(0.01)
-    log(f"  {tracer.name}: not attached within {timeout:.0f}s: {_last_error(tracer)}")
-    return False
-
-
 def _ev_usdtkit_json(env: Env, binary: str, pid: int, tmp: str) -> Optional[Callable]:
     read_end, write_end = os.pipe()
     try:
@@ -884,7 +871,7 @@ def _ev_usdtkit_json(env: Env, binary: str, pid: int, tmp: str) -> Optional[Call
     finally:
         os.close(read_end)
         os.close(write_end)
-    if not _wait_usdtkit_attached(tracer):
+    if wait_attached(tracer, "stderr", r"^Attached ", 60) is None:
         return None
 
     def finish(target: Proc) -> EventOutcome:
@@ -893,7 +880,8 @@ def _ev_usdtkit_json(env: Env, binary: str, pid: int, tmp: str) -> Optional[Call
         counter.wait_exit(30)
         found = counter.wait_line("stdout", r"^\s*\d+", 1)
         delivered = int(found[1].split()[0]) if found else None
-        return EventOutcome(delivered, None, tracer.t_exit, "JSON mode reports no losses")
+        lost = re.search(r"(\d+) events lost", tracer.text("stderr"))  # losses are reported on stderr
+        return EventOutcome(delivered, int(lost.group(1)) if lost else 0, tracer.t_exit, "")
 
     return finish
 
