@@ -40,9 +40,11 @@ def test_recursive_calls_each_get_their_own_time(build_c, processes):
         session.run(duration=30)
         latencies = sorted(e.latency_ns for e in session.events)
     assert len(latencies) == 4
-    # the innermost level sleeps once (2 ms), the outermost four times (8 ms)
+    # the innermost level sleeps once (2 ms), the outermost four times (8 ms); sleeps may overrun on
+    # a loaded machine, never underrun, and each level includes the one inside it
     for level, latency in enumerate(latencies, start=1):
-        assert level * 2 * MS <= latency < (level * 2 + 4) * MS, latencies
+        assert level * 2 * MS <= latency < (level * 2 + 15) * MS, latencies
+    assert all(b - a >= 2 * MS for a, b in zip(latencies, latencies[1:])), latencies
 
 
 @pytest.mark.bpf
@@ -56,11 +58,15 @@ def test_start_done_pairs_matched_by_key_across_threads(build_c, processes):
         session.run(duration=30)
         events = list(session.events)
     assert len(events) == threads * per_thread
+    excess = []
     for event in events:
         request_id, status = event.args
         assert status == (500 if request_id % 5 == 0 else 200)
         want = (request_id % 4 + 1) * MS
-        assert want <= event.latency_ns < want + 5 * MS, (request_id, event.latency_ns)
+        assert want <= event.latency_ns < want + 20 * MS, (request_id, event.latency_ns)
+        excess.append(event.latency_ns - want)
+    # matched by key, the typical overrun of a sleep is far below the 1 ms step between request kinds
+    assert sorted(excess)[len(excess) // 2] < MS, sorted(excess)
 
 
 @pytest.mark.bpf

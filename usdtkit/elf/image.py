@@ -8,12 +8,13 @@ address ``p_vaddr``).  Everything usdtkit discovers is found through these two t
 "file offset" it reports (what the kernel's uprobe interface takes) is a virtual address translated
 through the ``PT_LOAD`` segment containing it: ``offset = vaddr - p_vaddr + p_offset``.
 
-This module decodes only those headers, with :mod:`struct`, and validates every count, size and offset
-against the file size before reading anything, so a corrupt or hostile file costs bounded time and
-memory and fails with :class:`~usdtkit.errors.ElfError` naming the file.  (pyelftools parses the same
-headers but costs ~35 ms just to import, a quarter of the time budget of ``usdtkit list``; the test
-suite uses it as an independent oracle for this reader.)  Section contents are read on demand with
-``pread``, never ``mmap``: a file shrinking under a mapping would kill the process with SIGBUS.
+The headers are decoded by pyelftools, through a bounded stream over ``pread``; every count, size
+and offset is checked against the file size before a table is walked, so a corrupt or hostile file
+costs bounded time and memory and fails with :class:`~usdtkit.errors.ElfError` naming the file.  The
+big tables behind the headers (symbols, notes) are decoded in bulk with :mod:`struct` by the modules
+that read them: pyelftools' record-by-record parsing takes over a second for libjvm's 58,000
+symbols.  Section contents are read on demand with ``pread``, never ``mmap``: a file shrinking under
+a mapping would kill the process with SIGBUS.
 """
 from __future__ import annotations
 
@@ -195,90 +196,53 @@ class ElfImage:
             raise ElfError(f"{self.display}: unknown ELF byte order {ident[5]}")
         self.elfclass = 64 if ident[4] == 2 else 32
         self.little_endian = ident[5] == 1
-        e = "<" if self.little_endian else ">"
-        self.endian = e
-        a = "Q" if self.elfclass == 64 else "I"
+        self.endian = "<" if self.little_endian else ">"
         self.addr_size = 8 if self.elfclass == 64 else 4
-        ehdr_fmt = f"{e}HHI{a}{a}{a}IHHHHHH"
-        ehdr_size = 16 + struct.calcsize(ehdr_fmt)
-        if self.size < ehdr_size:
-            raise ElfError(f"{self.display}: truncated ELF header ({self.size} bytes)")
-        (
-            self.type,
-            self.machine,
-            _version,
-            self.entry,
-            phoff,
-            shoff,
-            self.flags,
-            _ehsize,
-            phentsize,
-            phnum,
-            shentsize,
-            shnum,
-            shstrndx,
-        ) = struct.unpack(ehdr_fmt, self.read(16, ehdr_size - 16, "ELF header"))
+        try:
+            self._read_tables()
+        except ElfError:
+            raise
+        except Exception as exc:  # pyelftools' ELFError/ELFParseError, construct and struct errors
+            raise ElfError(f"{self.display}: corrupt ELF headers ({type(exc).__name__}: {exc})") from None
+
+    def _read_tables(self) -> None:
+        """Read the file header, section headers and program headers through pyelftools.
+
+        pyelftools decodes the headers (a few dozen records); the large tables behind them (symbols,
+        notes) are decoded in bulk by the modules that need them.  Every count and range is checked
+        against the file size first, so hostile headers cost bounded time and memory."""
+        from elftools.elf.elffile import ELFFile
+
+        elf = ELFFile(_BoundedStream(self))
+        header = elf.header
+        self.type = _number(header["e_type"], _E_TYPE)
+        self.machine = _number(header["e_machine"], _E_MACHINE)
+        self.entry, self.flags = header["e_entry"], header["e_flags"]
         self.arch = MACHINES.get(self.machine, f"machine-{self.machine}")
-
-        self._sh_fmt = f"{e}II{a}{a}{a}{a}II{a}{a}"
-        if self.elfclass == 64:
-            self._ph_fmt, ph_order = f"{e}IIQQQQQQ", (0, 1, 2, 3, 5, 6, 7)
-        else:
-            self._ph_fmt, ph_order = f"{e}IIIIIIII", (0, 6, 1, 2, 4, 5, 7)
-
-        # Section 0 holds the real counts when they do not fit the header fields (extended numbering).
-        raw_sections = []
-        if shoff:
-            sh_size = struct.calcsize(self._sh_fmt)
-            if shentsize < sh_size:
-                raise ElfError(f"{self.display}: bad section header size {shentsize}")
-            first = struct.unpack(self._sh_fmt, self.read(shoff, sh_size, "section header table"))
-            if shnum == 0:
-                shnum = first[5]
-            if shstrndx == SHN_XINDEX:
-                shstrndx = first[6]
-            if phnum == PN_XNUM:
-                phnum = first[7]
-            if shnum * shentsize > self.size - shoff:
-                raise ElfError(
-                    f"{self.display}: section header table ({shnum} entries at {shoff:#x}) lies outside"
-                    " the file (truncated or corrupt)"
-                )
-            table = self.read(shoff, shnum * shentsize, "section header table")
-            if shentsize == sh_size:
-                raw_sections = list(struct.iter_unpack(self._sh_fmt, table))
-            else:
-                raw_sections = [
-                    struct.unpack_from(self._sh_fmt, table, i * shentsize) for i in range(shnum)
-                ]
-
+        shoff, shentsize = header["e_shoff"], header["e_shentsize"]
+        phoff, phentsize = header["e_phoff"], header["e_phentsize"]
+        shnum = elf.num_sections() if shoff else 0
+        phnum = elf.num_segments() if phoff else 0
+        for what, offset, count, size in (("section header table", shoff, shnum, shentsize),
+                                          ("program header table", phoff, phnum, phentsize)):
+            if count and (size <= 0 or count * size > self.size - offset):
+                raise ElfError(f"{self.display}: {what} ({count} entries at {offset:#x}) lies outside the file"
+                               " (truncated or corrupt)")
         segments: List[Segment] = []
-        if phoff and phnum:
-            ph_size = struct.calcsize(self._ph_fmt)
-            if phentsize < ph_size:
-                raise ElfError(f"{self.display}: bad program header size {phentsize}")
-            if phnum * phentsize > self.size - phoff:
-                raise ElfError(
-                    f"{self.display}: program header table ({phnum} entries at {phoff:#x}) lies"
-                    " outside the file (truncated or corrupt)"
-                )
-            table = self.read(phoff, phnum * phentsize, "program header table")
-            for i in range(phnum):
-                f = struct.unpack_from(self._ph_fmt, table, i * phentsize)
-                segments.append(Segment(*(f[j] for j in ph_order)))
+        for i in range(phnum):
+            h = elf.get_segment(i).header
+            segments.append(Segment(_number(h["p_type"], _P_TYPE), h["p_flags"], h["p_offset"], h["p_vaddr"],
+                                    h["p_filesz"], h["p_memsz"], h["p_align"]))
         self.segments = segments
         self.loads = sorted((s for s in segments if s.type == PT_LOAD), key=lambda s: s.vaddr)
-
-        names: List[str] = [""] * len(raw_sections)
-        if raw_sections and shstrndx != SHN_UNDEF:
-            if shstrndx >= len(raw_sections):
-                raise ElfError(f"{self.display}: section name table index {shstrndx} out of range")
-            strs = raw_sections[shstrndx]
-            if strs[1] != SHT_NOBITS:
-                table = self.read(strs[4], strs[5], "section name table")
-                for i, sec in enumerate(raw_sections):
-                    names[i] = _cstring(table, sec[0])
-        self.sections = [Section(i, names[i], *raw[1:]) for i, raw in enumerate(raw_sections)]
+        sections: List[Section] = []
+        for i in range(shnum):
+            sec = elf.get_section(i)
+            h = sec.header
+            sections.append(Section(i, sec.name or "", _number(h["sh_type"], _SH_TYPE), h["sh_flags"],
+                                    h["sh_addr"], h["sh_offset"], h["sh_size"], h["sh_link"], h["sh_info"],
+                                    h["sh_addralign"], h["sh_entsize"]))
+        self.sections = sections
 
     # ------------------------------------------------------------------ queries
     def section(self, name: str) -> Optional[Section]:
@@ -358,6 +322,66 @@ class ElfImage:
                 if owner == b"GNU" and ntype == 3 and desc:
                     return desc.hex()
         return None
+
+
+class _BoundedStream:
+    """A read-only file object over an :class:`ElfImage`, for pyelftools (reads past the end come back
+    short, which pyelftools reports as a parse error)."""
+
+    def __init__(self, image: "ElfImage") -> None:
+        self._image = image
+        self._pos = 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._image.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        end = self._image.size if size is None or size < 0 else min(self._image.size, self._pos + size)
+        if end <= self._pos:
+            return b""
+        data = self._image.read(self._pos, end - self._pos, "ELF headers")
+        self._pos = end
+        return data
+
+
+def _enum_values(*names: str) -> Dict[str, int]:
+    """Name-to-number tables of pyelftools' enums (it reports known values by name)."""
+    from elftools.elf import enums
+
+    table: Dict[str, int] = {}
+    for name in dir(enums):
+        if any(name.startswith(prefix) for prefix in names) and isinstance(getattr(enums, name), dict):
+            table.update({k: v for k, v in getattr(enums, name).items() if isinstance(v, int)})
+    return table
+
+
+class _LazyEnum(dict):
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+
+    def __missing__(self, key: str) -> int:
+        if not self._prefixes:
+            raise KeyError(key)
+        self.update(_enum_values(*self._prefixes))
+        self._prefixes = ()
+        return self[key]
+
+
+_E_TYPE = _LazyEnum("ENUM_E_TYPE")
+_E_MACHINE = _LazyEnum("ENUM_E_MACHINE")
+_SH_TYPE = _LazyEnum("ENUM_SH_TYPE")
+_P_TYPE = _LazyEnum("ENUM_P_TYPE")
+
+
+def _number(value: object, table: Dict[str, int]) -> int:
+    """pyelftools gives known enum values as names and unknown ones as numbers: always a number."""
+    return value if isinstance(value, int) else table[value]
 
 
 def _cstring(table: bytes, offset: int) -> str:
