@@ -127,6 +127,14 @@ def check_semaphore_refcount() -> Check:
                  "leaves them set")
 
 
+def check_uprobe_multi() -> Check:
+    caps = capabilities.detect()
+    if caps.has_uprobe_multi:
+        return Check("uprobe_multi", OK, "all call sites of a probe attach and detach in one BPF link")
+    return Check("uprobe_multi", WARN, f"kernel {caps.kernel_release} has no uprobe_multi links (6.6+)",
+                 "usdtkit uses one perf event per call site; detaching probes with many sites is slow")
+
+
 def check_tracefs() -> Check:
     caps = capabilities.detect()
     if caps.tracefs:
@@ -168,6 +176,7 @@ CHECKS: List[Callable[[], Check]] = [
     check_headers,
     check_uprobe_pmu,
     check_semaphore_refcount,
+    check_uprobe_multi,
     check_tracefs,
     check_native_library,
 ]
