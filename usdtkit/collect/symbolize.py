@@ -38,7 +38,11 @@ class Symbolizer:
         except UsdtkitError:
             return
         self._maps_text[pid] = text
-        self._objects[pid] = sorted(objects, key=lambda o: o.start)
+        # Merge rather than replace: a process that is exiting shows a partly torn-down map, and an
+        # object unmapped since the last look may still have frames in a stack collected earlier.
+        kept = [old for old in self._objects.get(pid, ())
+                if not any(old.start < new.end and new.start < old.end for new in objects)]
+        self._objects[pid] = sorted([*objects, *kept], key=lambda o: o.start)
 
     def _table(self, path: str) -> _Table:
         table = self._tables.get(path)
