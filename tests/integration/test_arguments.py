@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -28,6 +29,11 @@ def expected_forms(i: int, total_before: int):
 def run_forms(binary, processes, probe_binary=None, env=None):
     target = processes([binary, str(N)], env=env)
     where = probe_binary or binary
+    if probe_binary:  # the dynamic loader maps the library a moment after exec: wait for it
+        name = os.path.basename(probe_binary).split(".")[0]
+        deadline = time.time() + 10
+        while name not in open(f"/proc/{target.pid}/maps").read() and time.time() < deadline:
+            time.sleep(0.01)
     with trace(f"usdt:{where}:demo:mem", pid=target.pid) as session:
         target.stdin.write(b"g")
         target.stdin.flush()
