@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from typing import Any, Callable, Iterator, List, Optional
 
 import pytest

@@ -81,7 +81,7 @@ def test_one_trace_by_provider_name_sees_every_worker():
 @pytest.mark.bpf
 def test_a_worker_started_after_the_trace_is_covered():
     app = Provider("late_usdtkit")
-    tick = app.probe("tick", int)
+    app.probe("tick", int)  # the parent declares it too: same definition, same file
     app.load()
     try:
         with trace(f"usdt:{app.path}:late_usdtkit:tick", count_by=["pid"]) as session:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from usdtkit import demo_services
-from usdtkit.testing import ANY, expect_probe
+from usdtkit.testing import ANY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

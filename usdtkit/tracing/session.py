@@ -12,7 +12,6 @@ Results are copied out of the kernel maps into plain objects (:mod:`usdtkit.coll
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import signal
@@ -31,37 +30,14 @@ from . import site_cost
 from .resolve import Site
 from .launch import GatedCommand
 from .semaphores import SemaphoreWriter
-from .spec import COMM_LEN, Field, TraceSpec
+from .readout import MapReader, probe_labels
+from .spec import TraceSpec
 
 EventCallback = Callable[[Event], None]
 
 
-def probe_labels(spec: TraceSpec) -> List[str]:
-    """One distinct name per probe for results.  In a function latency trace the return side, where
-    times are taken, is named after the function and the entry side ``func:entry``; probes that would
-    share a name get their binary's name appended."""
-    labels = [p.label for p in spec.probes]
-    if spec.function_latency:
-        for i, probe in enumerate(spec.probes):
-            labels[i] = probe.ref.name if probe.ref.is_return else f"{probe.ref.name}:entry"
-    for i, label in enumerate(labels):
-        if labels.count(label) > 1:
-            labels = [f"{lab} [{os.path.basename(spec.probes[j].binary)}]" if lab == label else lab
-                      for j, lab in enumerate(labels)]
-    for i, label in enumerate(labels):
-        if labels.count(label) > 1:
-            labels[i] = f"{label} #{i}"
-    return labels
-
-
 def _power_of_two(n: int) -> int:
     return 1 << (n.bit_length() - 1)
-
-
-def _signed(value: int, size: int = 8) -> int:
-    bits = size * 8
-    value &= (1 << bits) - 1
-    return value - (1 << bits) if value >> (bits - 1) else value
 
 
 class Session:
@@ -85,9 +61,10 @@ class Session:
         self.perf_lost = 0
         self._nargs = max([p.arg_count for p in spec.probes] + [1])
         self._records: Optional[RecordDecoder] = None
-        self._signs = [self._probe_signs(i) for i in range(len(spec.probes))]
         self._string_masks = [codegen.string_mask(spec, i) for i in range(len(spec.probes))]
         self.labels = probe_labels(spec)
+        self._symbolizer = Symbolizer()
+        self._reader = MapReader(spec, self.labels, self._symbolizer)
         if spec.events:
             self._records = RecordDecoder(
                 [self._probe_decoder(i) for i in range(len(spec.probes))], self._nargs, len(spec.event_strings),
@@ -97,7 +74,6 @@ class Session:
         self.target_exited = False
         self.attach_seconds = 0.0
         self.warnings: List[str] = self._site_warnings()
-        self._symbolizer = Symbolizer()
         self._semaphores: Optional[SemaphoreWriter] = None
         self._semaphores_done: set = set()
 
@@ -118,7 +94,7 @@ class Session:
         mask = self._string_masks[index]
         slots = [(slot, arg) for slot, arg in enumerate(self.spec.event_strings)
                  if mask & (1 << slot) and arg < probe.arg_count]
-        signed = [sign for sign, _ in self._signs[index]]
+        signed = [sign for sign, _ in self._reader.signs[index]]
         has_latency = self.spec.function_latency or self.spec.pair is not None
         return ProbeDecoder(self.labels[index], probe.arg_count, signed, slots, probe.ref.is_return, has_latency)
 
@@ -126,15 +102,7 @@ class Session:
         if self._program is None:
             return None
         self._symbolizer.observe(pid)
-        return self._frames(self._program, stack_id, pid)
-
-    def _probe_signs(self, index: int) -> List[Tuple[bool, int]]:
-        probe = self.spec.probes[index]
-        out = []
-        for i in range(probe.arg_count):
-            args = [s.args[i] for s in probe.sites if i < len(s.args)]
-            out.append((bool(args) and all(a.signed for a in args), args[0].size if args else 8))
-        return out
+        return self._reader.frames(self._program, stack_id, pid)
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self) -> "Session":
@@ -349,101 +317,19 @@ class Session:
     # ------------------------------------------------------------------ results
     def _snapshot(self, program: Program) -> Dict[str, object]:
         try:
-            return {"stats": self._read_stats(program), "counts": self._read_counts(program),
-                    "hist": self._read_hist(program)}
+            return {"stats": self._reader.stats(program), "counts": self._reader.counts(program),
+                    "hist": self._reader.histograms(program)}
         except Exception:  # reading results must never prevent the detach
             return {}
 
-    def _read_stats(self, program: Program) -> Dict[str, ProbeStats]:
-        table = program.table("stats")
-        totals = [0] * (len(self.spec.probes) * codegen.STATS_PER_PROBE)
-        for key, per_cpu in table.items():
-            totals[key.value] = sum(per_cpu)
-        out: Dict[str, ProbeStats] = {}
-        for i, probe in enumerate(self.spec.probes):
-            base = i * codegen.STATS_PER_PROBE
-            stats = ProbeStats(*totals[base:base + codegen.STATS_PER_PROBE])
-            previous = out.get(self.labels[i])
-            if previous is not None:  # two probes with one label (uprobe+uretprobe): add them up
-                stats = ProbeStats(*(a + b for a, b in zip(previous.to_json().values(), stats.to_json().values())))
-            out[self.labels[i]] = stats
-        return out
-
-    def _read_counts(self, program: Program) -> Optional[Counts]:
-        if self.spec.count_by is None:
-            return None
-        fields = tuple(str(f) for f in self.spec.count_by)
-        items: Dict[Tuple, int] = {}
-        if not self.spec.count_by:  # counts by probe only: the in-kernel hit counters
-            for label, stats in self._read_stats(program).items():
-                if stats.hits:
-                    items[(label,)] = stats.hits
-            return Counts(fields, items)
-        for key, value in program.table("counts").items():
-            probe = self.spec.probes[key.probe]
-            row: List[object] = [self.labels[key.probe]]
-            for fld in self.spec.count_by:
-                row.append(self._key_value(program, key, fld))
-            items[tuple(row)] = items.get(tuple(row), 0) + int(value.value)
-        return Counts(fields, items)
-
-    def _key_value(self, program: Program, key: ctypes.Structure, fld: Field) -> object:
-        """A map key member as a Python value (strings decoded, signed arguments signed)."""
-        raw = getattr(key, f"k_{fld.key_name}")
-        if fld.name in ("comm", "str"):
-            return bytes(raw).split(b"\0", 1)[0].decode(errors="replace")
-        if fld.name == "ustack":
-            return self._folded(program, _signed(raw), self._key_pid(key))
-        signs = self._signs[key.probe]
-        if fld.name == "arg" and fld.index < len(signs) and signs[fld.index][0]:
-            return _signed(raw)
-        return int(raw)
-
-    def _key_pid(self, key: ctypes.Structure) -> int:
-        if self.spec.pid is not None:
-            return self.spec.pid
-        return int(getattr(key, "k_pid", -1))
-
-    def _frames(self, program: Program, stack_id: int, pid: int, detail: bool = True) -> Tuple[str, ...]:
-        return tuple(self._symbolizer.symbolize(pid, address, detail) for address in program.stack(stack_id))
-
     def _observe_stack_owners(self) -> None:
-        """Snapshot the mappings of traced processes while they live, to name their stacks later."""
-        program = self._program
-        if program is None or not self.spec.needs_stacks:
-            return
-        if self.spec.pid is not None:
-            self._symbolizer.observe(self.spec.pid)
-        elif self.spec.count_by and any(f.name == "ustack" for f in self.spec.count_by):
-            for key in program.table("counts").keys():
-                pid = int(getattr(key, "k_pid", 0))
-                if pid and not self._symbolizer.knows(pid):
-                    self._symbolizer.observe(pid)
-
-    def _folded(self, program: Program, stack_id: int, pid: int) -> str:
-        """Root-first frames joined by ``;``: the folded format flame graph tools read."""
-        if stack_id < 0:
-            return "[no stack]"
-        frames = self._frames(program, stack_id, pid, detail=False)
-        return ";".join(reversed(frames)) or "[empty stack]"
-
-    def _read_hist(self, program: Program) -> Optional[Dict[str, Histogram]]:
-        hist = self.spec.hist
-        if hist is None:
-            return None
-        unit = "ns" if hist.field.name == "latency" else ""
-        out: Dict[str, Histogram] = {}
-        for key, value in program.table("hist").items():
-            label = self.labels[key.probe]
-            if hist.by is not None:
-                label = (label, self._key_value(program, key, hist.by))
-            h = out.setdefault(label, Histogram(hist.kind, {}, hist.low, hist.high, hist.step, unit))
-            h.buckets[key.slot] = h.buckets.get(key.slot, 0) + int(value.value)
-        return out
+        if self._program is not None:
+            self._reader.observe_stack_owners(self._program)
 
     def _current(self, name: str) -> object:
         if self._program is not None:
-            reader = {"stats": self._read_stats, "counts": self._read_counts, "hist": self._read_hist}[name]
+            reader = {"stats": self._reader.stats, "counts": self._reader.counts,
+                      "hist": self._reader.histograms}[name]
             return reader(self._program)
         return getattr(self, "_final", {}).get(name)
 
