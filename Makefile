@@ -3,7 +3,7 @@ PY      := /usr/bin/python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMPS  := .stamps
-BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.c native/*.h)
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.c native/*.h native/python/*.c)
 
 .PHONY: setup demo test clean
 

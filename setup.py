@@ -14,15 +14,23 @@ NATIVE_DIR = "native"
 LIB_NAME = "libstapsdt.so"
 
 
+LIB_EXTENSION = "usdtkit._native.libstapsdt"
+
+
 class BuildNativeLibrary(build_ext):
-    """Compile the native sources into ``usdtkit/_native/libstapsdt.so``."""
+    """Compile the native sources into ``usdtkit/_native/libstapsdt.so`` (and the optional fast-fire
+    Python extension next to it)."""
 
     def get_ext_filename(self, ext_name: str) -> str:
+        if not ext_name.endswith("libstapsdt"):
+            return super().get_ext_filename(ext_name)
         package, _, _ = ext_name.rpartition(".")
         return os.path.join(*package.split("."), LIB_NAME)
 
-    def get_export_symbols(self, ext):  # plain C library: no PyInit_ symbol
-        return []
+    def get_export_symbols(self, ext):
+        if ext.name == LIB_EXTENSION:  # plain C library: no PyInit_ symbol
+            return []
+        return super().get_export_symbols(ext)
 
 
 def native_sources() -> list:
@@ -38,12 +46,20 @@ SOURCES = native_sources()
 setup(
     ext_modules=[
         Extension(
-            "usdtkit._native.libstapsdt",
+            LIB_EXTENSION,
             sources=SOURCES,
             include_dirs=[NATIVE_DIR],
             extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"],
             extra_link_args=["-Wl,-soname,libstapsdt.so", "-Wl,-z,noexecstack", "-Wl,-z,now"],
-        )
+        ),
+        # Optional: firing runtime probes in one C call.  Without it (no Python headers) usdtkit
+        # fires through ctypes, with the same behaviour.
+        Extension(
+            "usdtkit._native._fastfire",
+            sources=[os.path.join(NATIVE_DIR, "python", "fastfire.c")],
+            extra_compile_args=["-O2", "-Wall", "-Wextra"],
+            optional=True,
+        ),
     ],
     cmdclass={"build_ext": BuildNativeLibrary},
 )

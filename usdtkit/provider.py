@@ -344,6 +344,29 @@ def _noop(*args: Any) -> None:
 _FACTORY_CACHE: Dict[Tuple[Any, ...], Callable[..., Callable[..., None]]] = {}
 
 
+def _load_fast_fire() -> Optional[Callable[..., bool]]:
+    """The optional C fast path (``usdtkit._native._fastfire``), if it was built and agrees on limits."""
+    if os.environ.get("USDTKIT_NO_FAST_FIRE") == "1":
+        return None
+    try:
+        from ._native import _fastfire
+    except ImportError:
+        return None
+    return _fastfire.fire if _fastfire.MAX_STRING_BYTES == MAX_STRING_BYTES else None
+
+
+_FAST_FIRE = _load_fast_fire()
+_KIND_OF_CODE = {1: "B", -1: "b", 2: "H", -2: "h", 4: "I", -4: "i", 8: "Q", -8: "q"}
+
+
+def _fast_kind(arg: "_Arg") -> int:
+    if arg.kind == "str":
+        return ord("s")
+    if arg.kind == "bool":
+        return ord("?")
+    return ord(_KIND_OF_CODE[int(arg.code)])
+
+
 def _fire_factory(args: List[_Arg]) -> Callable[..., Callable[..., None]]:
     """Generate (once per signature) a factory of specialised fire functions.
 
@@ -352,16 +375,20 @@ def _fire_factory(args: List[_Arg]) -> Callable[..., Callable[..., None]]:
     the ctypes prototype of the probe's function.  ``slot`` is read at each step, never cached,
     so an unload swapping it out is always seen.
     """
-    key = tuple((a.kind, int(a.code)) for a in args) + ((_INT_FAST,),)
+    key = tuple((a.kind, int(a.code)) for a in args) + ((_INT_FAST, _FAST_FIRE is not None),)
     factory = _FACTORY_CACHE.get(key)
     if factory is not None:
         return factory
     params = ", ".join(f"a{i}" for i in range(len(args)))
     lines = [
-        "def make(slot, ctx, _int, _wide, _bool, _str):",
+        "def make(slot, ctx, _int, _wide, _bool, _str, _fast=_FAST_FIRE):",
         f"    def fire({params}):",
         "        if slot.sem:",
     ]
+    if _FAST_FIRE is not None:
+        # One C call checks, converts and fires; it declines (False) whatever needs the Python path.
+        kinds = bytes(_fast_kind(a) for a in args)
+        lines.append(f"            if _fast(slot.addr, {kinds!r}{', ' if args else ''}{params}): return")
     for i, arg in enumerate(args):
         a = f"a{i}"
         if arg.wide and not _INT_FAST:
@@ -393,6 +420,7 @@ def _fire_factory(args: List[_Arg]) -> Callable[..., Callable[..., None]]:
             ]
     lines += [f"            slot.call({params})", "    return fire"]
     namespace: Dict[str, Any] = {}
+    namespace["_FAST_FIRE"] = _FAST_FIRE
     exec(compile("\n".join(lines), f"<usdtkit probe {key}>", "exec"), namespace)
     factory = _FACTORY_CACHE[key] = namespace["make"]
     return factory
@@ -404,11 +432,12 @@ def _fire_factory(args: List[_Arg]) -> Callable[..., Callable[..., None]]:
 class _Slot:
     """Mutable state shared by a probe and its generated fire function."""
 
-    __slots__ = ("sem", "call", "probe")
+    __slots__ = ("sem", "call", "addr", "probe")
 
     def __init__(self, probe: "Probe") -> None:
         self.sem: Semaphore = Semaphore()
         self.call: Callable[..., None] = _noop
+        self.addr = 0  # the site function's address, for the C fast path (0: not loaded)
         self.probe = weakref.ref(probe)
 
     def switch_off(self) -> None:
@@ -417,6 +446,7 @@ class _Slot:
         if probe is not None:
             probe.enabled = off
         self.sem = off
+        self.addr = 0
         self.call = _noop
 
 
@@ -620,6 +650,7 @@ class Provider:
             raise ProviderError(f"probe {self._name}:{probe.name}: not resolved after load")
         slot = probe._slot
         slot.call = _SITE_PROTOTYPE(site)  # before the semaphore: a fire that sees it enabled can call
+        slot.addr = site if isinstance(site, int) else ctypes.cast(site, ctypes.c_void_p).value or 0
         view = Semaphore.from_address(semaphore)
         slot.sem = view
         probe.enabled = view

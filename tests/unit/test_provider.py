@@ -77,6 +77,7 @@ def traced(probe: Probe) -> Recorder:
     probe.enabled.value += 1
     recorder = Recorder()
     probe._slot.call = recorder
+    probe._slot.addr = 0  # no C fast path: every fire reaches the Python recorder
     return recorder
 
 
@@ -173,6 +174,7 @@ def test_disabled_probes_do_not_look_at_arguments(app):
     app.load()
     recorder = Recorder()
     probe._slot.call = recorder
+    probe._slot.addr = 0
     probe(300, 12)  # would be invalid, but nobody traces: nothing is converted or checked
     probe.fire(object(), None)
     assert recorder.calls == []
@@ -427,6 +429,7 @@ def test_traced_return_alone_still_measures(app):
     ret = traced(quick.return_probe)
     entry = Recorder()
     quick.entry_probe._slot.call = entry  # entry not enabled
+    quick.entry_probe._slot.addr = 0
     assert quick() == "ok"
     assert entry.calls == [] and len(ret.calls) == 1 and ret.calls[0][2] is False
 
@@ -523,6 +526,7 @@ class RegisterRecorder:
             1 << i for i, t in enumerate(probe.types) if t in (str, bytes))
         probe.enabled.value += 1
         probe._slot.call = ctypes.PYFUNCTYPE(None)(self.address)
+        probe._slot.addr = self.address  # the C fast path (when built) calls the recorder directly
         return self
 
     def last(self) -> Tuple[Any, ...]:
@@ -576,3 +580,24 @@ def test_registers_carry_strings_and_bools(app, registers):
     assert rec.last() == ("héllo ✓ 日本".encode(), b"raw\xff", True, None, False, 2**64 - 1)
     probe("x" * 5000, b"", 1, "", 0, 0)
     assert rec.last() == (b"x" * MAX_STRING_BYTES, b"", True, b"", False, 0)
+
+
+def test_c_fast_path_fires_plain_values_and_declines_everything_else():
+    """The optional C path changes the cost of firing, never its behaviour: anything unusual is
+    handed back (False) to the Python path, which converts it or raises the documented error."""
+    fast = pytest.importorskip("usdtkit._native._fastfire")
+    with Provider("fastpath") as provider:
+        probe = provider.probe("p", uint8, str)
+        provider.load()
+        address = probe._slot.addr
+        assert address and fast.MAX_STRING_BYTES == 4096
+        assert fast.fire(address, b"Bs", 3, "x") is True
+        assert fast.fire(address, b"Bs", 3, None) is True
+        assert fast.fire(address, b"Bs", 3, b"raw") is True
+        for declined in [(300, "x"), (-1, "x"), (True, "x"), (3, "a\0b"), (3, "x" * 5000), (3, 7),
+                         (3.0, "x"), (3, "\ud800")]:
+            assert fast.fire(address, b"Bs", *declined) is False, declined
+        assert fast.fire(0, b"Bs", 3, "x") is False  # unloaded
+        assert fast.fire(address, b"Bs", 3) is False  # wrong count
+        with pytest.raises(TypeError):
+            fast.fire(address, "Bs", 3, "x")
