@@ -211,6 +211,7 @@ class ElfImage:
         pyelftools decodes the headers (a few dozen records); the large tables behind them (symbols,
         notes) are decoded in bulk by the modules that need them.  Every count and range is checked
         against the file size first, so hostile headers cost bounded time and memory."""
+        from elftools.common.utils import struct_parse
         from elftools.elf.elffile import ELFFile
 
         elf = ELFFile(_BoundedStream(self))
@@ -223,26 +224,58 @@ class ElfImage:
         phoff, phentsize = header["e_phoff"], header["e_phentsize"]
         shnum = elf.num_sections() if shoff else 0
         phnum = elf.num_segments() if phoff else 0
-        for what, offset, count, size in (("section header table", shoff, shnum, shentsize),
-                                          ("program header table", phoff, phnum, phentsize)):
+        for what, offset, count, size, minimum in (
+                ("section header table", shoff, shnum, shentsize, elf.structs.Elf_Shdr.sizeof()),
+                ("program header table", phoff, phnum, phentsize, elf.structs.Elf_Phdr.sizeof())):
+            if count and size < minimum:
+                raise ElfError(f"{self.display}: bad {what} entry size {size} (at least {minimum})")
             if count and (size <= 0 or count * size > self.size - offset):
                 raise ElfError(f"{self.display}: {what} ({count} entries at {offset:#x}) lies outside the file"
                                " (truncated or corrupt)")
+        # Headers are decoded with pyelftools' own structures (struct_parse), without building its
+        # segment and section objects: those look further (a PT_DYNAMIC segment walks every section).
         segments: List[Segment] = []
         for i in range(phnum):
-            h = elf.get_segment(i).header
+            h = struct_parse(elf.structs.Elf_Phdr, elf.stream, stream_pos=phoff + i * phentsize)
             segments.append(Segment(_number(h["p_type"], _P_TYPE), h["p_flags"], h["p_offset"], h["p_vaddr"],
                                     h["p_filesz"], h["p_memsz"], h["p_align"]))
         self.segments = segments
         self.loads = sorted((s for s in segments if s.type == PT_LOAD), key=lambda s: s.vaddr)
-        sections: List[Section] = []
-        for i in range(shnum):
-            sec = elf.get_section(i)
-            h = sec.header
-            sections.append(Section(i, sec.name or "", _number(h["sh_type"], _SH_TYPE), h["sh_flags"],
-                                    h["sh_addr"], h["sh_offset"], h["sh_size"], h["sh_link"], h["sh_info"],
-                                    h["sh_addralign"], h["sh_entsize"]))
-        self.sections = sections
+        self._elf, self._shnum = elf, shnum
+        self._sections: Optional[List[Section]] = None
+
+    @property
+    def sections(self) -> List[Section]:
+        """The section headers, decoded on first use (the load bias of a mapped object needs only the
+        program headers, and a process maps many objects)."""
+        if self._sections is None:
+            try:
+                self._sections = self._read_sections()
+            except ElfError:
+                raise
+            except Exception as exc:  # pyelftools' parse errors, as in _parse_headers
+                raise ElfError(f"{self.display}: corrupt section headers ({type(exc).__name__}: {exc})") from None
+        return self._sections
+
+    def _read_sections(self) -> List[Section]:
+        from elftools.common.utils import struct_parse
+
+        elf = self._elf
+        shoff, shentsize = elf.header["e_shoff"], elf.header["e_shentsize"]
+        headers = [struct_parse(elf.structs.Elf_Shdr, elf.stream, stream_pos=shoff + i * shentsize)
+                   for i in range(self._shnum)]
+        names = [""] * len(headers)
+        index = elf.get_shstrndx() if headers else SHN_UNDEF
+        if headers and index != SHN_UNDEF:
+            if index >= len(headers):
+                raise ElfError(f"{self.display}: section name table index {index} out of range")
+            strtab = headers[index]
+            if _number(strtab["sh_type"], _SH_TYPE) != SHT_NOBITS:
+                table = self.read(strtab["sh_offset"], strtab["sh_size"], "section name table")
+                names = [_cstring(table, h["sh_name"]) for h in headers]
+        return [Section(i, names[i], _number(h["sh_type"], _SH_TYPE), h["sh_flags"], h["sh_addr"], h["sh_offset"],
+                        h["sh_size"], h["sh_link"], h["sh_info"], h["sh_addralign"], h["sh_entsize"])
+                for i, h in enumerate(headers)]
 
     # ------------------------------------------------------------------ queries
     def section(self, name: str) -> Optional[Section]:

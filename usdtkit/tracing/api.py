@@ -15,7 +15,7 @@ from typing import Iterable, Optional, Sequence, Union
 from ..errors import NoSuchProcess, TargetError, UsageError
 from .launch import GatedCommand
 from .probes import ProbeRef, parse_probe
-from .resolve import resolve
+from .resolve import resolve, resolve_cache
 from .session import EventCallback, Session
 from .spec import Field, HistSpec, PairSpec, Predicate, TraceSpec
 
@@ -131,7 +131,8 @@ def build_spec(
     if count_fields and any(f.name == "ustack" for f in count_fields) and pid is None:
         if not any(f.name == "pid" for f in count_fields):
             count_fields = count_fields + (Field("pid"),)  # stacks are symbolised per process
-    resolved = tuple(resolve(ref, pid if resolve_in_pid else None, unsafe) for ref in refs)
+    with resolve_cache():
+        resolved = tuple(resolve(ref, pid if resolve_in_pid else None, unsafe) for ref in refs)
     return TraceSpec(
         probes=resolved,
         pid=pid,

@@ -11,9 +11,10 @@ objects work.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from .. import elf
 from ..elf.model import Arg, UsdtProbe
@@ -52,10 +53,30 @@ class ResolvedProbe:
         return f"{name}:return" if self.ref.is_return else name
 
 
+_cache: Optional[dict] = None
+
+
+@contextlib.contextmanager
+def resolve_cache() -> Iterator[None]:
+    """Within the block, a process's mapped objects are read once (several probes of one trace
+    resolve against the same snapshot)."""
+    global _cache
+    previous, _cache = _cache, {}
+    try:
+        yield
+    finally:
+        _cache = previous
+
+
 def _pid_objects(pid: int) -> List["elf.MappedObject"]:
+    if _cache is not None and pid in _cache:
+        return _cache[pid]
     if not os.path.exists(f"/proc/{pid}"):
         raise NoSuchProcess(pid)
-    return elf.process_objects(pid)
+    objects = elf.process_objects(pid)
+    if _cache is not None:
+        _cache[pid] = objects
+    return objects
 
 
 def _same_binary(wanted: str, mapped_path: str) -> bool:
