@@ -182,6 +182,19 @@ CHECKS: List[Callable[[], Check]] = [
 ]
 
 
+#: What tracing cannot do without (the other checks are diagnostics or have fallbacks).
+TRACING_REQUIREMENTS: List[Callable[[], Check]] = [check_privileges, check_bcc, check_headers, check_uprobe_pmu]
+
+
+def first_tracing_failure() -> Optional[Check]:
+    """The first failing requirement of tracing, or None when tracing can work here."""
+    for check in TRACING_REQUIREMENTS:
+        result = check()
+        if result.status == FAIL:
+            return result
+    return None
+
+
 def run_checks(self_test: bool = True) -> List[Check]:
     """Run every check; the self-test only when nothing it depends on failed."""
     results = [check() for check in CHECKS]

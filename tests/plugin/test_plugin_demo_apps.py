@@ -199,3 +199,34 @@ def check_killed_suite(tmp_path, bystander, read_semaphore):
     while read_semaphore(bystander.pid, binary, "request__done") and time.time() < deadline:
         time.sleep(0.05)
     assert read_semaphore(bystander.pid, binary, "request__done") == 0, "an attachment outlived the test"
+
+
+SKIPPING_TEST = textwrap.dedent('''
+    import pytest
+
+    @pytest.mark.bpf
+    def test_needs_a_tool_that_is_missing():
+        pytest.skip("some reference tool is not installed")
+
+    def test_plain_skip():
+        pytest.skip("not a BPF test")
+''')
+
+
+def test_a_bpf_test_that_skips_fails_where_bpf_is_required(tmp_path):
+    test_file = tmp_path / "test_skips.py"
+    test_file.write_text(SKIPPING_TEST)
+
+    def run(**env):
+        environment = {k: v for k, v in os.environ.items() if k not in ("CI", "USDTKIT_REQUIRE_BPF")}
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider", str(test_file)],
+                              capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+                              env=dict(environment, PYTHONPATH=ROOT, **env))
+
+    relaxed = run()
+    assert relaxed.returncode == 0 and "2 skipped" in relaxed.stdout, relaxed.stdout
+    strict = run(CI="1")
+    assert strict.returncode == 1, strict.stdout
+    assert "1 failed, 1 skipped" in strict.stdout
+    assert "BPF test skipped where BPF is required" in strict.stdout
+    assert "some reference tool is not installed" in strict.stdout

@@ -48,10 +48,9 @@ def _say(args: argparse.Namespace, text: str, end: str = "\n") -> None:
 def _preflight() -> None:
     from .. import doctor
 
-    for check in (doctor.check_privileges, doctor.check_bcc, doctor.check_headers, doctor.check_uprobe_pmu):
-        result = check()
-        if result.status == doctor.FAIL:
-            raise EnvironmentProblem(f"the demo cannot trace here: {result.name}: {result.detail}")
+    failure = doctor.first_tracing_failure()
+    if failure is not None:
+        raise EnvironmentProblem(f"the demo cannot trace here: {failure.name}: {failure.detail}")
 
 
 def _list_probes(args: argparse.Namespace, httpd: "demo_services.DemoService",
