@@ -98,11 +98,11 @@ def pytest_runtest_setup(item: "pytest.Item") -> None:
 
 # --------------------------------------------------------------------------- fixtures
 class TracedProcess:
-    """A process started under trace by the ``traced_process`` fixture."""
+    """A process started under trace by the ``traced_process`` fixture (the session owns it)."""
 
-    def __init__(self, command: Any, session: Any) -> None:
-        self.command = command
+    def __init__(self, session: Any) -> None:
         self.session = session
+        self.command = session.command
 
     @property
     def process(self) -> Any:
@@ -148,34 +148,20 @@ def usdtkit_trace() -> Iterator[Callable[..., Any]]:
 @pytest.fixture
 def traced_process() -> Iterator[Callable[..., TracedProcess]]:
     """Factory: ``traced_process(argv, *probes, **options)`` starts ``argv`` with the probes attached."""
-    from .tracing.api import build_spec
-    from .tracing.launch import GatedCommand
-    from .tracing.session import Session
+    from .tracing.api import trace
 
     started: List[TracedProcess] = []
 
     def start(argv: List[str], *probes: str, stdout: Optional[int] = None, **options: Any) -> TracedProcess:
-        command = GatedCommand([str(a) for a in argv], stdout=stdout)
-        try:
-            options.setdefault("events", True)
-            spec = build_spec(list(probes), pid=command.pid, default_binary=command.executable,
-                              resolve_in_pid=False, **options)
-            session = Session(spec)
-            session.attach()
-        except BaseException:
-            command.stop()
-            raise
-        traced = TracedProcess(command, session)
+        session = trace(*probes, command=[str(a) for a in argv], command_stdout=stdout, **options)
+        session.attach()  # releases the command; a failed attach stops it
+        traced = TracedProcess(session)
         started.append(traced)
-        command.release()
         return traced
 
     yield start
     for traced in reversed(started):
-        try:
-            traced.stop()
-        finally:
-            traced.session.close()
+        traced.session.close()  # detaches and stops the command
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ from typing import Callable, Optional
 from ..collect.render import format_value, printable, render_counts
 from ..collect.results import Event
 from ..errors import UsageError
-from ..tracing.api import build_spec
-from ..tracing.launch import GatedCommand
+from ..tracing.api import trace
 from ..tracing.session import Session
 from ..tracing.spec import Field, HistSpec
 
@@ -35,9 +34,9 @@ def _hist_spec(text: Optional[str], fld: Field, by: Optional[str]) -> HistSpec:
 
 
 def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None]] = None,
-             **options: object) -> tuple:
-    keep_events = options.pop("keep_events", 1_000_000)
-    command = None
+             **options: object) -> Session:
+    """The session the command line describes; with ``-c`` it owns the command (gated until attached,
+    its output on stderr so that stdout stays machine-readable, stopped when the session closes)."""
     if args.command is not None:
         try:
             argv = shlex.split(args.command)
@@ -45,20 +44,13 @@ def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None
             raise UsageError(f"-c {args.command!r}: {exc}") from None
         if not argv:
             raise UsageError("-c needs a command")
-        command = GatedCommand(argv, stdout=sys.stderr.fileno())
-        options.update(pid=command.pid, default_binary=command.executable, resolve_in_pid=False)
+        options.update(command=argv, command_stdout=sys.stderr.fileno())
     else:
         options["pid"] = args.pid
-    try:
-        spec = build_spec(args.probes, filters=args.filter, unsafe=args.unsafe, **options)
-        return Session(spec, on_event=on_event, keep_events=keep_events, command=None), command
-    except BaseException:
-        if command:
-            command.stop()
-        raise
+    return trace(*args.probes, on_event=on_event, filters=args.filter, unsafe=args.unsafe, **options)
 
 
-def _collect(session: Session, command: Optional[GatedCommand], args: argparse.Namespace,
+def _collect(session: Session, args: argparse.Namespace,
              on_tick: Optional[Callable[[], None]] = None, until: Optional[Callable[[], bool]] = None) -> str:
     """Attach, collect until the end condition, detach. Returns why it stopped."""
 
@@ -74,16 +66,9 @@ def _collect(session: Session, command: Optional[GatedCommand], args: argparse.N
     for warning in session.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     try:
-        try:
-            session.attach()
-        except BaseException:
-            if command:
-                command.stop()
-            raise
+        session.attach()  # releases the -c command once every probe is in place
         what = f"{len(session.attachments)} site(s) of {len(session.spec.probes)} probe(s)"
         print(f"Attached {what} in {session.attach_seconds:.2f}s. Ctrl-C to stop.", file=sys.stderr, flush=True)
-        if command:
-            command.release()
         deadline = time.monotonic() + args.duration if args.duration else None
         interval = getattr(args, "interval", None)
         next_tick = time.monotonic() + interval if interval else None
@@ -108,9 +93,7 @@ def _collect(session: Session, command: Optional[GatedCommand], args: argparse.N
         reason = "interrupted"
     finally:
         signal.signal(signal.SIGTERM, previous)
-        session.close()
-        if command:
-            command.stop()
+        session.close()  # detaches, and stops a -c command
     return reason
 
 
@@ -155,9 +138,9 @@ def run_trace(args: argparse.Namespace) -> int:
         if interactive:
             sys.stdout.flush()
 
-    session, command = _session(args, on_event=show, events=True, strings=args.string,
+    session = _session(args, on_event=show, events=True, strings=args.string,
                                 string_size=args.string_size, keep_events=0)
-    reason = _collect(session, command, args)
+    reason = _collect(session, args)
     sys.stdout.flush()
     _report_losses(session, False)  # warnings go to stderr, also with --json (stdout holds events only)
     if args.max_events and printed[0] >= args.max_events:
@@ -169,7 +152,7 @@ def run_trace(args: argparse.Namespace) -> int:
 
 def run_count(args: argparse.Namespace) -> int:
     fields = [f for f in args.by.split(",") if f.strip()] if args.by else []
-    session, command = _session(args, events=False, count_by=fields)
+    session = _session(args, events=False, count_by=fields)
 
     def show(tick: bool = False) -> None:
         counts = session.counts()
@@ -183,7 +166,7 @@ def run_count(args: argparse.Namespace) -> int:
             _report_losses(session, False)
         sys.stdout.flush()
 
-    reason = _collect(session, command, args, on_tick=lambda: show(tick=True))
+    reason = _collect(session, args, on_tick=lambda: show(tick=True))
     show()
     if not args.json:
         print(f"({reason})", file=sys.stderr)
@@ -215,8 +198,8 @@ def run_hist(args: argparse.Namespace) -> int:
     fld = Field.parse(args.value)
     if fld.name not in ("arg", "retval"):
         raise UsageError(f"--value {args.value}: histograms take arg0..arg11 or retval")
-    session, command = _session(args, events=False, hist=_hist_spec(args.linear, fld, args.by))
-    reason = _collect(session, command, args, on_tick=lambda: _print_hists(session, args, str(fld)))
+    session = _session(args, events=False, hist=_hist_spec(args.linear, fld, args.by))
+    reason = _collect(session, args, on_tick=lambda: _print_hists(session, args, str(fld)))
     _print_hists(session, args, str(fld))
     if not args.json:
         print(f"({reason})", file=sys.stderr)
@@ -232,9 +215,9 @@ def run_latency(args: argparse.Namespace) -> int:
         if len(parts) != 2:
             raise UsageError("--key takes START or START,DONE")
         keys = parts
-    session, command = _session(args, events=False, latency=True, pair_keys=keys,
+    session = _session(args, events=False, latency=True, pair_keys=keys,
                                 hist=_hist_spec(args.linear, Field("latency"), args.by))
-    reason = _collect(session, command, args, on_tick=lambda: _print_hists(session, args, "latency"))
+    reason = _collect(session, args, on_tick=lambda: _print_hists(session, args, "latency"))
     _print_hists(session, args, "latency")
     if not args.json:
         print(f"({reason})", file=sys.stderr)

@@ -150,14 +150,15 @@ def build_spec(
 
 
 def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = None,
-          command: Optional[Sequence[str]] = None, keep_events: Optional[int] = 1_000_000,
-          **options: object) -> Session:
+          command: Optional[Sequence[str]] = None, command_stdout: Optional[int] = None,
+          keep_events: Optional[int] = 1_000_000, **options: object) -> Session:
     """Build a trace of ``probes``; use the result as a context manager to attach and detach.
 
     Options are those of :func:`build_spec` (``pid``, ``filters``, ``events``, ``strings``,
     ``count_by``, ``hist``, ``latency``, ``pair_keys``, ``stacks``...).  ``command=[argv...]`` starts
     that program with the probes attached before its first instruction (probe specs may leave the
-    binary empty); the session ends when it exits, and closing the session stops it.  ``keep_events``
+    binary empty); the session ends when it exits, and closing the session stops it (``command_stdout``:
+    an fd for its output, ``subprocess.PIPE`` for ``session.command.process.stdout``).  ``keep_events``
     bounds the events kept in ``session.events`` (None: all, 0: none; ``on_event`` still sees them all).
     """
     if command is None:
@@ -165,7 +166,7 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
         return Session(spec, on_event=on_event, keep_events=keep_events)
     if options.get("pid") is not None:
         raise UsageError("give a command or a pid, not both")
-    gated = GatedCommand([str(a) for a in command])
+    gated = GatedCommand([str(a) for a in command], stdout=command_stdout)
     try:
         spec = build_spec(list(probes), pid=gated.pid, default_binary=gated.executable,  # type: ignore[arg-type]
                           resolve_in_pid=False, **options)
