@@ -114,7 +114,7 @@ def test_table_output():
 
     out = usdtkit("--functions", "c", "malloc*")
     body = out.stdout.splitlines()
-    assert body[0].endswith(f"functions") and body[1].split() == ["ADDRESS", "SIZE", "BINDING", "NAME"]
+    assert body[0].endswith("functions") and body[1].split() == ["ADDRESS", "SIZE", "BINDING", "NAME"]
     rows = [line.split() for line in body[2:]]
     assert {"malloc@GLIBC_2.2.5"} <= {r[3] for r in rows}
     assert len(rows) == int(body[0].split(": ")[1].split()[0])

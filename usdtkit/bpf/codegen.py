@@ -193,13 +193,18 @@ def _predicate(pred: Predicate, probe: ResolvedProbe) -> str:
     return f"((u64){lhs} {negate} {_u64(number)})"
 
 
+def record_args(spec: TraceSpec) -> int:
+    """Argument slots in every event record and ``args[]`` array: the most any probe has (at least 1)."""
+    return max([p.arg_count for p in spec.probes] + [1])
+
+
 class Generator:
     """Builds the C text and the list of (function, site, retprobe) attachments for a spec."""
 
     def __init__(self, spec: TraceSpec, ringbuf: bool = True) -> None:
         self.spec = spec
         self.ringbuf = ringbuf
-        self.nargs = max([p.arg_count for p in spec.probes] + [1])
+        self.nargs = record_args(spec)
         self.attachments: List[Tuple[str, Site, bool]] = []
         self._lines: List[str] = []
 

@@ -24,9 +24,9 @@ import platform
 from typing import Optional
 
 from ..errors import AttachError, EnvironmentProblem
+from . import syscalls
 from .capabilities import detect
 
-_NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
 _PERF_FLAG_FD_CLOEXEC = 1 << 3
 _PERF_EVENT_IOC_ENABLE = 0x2400
 _PERF_EVENT_IOC_DISABLE = 0x2401
@@ -51,8 +51,6 @@ class _PerfEventAttr(ctypes.Structure):
     ]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 def open_uprobe(path: str, offset: int, pid: int = -1, retprobe: bool = False,
@@ -65,7 +63,7 @@ def open_uprobe(path: str, offset: int, pid: int = -1, retprobe: bool = False,
         raise EnvironmentProblem("this kernel cannot maintain USDT semaphores (no ref_ctr_offset)")
     if not 0 <= ref_ctr_offset < (1 << 32):
         raise AttachError(f"{path}: semaphore offset {ref_ctr_offset:#x} out of range")
-    nr = _NR_PERF_EVENT_OPEN.get(platform.machine())
+    nr = syscalls.number("perf_event_open")
     if nr is None:
         raise EnvironmentProblem(f"unsupported architecture {platform.machine()}")
     encoded = os.fsencode(path)
@@ -83,9 +81,8 @@ def open_uprobe(path: str, offset: int, pid: int = -1, retprobe: bool = False,
     if ref_ctr_offset:
         attr.config |= ref_ctr_offset << caps.ref_ctr_shift
     cpu = 0 if pid == -1 else -1
-    fd = _libc.syscall(nr, ctypes.byref(attr), pid, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
+    fd, err = syscalls.call(nr, ctypes.byref(attr), pid, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
     if fd < 0:
-        err = ctypes.get_errno()
         where = f"{path}+{offset:#x}" + (f" pid {pid}" if pid != -1 else "")
         if err in (errno_mod.EPERM, errno_mod.EACCES):
             raise EnvironmentProblem(f"not allowed to create a uprobe at {where}: {os.strerror(err)}")

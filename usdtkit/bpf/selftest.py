@@ -2,7 +2,7 @@
 
 ``usdtkit doctor`` runs it last; when it passes, every layer (privileges, bcc, headers, the uprobe PMU)
 works together.  The probed function is libc's ``getpid``; its file offset comes from
-``/proc/self/maps`` (runtime address - mapping start + mapping offset), so no ELF parsing is involved.
+``/proc/PID/maps`` (runtime address - mapping start + mapping offset), so no ELF parsing is involved.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import ctypes
 import os
 from typing import Tuple
 
+from ..elf.process import read_maps
 from ..errors import EnvironmentProblem
 from .backend import Program
 
@@ -27,14 +28,11 @@ int usdtkit_selftest(struct pt_regs *ctx)
 """
 
 
-def file_offset_of(address: int, pid: str = "self") -> Tuple[str, int]:
+def file_offset_of(address: int, pid: int) -> Tuple[str, int]:
     """Map a runtime address in a process to ``(file path, file offset)`` through its maps."""
-    with open(f"/proc/{pid}/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            if start <= address < end and len(fields) == 6 and fields[5].startswith("/"):
-                return fields[5].strip(), address - start + int(fields[2], 16)
+    for mapping, path, _, _ in read_maps(pid):
+        if mapping.start <= address < mapping.end:
+            return path, address - mapping.start + mapping.offset
     raise EnvironmentProblem(f"address {address:#x} is not in a file mapping of this process")
 
 
@@ -42,7 +40,7 @@ def run(calls: int = 5) -> int:
     """Attach to ``getpid`` in this process, call it ``calls`` times, return the hits counted."""
     libc = ctypes.CDLL(None)
     address = ctypes.cast(libc.getpid, ctypes.c_void_p).value
-    path, offset = file_offset_of(address)
+    path, offset = file_offset_of(address, os.getpid())
     with Program(_PROGRAM) as program:
         program.attach_uprobe("usdtkit_selftest", path, offset, pid=os.getpid())
         for _ in range(calls):

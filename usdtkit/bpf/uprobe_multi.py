@@ -18,15 +18,12 @@ import platform
 from typing import Sequence
 
 from ..errors import AttachError, EnvironmentProblem
+from . import syscalls
 
 BPF_TRACE_UPROBE_MULTI = 48
 _BPF_LINK_CREATE = 28
 _BPF_F_UPROBE_MULTI_RETURN = 1
-_NR_BPF = {"x86_64": 321, "aarch64": 280}
 _ATTR_SIZE = 128
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 class _LinkCreateUprobeMulti(ctypes.Structure):
@@ -53,7 +50,7 @@ class Unsupported(Exception):
 def attach(prog_fd: int, path: str, offsets: Sequence[int], ref_ctr_offsets: Sequence[int],
            pid: int = -1, retprobe: bool = False) -> int:
     """Attach ``prog_fd`` at every offset of ``path`` in one link; returns the link fd."""
-    nr = _NR_BPF.get(platform.machine())
+    nr = syscalls.number("bpf")
     if nr is None:
         raise Unsupported(platform.machine())
     if not offsets or len(offsets) != len(ref_ctr_offsets):
@@ -71,10 +68,9 @@ def attach(prog_fd: int, path: str, offsets: Sequence[int], ref_ctr_offsets: Seq
     attr.cnt = count
     attr.multi_flags = _BPF_F_UPROBE_MULTI_RETURN if retprobe else 0
     attr.pid = pid if pid > 0 else 0
-    fd = _libc.syscall(nr, _BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    fd, err = syscalls.call(nr, _BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
     if fd >= 0:
-        return int(fd)
-    err = ctypes.get_errno()
+        return fd
     if err in (22, 95, 38, 7):  # EINVAL, EOPNOTSUPP, ENOSYS, E2BIG: an older kernel
         raise Unsupported(os.strerror(err))
     where = f"{path} ({count} site{'s' if count != 1 else ''})" + (f" pid {pid}" if pid > 0 else "")

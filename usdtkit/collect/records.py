@@ -27,7 +27,8 @@ def record_format(nargs: int, nstr: int, string_size: int) -> struct.Struct:
     return struct.Struct(f"<{_HEAD}{nargs}Q{COMM_LEN}s{strings}")
 
 
-def _signed(value: int) -> int:
+def signed64(value: int) -> int:
+    """A 64-bit two's complement value read as unsigned, as the signed number it is."""
     return value - (1 << 64) if value >> 63 else value
 
 
@@ -63,7 +64,7 @@ class RecordDecoder:
         probe = self.probes[index]
         args: List[object] = list(fields[9:9 + probe.arg_count])
         for i in probe.signed:
-            args[i] = _signed(args[i])
+            args[i] = signed64(args[i])
         for slot, i in probe.string_slots:
             args[i] = fields[self._str + slot].split(b"\0", 1)[0].decode("utf-8", errors="replace")
         if errs:

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..bpf import codegen
 from ..bpf.backend import Program
+from ..collect.records import signed64
 from ..collect.results import Counts, Histogram, ProbeStats
 from ..collect.symbolize import Symbolizer
 from .spec import Field, TraceSpec
@@ -33,12 +34,6 @@ def probe_labels(spec: TraceSpec) -> List[str]:
         if labels.count(label) > 1:
             labels[i] = f"{label} #{i}"
     return labels
-
-
-def _signed(value: int, size: int = 8) -> int:
-    bits = size * 8
-    value &= (1 << bits) - 1
-    return value - (1 << bits) if value >> (bits - 1) else value
 
 
 class MapReader:
@@ -96,10 +91,10 @@ class MapReader:
         if fld.name in ("comm", "str"):
             return bytes(raw).split(b"\0", 1)[0].decode(errors="replace")
         if fld.name == "ustack":
-            return self._folded(program, _signed(raw), self._key_pid(key))
+            return self._folded(program, signed64(raw), self._key_pid(key))
         signs = self.signs[key.probe]
         if fld.name == "arg" and fld.index < len(signs) and signs[fld.index][0]:
-            return _signed(raw)
+            return signed64(raw)
         return int(raw)
 
     def _key_pid(self, key: ctypes.Structure) -> int:

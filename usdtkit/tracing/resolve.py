@@ -190,10 +190,7 @@ def _resolve_usdt(ref: ProbeRef, pid: Optional[int]) -> ResolvedProbe:
     return ResolvedProbe(full, matches[0][1].binary, tuple(sites), arg_counts.pop())
 
 
-def _known_instruction_start(path: str, address: int) -> bool:
-    """Whether ``address`` starts a function or is a USDT site (both certainly start an instruction)."""
-    if any(f.address == address for f in elf.read_functions(path)):
-        return True
+def _is_usdt_site(path: str, address: int) -> bool:
     return any(loc.pc == address for p in elf.read_usdt_probes(path) for loc in p.locations)
 
 
@@ -203,10 +200,12 @@ def _function_site(ref: ProbeRef, open_path: str, unsafe: bool) -> Tuple[int, in
                   "corrupts the traced program; probe the function itself, or pass unsafe=True (--unsafe) "
                   "if you are sure")
     if ref.address is not None:
-        if ref.is_return and not any(f.address == ref.address for f in elf.read_functions(open_path)):
+        # A function start or a USDT site certainly starts an instruction.
+        function_start = any(f.address == ref.address for f in elf.read_functions(open_path))
+        if ref.is_return and not function_start:
             raise UsageError(f"{ref}: a uretprobe must be placed at the start of a function (it replaces "
                              "the return address on the stack)")
-        if not unsafe and not _known_instruction_start(open_path, ref.address):
+        if not unsafe and not function_start and not _is_usdt_site(open_path, ref.address):
             raise UsageError(f"{ref}: {ref.address:#x} is not a function start or USDT site; {unverified}")
         return elf.address_to_offset(open_path, ref.address), ref.address
     symbol = elf.find_symbol(open_path, ref.name)

@@ -15,7 +15,8 @@ import os
 import threading
 from typing import Dict, List, Optional, Tuple
 
-from ..errors import AttachError, NoSuchProcess
+from ..elf.process import read_maps
+from ..errors import AttachError
 
 _Key = Tuple[int, int]  # (pid, runtime address)
 
@@ -35,25 +36,14 @@ def semaphore_address(pid: int, path: str, file_offset: int) -> Optional[int]:
         target = os.stat(path)
     except OSError:
         return None
-    try:
-        with open(f"/proc/{pid}/maps") as maps:
-            lines = maps.readlines()
-    except FileNotFoundError:
-        raise NoSuchProcess(pid) from None
-    for line in lines:
-        fields = line.split(maxsplit=5)
-        if len(fields) < 6:
-            continue
-        perms, device, inode = fields[1], fields[3], int(fields[4])
+    for mapping, _, device, inode in read_maps(pid):
         major, _, minor = device.partition(":")
         if inode != target.st_ino or os.makedev(int(major, 16), int(minor, 16)) != target.st_dev:
             continue
-        if not perms.startswith("rw") or perms[3] != "p":
+        if not mapping.perms.startswith("rw") or mapping.perms[3] != "p":
             continue
-        start, end = (int(x, 16) for x in fields[0].split("-"))
-        offset = int(fields[2], 16)
-        if offset <= file_offset < offset + (end - start):
-            return start + file_offset - offset
+        if mapping.offset <= file_offset < mapping.offset + (mapping.end - mapping.start):
+            return mapping.start + file_offset - mapping.offset
     return None
 
 

@@ -59,7 +59,6 @@ class Session:
         self.uses_ringbuf = capabilities.detect().has_ringbuf
         self.text, self.attachments = codegen.generate(spec, self.uses_ringbuf)
         self.perf_lost = 0
-        self._nargs = max([p.arg_count for p in spec.probes] + [1])
         self._records: Optional[RecordDecoder] = None
         self._string_masks = [codegen.string_mask(spec, i) for i in range(len(spec.probes))]
         self.labels = probe_labels(spec)
@@ -67,7 +66,7 @@ class Session:
         self._reader = MapReader(spec, self.labels, self._symbolizer)
         if spec.events:
             self._records = RecordDecoder(
-                [self._probe_decoder(i) for i in range(len(spec.probes))], self._nargs, len(spec.event_strings),
+                [self._probe_decoder(i) for i in range(len(spec.probes))], codegen.record_args(spec), len(spec.event_strings),
                 spec.string_size, self._event_stack if spec.stacks else None)
         self._program: Optional[Program] = None
         self._pidfd: Optional[int] = None
