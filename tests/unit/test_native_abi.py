@@ -48,11 +48,7 @@ NULL_PROVIDER = ProviderPtr()
 NULL_PROBE = ProbePtr()
 
 
-@pytest.fixture(autouse=True)
-def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "run"
-    monkeypatch.setenv("USDTKIT_RUNTIME_DIR", str(path))
-    return path
+pytestmark = pytest.mark.usefixtures("runtime_dir")  # every provider here writes to a private folder
 
 
 @pytest.fixture
@@ -439,16 +435,8 @@ def test_image_is_deterministic_within_and_across_processes(provider):
 # ---------------------------------------------------------------- leaks
 
 
-def count_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def count_maps() -> int:
-    return len(Path("/proc/self/maps").read_text().splitlines())
-
-
 @pytest.mark.parametrize("memfd", [False, True], ids=["file", "memfd"])
-def test_thousand_cycles_leak_nothing(memfd, runtime_dir):
+def test_thousand_cycles_leak_nothing(memfd, footprint):
     def cycle(i: int) -> None:
         p = lib.providerInit(b"cycle")
         assert lib.providerUseMemfd(p, int(memfd)) == 1
@@ -459,13 +447,13 @@ def test_thousand_cycles_leak_nothing(memfd, runtime_dir):
         lib.providerDestroy(p)
 
     cycle(0)  # warm-up: first use creates the runtime dir, etc.
-    fds, maps = count_fds(), count_maps()
-    files = sorted(os.listdir(runtime_dir)) if runtime_dir.exists() else []
+    fds, maps, files = footprint()
     for i in range(1000):
         cycle(i)
-    assert count_fds() == fds
-    assert count_maps() == maps
-    assert (sorted(os.listdir(runtime_dir)) if runtime_dir.exists() else []) == files
+    after_fds, after_maps, after_files = footprint()
+    assert after_fds == fds
+    assert after_maps == maps
+    assert after_files == files
 
 
 # ---------------------------------------------------------------- the C test suite

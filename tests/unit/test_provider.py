@@ -44,11 +44,7 @@ RANGES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "run"
-    monkeypatch.setenv("USDTKIT_RUNTIME_DIR", str(path))
-    return path
+pytestmark = pytest.mark.usefixtures("runtime_dir")  # every provider here writes to a private folder
 
 
 @pytest.fixture

@@ -18,11 +18,7 @@ from usdtkit.provider import Provider
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "run"
-    monkeypatch.setenv("USDTKIT_RUNTIME_DIR", str(path))
-    return path
+pytestmark = pytest.mark.usefixtures("runtime_dir")  # every provider here writes to a private folder
 
 
 def run_python(code: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
@@ -188,16 +184,8 @@ def test_providers_are_unloaded_at_interpreter_exit(memfd):
     assert lines[2] == ("fd open at exit: False" if memfd else "fd open at exit: None")
 
 
-def count_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def count_maps() -> int:
-    return len(Path("/proc/self/maps").read_text().splitlines())
-
-
 @pytest.mark.parametrize("memfd", [False, True], ids=["file", "memfd"])
-def test_thousand_python_cycles_leak_no_fd_mapping_or_file(memfd, runtime_dir):
+def test_thousand_python_cycles_leak_no_fd_mapping_or_file(memfd, footprint):
     def cycle(i: int) -> None:
         provider = Provider("pycycle", memfd=memfd)
         probe = provider.probe("tick", int, str)
@@ -209,13 +197,13 @@ def test_thousand_python_cycles_leak_no_fd_mapping_or_file(memfd, runtime_dir):
         provider.close()
 
     cycle(0)
-    fds, maps = count_fds(), count_maps()
-    files = sorted(os.listdir(runtime_dir)) if runtime_dir.exists() else []
+    fds, maps, files = footprint()
     for i in range(1000):
         cycle(i)
-    assert count_fds() == fds
-    assert count_maps() == maps
-    assert (sorted(os.listdir(runtime_dir)) if runtime_dir.exists() else []) == files
+    after_fds, after_maps, after_files = footprint()
+    assert after_fds == fds
+    assert after_maps == maps
+    assert after_files == files
     assert len(files) == (0 if memfd else 1)
 
 
