@@ -23,7 +23,6 @@ shared library, without knowing the load bias.
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from ..elf.model import Arg, Constant, Memory, Register, RegisterValue, SymbolRelative, Unsupported
@@ -35,7 +34,6 @@ STATS_PER_PROBE = 5
 STAT_HITS, STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_READ_ERRORS, STAT_UNMATCHED = range(5)
 LOG2_NEGATIVE_SLOT = 65  # signed values below zero, in log2 histograms
 COUNT_MAP_ENTRIES = 65536
-LOG2_SLOTS = 65
 
 _X86_REGS = {
     "rax": "ax", "rbx": "bx", "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di", "rbp": "bp",
@@ -67,14 +65,6 @@ def _extend(expr: str, size: int, signed: bool) -> str:
     if signed:
         return f"(u64)(s64)(s{bits})(u{bits})({expr})"
     return f"(u64)(u{bits})({expr})"
-
-
-@dataclass(frozen=True)
-class ArgRead:
-    """How to read one argument at one site: a C statement filling ``args[i]``."""
-
-    code: str
-    needs_ip: bool = False
 
 
 def read_arg(index: int, arg: Arg, site: Site) -> str:
@@ -280,7 +270,7 @@ class Generator:
         return f"    {member} = {self._value_of(fld)};"
 
     # ------------------------------------------------------------------ the shared handler
-    def _value_of(self, fld: Field, probe_index: Optional[int] = None) -> str:
+    def _value_of(self, fld: Field) -> str:
         if fld.name == "arg":
             if fld.index >= self.nargs:
                 raise UsageError(f"no probe has an argument arg{fld.index}")

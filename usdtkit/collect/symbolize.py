@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from .. import elf
 from ..errors import UsdtkitError
@@ -75,11 +75,3 @@ class Symbolizer:
 
     def knows(self, pid: int) -> bool:
         return pid in self._objects
-
-    def forget(self, pid: Optional[int] = None) -> None:
-        if pid is None:
-            self._maps_text.clear()
-            self._objects.clear()
-        else:
-            self._maps_text.pop(pid, None)
-            self._objects.pop(pid, None)

@@ -51,8 +51,6 @@ ET_DYN = 3
 
 SHN_UNDEF = 0
 SHN_LORESERVE = 0xFF00
-SHN_XINDEX = 0xFFFF
-PN_XNUM = 0xFFFF
 
 #: e_machine values and the architecture names usdtkit uses for them.
 MACHINES: Dict[int, str] = {

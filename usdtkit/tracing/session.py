@@ -25,7 +25,7 @@ from ..bpf.backend import Program
 from ..collect.records import ProbeDecoder, RecordDecoder
 from ..collect.results import Counts, Event, Histogram, ProbeStats
 from ..collect.symbolize import Symbolizer
-from ..errors import AttachError, EnvironmentProblem, NoSuchProcess, UsageError
+from ..errors import EnvironmentProblem, NoSuchProcess, UsageError
 from . import site_cost
 from .resolve import Site
 from .launch import GatedCommand
@@ -346,7 +346,3 @@ class Session:
     @property
     def attached(self) -> bool:
         return self._program is not None
-
-    def require_attached(self) -> None:
-        if self._program is None:
-            raise AttachError("the session is not attached")
