@@ -1,4 +1,10 @@
-"""Generate the BPF C for a :class:`TraceSpec`, from validated values only.
+"""Generate the BPF C for an :class:`~usdtkit.plan.plan.AttachPlan`, from validated values only.
+
+The result is a :class:`~usdtkit.bpf.layout.ProgramLayout`: the C text together with the maps, the event
+record and key layouts and the entry function of every call site, so that nothing that reads the
+program's output copies a declaration by hand.  The text holds no per-run value (no pid): where the
+program must filter on the target process it reads the pid from its ``config`` array, which the
+session fills after loading; the same text therefore names the same program shape in any run.
 
 Layout of a generated program:
 
@@ -9,8 +15,11 @@ Layout of a generated program:
 * ``usdtkit_handle``, inlined, which counts the hit, then feeds the collectors: a count map keyed by the
   chosen fields, a log2 or linear histogram, the event ring buffer.
 * ``stats``, a per-CPU array of five counters per probe: hits, events lost (ring buffer full), keys lost
-  (map full), argument reads that failed, and done/return hits without a matching start (latency).
-  Nothing is dropped without being counted.
+  (map full), argument and string reads that failed, and done/return hits without a matching start
+  (latency).  Nothing is dropped without being counted.
+
+Strings (``str(argN)`` keys, event strings) keep one byte more than they show, so a string longer than
+the limit is told apart from one that fits exactly and shown as cut.
 
 What reaches the C text: integers formatted by this module, field names from a closed set, and
 identifiers built here.  Probe names, paths and filter text never do.
@@ -26,14 +35,18 @@ import platform
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from ..elf.model import Arg, Constant, Memory, Register, RegisterValue, SymbolRelative, Unsupported
-from ..errors import UsageError
-from ..tracing.resolve import ResolvedProbe, Site
-from ..tracing.spec import COMM_LEN, STRING_KEY_SIZE, Field, Predicate, TraceSpec
+from ..errors import TargetError, UsageError
+from ..expr.fields import COMM_LEN, Field, Predicate
+from ..plan.buckets import LOG2_NEGATIVE
+from ..plan.plan import AttachPlan, pointer_like
+from ..plan.resolve import ResolvedProbe, Site
+from .layout import (STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_READ_ERRORS, STAT_UNMATCHED, STATS_PER_PROBE,
+                     Attachment, MapLayout, Member, ProgramLayout, StructLayout, key_members, string_buffer)
 
-STATS_PER_PROBE = 5
-STAT_HITS, STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_READ_ERRORS, STAT_UNMATCHED = range(5)
-LOG2_NEGATIVE_SLOT = 65  # signed values below zero, in log2 histograms
 COUNT_MAP_ENTRIES = 65536
+STACK_MAP_ENTRIES = 16384
+START_MAP_ENTRIES = 65536
+_KEY_ON_STACK_MAX = 160  # bigger keys are built in a per-CPU scratch slot (the BPF stack is 512 bytes)
 
 _X86_REGS = {
     "rax": "ax", "rbx": "bx", "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di", "rbp": "bp",
@@ -42,8 +55,8 @@ _X86_REGS = {
 _X86_PARAMS = ("di", "si", "dx", "cx", "r8", "r9")
 
 
-class UnreadableArgument(UsageError):
-    """An argument location this backend cannot read; refused before attaching."""
+class UnreadableArgument(TargetError):
+    """An argument location of the target that this backend cannot read; refused before attaching."""
 
 
 def _u64(value: int) -> str:
@@ -115,25 +128,15 @@ def _site_reads(probe: ResolvedProbe, site: Site, needed: FrozenSet[int]) -> Tup
     return ()
 
 
-def pointer_like(probe: ResolvedProbe, index: int) -> bool:
-    """Whether argument ``index`` can hold a pointer at every site (unsigned 8 bytes; any uprobe arg)."""
-    if probe.ref.kind == "uprobe":
-        return index < len(_X86_PARAMS)
-    if not probe.ref.is_usdt or index >= probe.arg_count:
-        return False
-    return all(index < len(s.args) and s.args[index].size == 8 and not s.args[index].signed
-               for s in probe.sites)
-
-
-def string_mask(spec: TraceSpec, probe_index: int) -> int:
+def string_mask(plan: AttachPlan, probe_index: int) -> int:
     """Bit ``slot`` set when string slot ``slot`` applies to this probe: a requested string argument is
     read only where it can be a pointer, so ``strings=["arg1"]`` over probes of different shapes never
     turns a number into text."""
-    probe = spec.probes[probe_index]
-    return sum(1 << slot for slot, index in enumerate(spec.event_strings) if pointer_like(probe, index))
+    probe = plan.probes[probe_index]
+    return sum(1 << slot for slot, index in enumerate(plan.event_strings) if pointer_like(probe, index))
 
 
-def needed_args(spec: TraceSpec, probe_index: int) -> FrozenSet[int]:
+def needed_args(spec: AttachPlan, probe_index: int) -> FrozenSet[int]:
     """The arguments a probe must read: all of them for events, else only those used by a filter,
     a count key, a histogram or a latency pair key.  An unreadable argument nobody uses is no error,
     and a count-only trace reads nothing per hit."""
@@ -166,7 +169,7 @@ def _predicate(pred: Predicate, probe: ResolvedProbe) -> str:
     if name == "comm":
         value = bytes(pred.value) + b"\0"
         equal = " && ".join(f"comm[{i}] == {b}" for i, b in enumerate(value))
-        return f"!({equal})" if pred.op == "==" else f"({equal})"
+        return f"(!({equal}))" if pred.op == "==" else f"({equal})"
     if name == "arg":
         if pred.field.index >= probe.arg_count:
             raise UsageError(f"filter on arg{pred.field.index}: {probe.label} has {probe.arg_count} arguments")
@@ -183,25 +186,48 @@ def _predicate(pred: Predicate, probe: ResolvedProbe) -> str:
     return f"((u64){lhs} {negate} {_u64(number)})"
 
 
-def record_args(spec: TraceSpec) -> int:
+def record_args(spec: AttachPlan) -> int:
     """Argument slots in every event record and ``args[]`` array: the most any probe has (at least 1)."""
     return max([p.arg_count for p in spec.probes] + [1])
 
 
 class Generator:
-    """Builds the C text and the list of (function, site, retprobe) attachments for a spec."""
+    """Builds the C text and the layout of one program for a plan."""
 
-    def __init__(self, spec: TraceSpec, ringbuf: bool = True) -> None:
-        self.spec = spec
+    def __init__(self, plan: AttachPlan, ringbuf: bool = True) -> None:
+        self.plan = plan
         self.ringbuf = ringbuf
-        self.nargs = record_args(spec)
-        self.attachments: List[Tuple[str, Site, bool]] = []
+        self.nargs = record_args(plan)
+        self.attachments: List[Attachment] = []
+        self.functions: List[str] = []
+        self.maps: Dict[str, MapLayout] = {}
         self._lines: List[str] = []
+        self.record = self._record_layout() if plan.events else None
+        self.count_key = (StructLayout("usdtkit_count_key", key_members(plan.count_by, plan.string_size, COMM_LEN))
+                          if plan.count_by else None)
+        hist_fields = [plan.hist.by] if plan.hist is not None and plan.hist.by is not None else []
+        self.hist_key = None
+        if plan.hist is not None:
+            members = key_members(hist_fields, plan.string_size, COMM_LEN)
+            self.hist_key = StructLayout("usdtkit_hist_key", (members[0], Member("slot", "u32"), *members[2:],
+                                                               members[1]))
+
+    def _record_layout(self) -> StructLayout:
+        members = [Member("ts", "u64"), Member("latency", "u64"), Member("retval", "u64"),
+                   Member("pid", "u32"), Member("tid", "u32"), Member("probe", "u32"), Member("cpu", "u32"),
+                   Member("errs", "u32"), Member("stack", "s32"), Member("args", "u64", self.nargs),
+                   Member("comm", "char", COMM_LEN)]
+        members += [Member(f"str{slot}", "char", string_buffer(self.plan.string_size))
+                    for slot in range(len(self.plan.event_strings))]
+        return StructLayout("usdtkit_event", tuple(members))
+
+    def _map(self, name: str, kind: str, entries: int, key: Optional[StructLayout] = None) -> None:
+        self.maps[name] = MapLayout(name, kind, entries, key)
 
     # ------------------------------------------------------------------ declarations
     def _declarations(self) -> None:
-        spec, out = self.spec, self._lines
-        nprobes = len(spec.probes)
+        plan, out = self.plan, self._lines
+        nprobes = len(plan.probes)
         out += [
             "/* generated by usdtkit: numbers and usdtkit identifiers only */",
             "#include <uapi/linux/ptrace.h>",
@@ -213,61 +239,38 @@ class Generator:
             "    if (value) __sync_fetch_and_add(value, 1);  /* uprobe programs may be preempted */",
             "}",
         ]
-        if spec.events:
-            nstr = len(spec.event_strings)
-            out += [
-                "struct usdtkit_event {",
-                "    u64 ts; u32 pid; u32 tid; u32 probe; u32 cpu; u32 errs; s32 stack;",
-                "    u64 latency; u64 retval;",
-                f"    u64 args[USDTKIT_NARGS]; char comm[{COMM_LEN}];",
-                f"    char str[{nstr}][{spec.string_size}];" if nstr else "",
-                "};",
-            ]
+        self._map("stats", "percpu_array", nprobes * STATS_PER_PROBE)
+        if plan.pid is not None:
+            out.append("BPF_ARRAY(config, u32, 1);  /* [0]: the target process */")
+            self._map("config", "array", 1)
+        if self.record is not None:
+            out.append(self.record.declaration())
             if self.ringbuf:
-                out.append(f"BPF_RINGBUF_OUTPUT(events, {spec.ring_pages});")
+                out.append(f"BPF_RINGBUF_OUTPUT(events, {plan.ring_pages});")
+                self._map("events", "ringbuf", plan.ring_pages)
             else:  # perf buffer: records are built in a per-CPU scratch slot (too big for the stack)
                 out += ["BPF_PERF_OUTPUT(events);",
                         "BPF_PERCPU_ARRAY(event_scratch, struct usdtkit_event, 1);"]
-        if spec.needs_stacks:
-            out.append("BPF_STACK_TRACE(stacks, 16384);")
-        if spec.count_by:  # counts by probe alone come from the hits in `stats`: no hash map per hit
-            out.append("struct usdtkit_count_key {")
-            out.append("    u32 probe;")
-            for fld in spec.count_by:
-                out.append(f"    {self._key_member(fld)}")
-            out.append("};")
-            out.append(f"BPF_HASH(counts, struct usdtkit_count_key, u64, {COUNT_MAP_ENTRIES});")
-        if spec.hist is not None:
-            by = f" {self._key_member(spec.hist.by)}" if spec.hist.by is not None else ""
-            out.append(f"struct usdtkit_hist_key {{ u32 probe; u32 slot;{by} }};")
-            out.append(f"BPF_HASH(hist, struct usdtkit_hist_key, u64, {max(nprobes, 1) * 4200});")
-        if spec.function_latency or spec.pair is not None:
+                self._map("events", "perf_output", 0)
+        if plan.needs_stacks:
+            out.append(f"BPF_STACK_TRACE(stacks, {STACK_MAP_ENTRIES});")
+            self._map("stacks", "stack_trace", STACK_MAP_ENTRIES)
+        for name, key, entries in (("counts", self.count_key, COUNT_MAP_ENTRIES),
+                                   ("hist", self.hist_key, max(nprobes, 1) * 4200)):
+            if key is None:
+                continue
+            out.append(key.declaration())
+            out.append(f"BPF_HASH({name}, struct {key.name}, u64, {entries});")
+            self._map(name, "hash", entries, key)
+            if key.size > _KEY_ON_STACK_MAX:
+                out.append(f"BPF_PERCPU_ARRAY({name}_scratch, struct {key.name}, 1);")
+        if plan.latency:
             # LRU: starts whose done never comes (a thread killed mid-request, returns the kernel does
-            # not probe past 64 nested uretprobes) age out instead of filling the map.
-            out.append("struct usdtkit_start_key { u64 key; u64 frame; };")
-            out.append('BPF_TABLE("lru_hash", struct usdtkit_start_key, u64, starts, 65536);')
-
-    @staticmethod
-    def _key_member(fld: Field) -> str:
-        """The declaration of ``fld`` as a member of a map key struct."""
-        if fld.name == "comm":
-            return f"char k_comm[{COMM_LEN}];"
-        if fld.name == "str":
-            return f"char k_{fld.key_name}[{STRING_KEY_SIZE}];"
-        return f"u64 k_{fld.key_name};"
-
-    def _key_fill(self, fld: Field) -> str:
-        """The statement that stores ``fld`` into ``key``."""
-        member = f"key.k_{fld.key_name}"
-        if fld.name == "comm":
-            return f"    bpf_get_current_comm(&{member}, sizeof({member}));"
-        if fld.name == "ustack":
-            return f"    {member} = (u64)(s64)stacks.get_stackid(ctx, BPF_F_USER_STACK);"
-        if fld.name == "str":
-            self._value_of(Field("arg", fld.index))  # validates the index
-            return (f"    if (bpf_probe_read_user_str(&{member}, sizeof({member}), (void *)args[{fld.index}]) < 0) "
-                    f"{member}[0] = 0;")
-        return f"    {member} = {self._value_of(fld)};"
+            # not probe past 64 nested uretprobes) age out instead of filling the map.  `scope` keeps
+            # keys of different processes (or stack frames of one thread) apart.
+            out.append("struct usdtkit_start_key { u64 key; u64 scope; };")
+            out.append(f'BPF_TABLE("lru_hash", struct usdtkit_start_key, u64, starts, {START_MAP_ENTRIES});')
+            self._map("starts", "lru_hash", START_MAP_ENTRIES)
 
     # ------------------------------------------------------------------ the shared handler
     def _value_of(self, fld: Field) -> str:
@@ -284,47 +287,66 @@ class Generator:
             return True
         if fld.name != "arg":
             return False
-        return any(_arg_signed(p, fld.index) for p in self.spec.probes if fld.index < p.arg_count)
+        return any(_arg_signed(p, fld.index) for p in self.plan.probes if fld.index < p.arg_count)
+
+    def _key_start(self, name: str, key: StructLayout) -> List[str]:
+        """Statements that make ``key`` point at a zeroed key struct (stack or per-CPU scratch)."""
+        if key.size > _KEY_ON_STACK_MAX:
+            return [f"    u32 scratch_slot = 0; struct {key.name} *key = {name}_scratch.lookup(&scratch_slot);",
+                    "    if (!key) return 0;", "    __builtin_memset(key, 0, sizeof(*key));",
+                    "    key->probe = probe;"]
+        return [f"    struct {key.name} key_value; struct {key.name} *key = &key_value;",
+                "    __builtin_memset(key, 0, sizeof(*key));", "    key->probe = probe;"]
+
+    def _key_fill(self, fld: Field, bit: int) -> str:
+        """The statement that stores ``fld`` into ``key`` (setting error bit ``bit`` when a read fails)."""
+        member = f"key->k_{fld.key_name}"
+        if fld.name == "comm":
+            return f"    bpf_get_current_comm(&{member}, sizeof({member}));"
+        if fld.name == "ustack":
+            return f"    {member} = (u64)(s64)stacks.get_stackid(ctx, BPF_F_USER_STACK);"
+        if fld.name == "str":
+            self._value_of(Field("arg", fld.index))  # validates the index
+            return (f"    if (bpf_probe_read_user_str(&{member}, sizeof({member}), (void *)args[{fld.index}]) < 0) "
+                    f"{{ {member}[0] = 0; key->errs |= {1 << bit}U; usdtkit_stat(probe, {STAT_READ_ERRORS}); }}")
+        return f"    {member} = {self._value_of(fld)};"
 
     def _handler(self) -> None:
-        spec, out = self.spec, self._lines
+        plan, out = self.plan, self._lines
         out += [
             "static __always_inline int usdtkit_handle(struct pt_regs *ctx, u32 probe, u64 *args, u32 errs,",
             "                                          u64 retval, u64 latency, u32 pid, u32 tid, u32 strmask) {",
             "    usdtkit_stat(probe, 0);",
         ]
-        if spec.count_by:
-            out += ["    {", "    struct usdtkit_count_key key;", "    __builtin_memset(&key, 0, sizeof(key));",
-                    "    key.probe = probe;"]
-            for fld in spec.count_by:
-                out.append(self._key_fill(fld))
-            out += ["    u64 zero = 0, *count = counts.lookup_or_try_init(&key, &zero);",
+        if self.count_key is not None:
+            out += ["    {", *self._key_start("counts", self.count_key)]
+            for bit, fld in enumerate(plan.count_by or ()):
+                out.append(self._key_fill(fld, bit))
+            out += ["    u64 zero = 0, *count = counts.lookup_or_try_init(key, &zero);",
                     f"    if (count) __sync_fetch_and_add(count, 1); else usdtkit_stat(probe, {STAT_LOST_KEYS});",
                     "    }"]
-        if spec.hist is not None:
-            hist = spec.hist
+        if plan.hist is not None and self.hist_key is not None:
+            hist = plan.hist
             value = self._value_of(hist.field)
-            out += ["    {", f"    u64 value = {value};", "    struct usdtkit_hist_key key;",
-                    "    __builtin_memset(&key, 0, sizeof(key));", "    key.probe = probe;"]
+            out += ["    {", f"    u64 value = {value};", *self._key_start("hist", self.hist_key)]
             if hist.by is not None:
-                out.append(self._key_fill(hist.by))
+                out.append(self._key_fill(hist.by, 0))
             signed = self._field_signed(hist.field)
             if hist.kind == "log2":
-                # slot 0: the value 0; slot k: [2^(k-1), 2^k); slot 65: negative (signed fields only)
                 if signed:
-                    out.append(f"    if ((s64)value < 0) key.slot = {LOG2_NEGATIVE_SLOT}; else")
-                out.append("    key.slot = value ? bpf_log2l(value) : 0;")
+                    out.append(f"    if ((s64)value < 0) key->slot = {LOG2_NEGATIVE}; else")
+                out.append("    key->slot = value ? bpf_log2l(value) : 0;")
             else:
                 buckets = hist.buckets
                 kind = "s64" if signed or hist.low < 0 else "u64"
                 out += [f"    {kind} v = ({kind})value;",
-                        f"    if (v < ({kind}){_u64(hist.low)}) key.slot = 0;",
-                        f"    else if (v >= ({kind}){_u64(hist.high)}) key.slot = {buckets + 1};",
-                        f"    else key.slot = 1 + (u32)((u64)(v - ({kind}){_u64(hist.low)}) / {_u64(hist.step)});"]
-            out += ["    u64 zero = 0, *count = hist.lookup_or_try_init(&key, &zero);",
+                        f"    if (v < ({kind}){_u64(hist.low)}) key->slot = 0;",
+                        f"    else if (v >= ({kind}){_u64(hist.high)}) key->slot = {buckets + 1};",
+                        f"    else key->slot = 1 + (u32)((u64)(v - ({kind}){_u64(hist.low)}) / {_u64(hist.step)});"]
+            out += ["    u64 zero = 0, *count = hist.lookup_or_try_init(key, &zero);",
                     f"    if (count) __sync_fetch_and_add(count, 1); else usdtkit_stat(probe, {STAT_LOST_KEYS});",
                     "    }"]
-        if spec.events:
+        if plan.events:
             if self.ringbuf:
                 out += ["    struct usdtkit_event *e = events.ringbuf_reserve(sizeof(struct usdtkit_event));",
                         f"    if (!e) {{ usdtkit_stat(probe, {STAT_LOST_EVENTS}); return 0; }}"]
@@ -333,18 +355,21 @@ class Generator:
                         "    if (!e) return 0;"]
             out += [
                 "    e->ts = bpf_ktime_get_ns(); e->pid = pid; e->tid = tid; e->probe = probe;",
-                "    e->cpu = bpf_get_smp_processor_id(); e->errs = errs; e->retval = retval;",
+                "    e->cpu = bpf_get_smp_processor_id(); e->retval = retval;",
                 "    e->latency = latency;",
                 "    bpf_get_current_comm(&e->comm, sizeof(e->comm));",
             ]
             for i in range(self.nargs):
                 out.append(f"    e->args[{i}] = args[{i}];")
-            for slot, index in enumerate(spec.event_strings):
+            for slot, index in enumerate(plan.event_strings):
                 if index < self.nargs:
-                    out.append(f"    e->str[{slot}][0] = 0;")
-                    out.append(f"    if ((strmask & {1 << slot}) && bpf_probe_read_user_str(&e->str[{slot}], "
-                               f"sizeof(e->str[{slot}]), (void *)args[{index}]) < 0) e->str[{slot}][0] = 0;")
-            if spec.stacks:
+                    member = f"e->str{slot}"
+                    out.append(f"    {member}[0] = 0;")
+                    out.append(f"    if ((strmask & {1 << slot}) && !(errs & {1 << index}U) && "
+                               f"bpf_probe_read_user_str(&{member}, sizeof({member}), (void *)args[{index}]) < 0) "
+                               f"{{ {member}[0] = 0; errs |= {1 << index}U; usdtkit_stat(probe, {STAT_READ_ERRORS}); }}")
+            out.append("    e->errs = errs;")
+            if plan.stacks:
                 out.append("    e->stack = stacks.get_stackid(ctx, BPF_F_USER_STACK);")
             else:
                 out.append("    e->stack = -1;")
@@ -362,16 +387,19 @@ class Generator:
             "    u64 id = bpf_get_current_pid_tgid();",
             "    u32 pid = id >> 32, tid = (u32)id;",
         ]
-        if self.spec.pid is not None:
-            lines.append(f"    if (pid != {int(self.spec.pid)}) return 0;")
+        if self.plan.pid is not None:
+            # The kernel attaches for the target only; this check also holds where a kernel's own
+            # filter is looser (another consumer of the same uprobe, older uprobe_multi pid filters).
+            lines += ["    u32 config_slot = 0; u32 *target = config.lookup(&config_slot);",
+                      "    if (target && *target && pid != *target) return 0;"]
         lines += ["    u64 args[USDTKIT_NARGS] = {};", "    u32 errs = 0;", "    u64 retval = 0, latency = 0;"]
         return lines
 
     def _filters(self, probe: ResolvedProbe) -> List[str]:
         """Drop conditions for one probe.  In a function latency trace, argument filters act on entry
         and retval filters on return (each side has only its own values)."""
-        preds = list(self.spec.filters)
-        if self.spec.function_latency:
+        preds = list(self.plan.filters)
+        if self.plan.function_latency:
             if probe.ref.is_return:
                 preds = [p for p in preds if p.field.name != "arg"]
             else:
@@ -380,15 +408,15 @@ class Generator:
         if any(p.field.name == "comm" for p in preds):
             lines += [f"    char comm[{COMM_LEN}] = {{}};", "    bpf_get_current_comm(&comm, sizeof(comm));"]
         for pred in preds:
-            lines.append(f"    if {_predicate(pred, probe)} return 0;")
+            lines.append(f"    if ({_predicate(pred, probe)}) return 0;")
         return lines
 
     def _entries(self) -> None:
-        spec, out = self.spec, self._lines
-        for p_index, probe in enumerate(spec.probes):
+        plan, out = self.plan, self._lines
+        for p_index, probe in enumerate(plan.probes):
             groups: Dict[Tuple[str, ...], List[Site]] = {}
             for site in probe.sites:
-                groups.setdefault(_site_reads(probe, site, needed_args(spec, p_index)), []).append(site)
+                groups.setdefault(_site_reads(probe, site, needed_args(plan, p_index)), []).append(site)
             for g_index, (reads, sites) in enumerate(groups.items()):
                 name = f"usdtkit_p{p_index}_g{g_index}"
                 body = self._prologue(p_index, probe) + [f"    {r}" for r in reads]
@@ -396,56 +424,64 @@ class Generator:
                     body.append("    retval = PT_REGS_RC(ctx);")
                 body += self._filters(probe)
                 body += self._latency(p_index, probe)
-                mask = string_mask(spec, p_index)
+                mask = string_mask(plan, p_index)
                 body.append(f"    return usdtkit_handle(ctx, probe, args, errs, retval, latency, pid, tid, {mask});")
                 out += [f"int {name}(struct pt_regs *ctx) {{", *body, "}"]
+                self.functions.append(name)
                 for site in sites:
-                    self.attachments.append((name, site, probe.ref.is_return))
+                    self.attachments.append(Attachment(name, site, probe.ref.is_return))
 
     def _latency(self, p_index: int, probe: ResolvedProbe) -> List[str]:
         """Time a function (uprobe+uretprobe) or a start/done probe pair; entry sides return early."""
-        spec = self.spec
-        if spec.function_latency and probe.ref.kind in ("uprobe", "uretprobe"):
+        plan = self.plan
+        if plan.function_latency and probe.ref.kind in ("uprobe", "uretprobe"):
             # Keyed by thread and stack pointer: at entry %rsp points at the return address, after the
             # return it is 8 bytes higher.  Each recursion level has its own key, and a level the
             # kernel does not probe on return (past 64 nested uretprobes) is never mispaired.
             if probe.ref.kind == "uprobe":
                 return ["    usdtkit_stat(probe, 0);",
-                        "    struct usdtkit_start_key sk = {.key = id, .frame = ctx->sp};",
+                        "    struct usdtkit_start_key sk = {.key = id, .scope = ctx->sp};",
                         "    u64 now = bpf_ktime_get_ns();",
                         f"    if (starts.update(&sk, &now) < 0) usdtkit_stat(probe, {STAT_LOST_KEYS});",
                         "    return 0;"]
-            return ["    struct usdtkit_start_key sk = {.key = id, .frame = ctx->sp - 8};",
+            return ["    struct usdtkit_start_key sk = {.key = id, .scope = ctx->sp - 8};",
                     "    u64 *started = starts.lookup(&sk);",
                     f"    if (!started) {{ usdtkit_stat(probe, {STAT_UNMATCHED}); return 0; }}",
                     "    latency = bpf_ktime_get_ns() - *started; starts.delete(&sk);"]
-        pair = spec.pair
+        pair = plan.pair
         if pair is None or p_index not in (pair.start, pair.done):
             return []
         key_field = pair.start_key if p_index == pair.start else pair.done_key
-        key = self._value_of(key_field) if key_field is not None else "id"
+        # Matched by thread (the id holds the process too), or by a field within one process: two
+        # processes can hold the same key (the same address in forked workers, say).
+        key, scope = (self._value_of(key_field), "pid") if key_field is not None else ("id", "0")
+        lookup = f"    struct usdtkit_start_key sk = {{.key = {key}, .scope = {scope}}};"
         if p_index == pair.start:
-            return ["    usdtkit_stat(probe, 0);",
-                    f"    struct usdtkit_start_key sk = {{.key = {key}, .frame = 0}};",
+            return ["    usdtkit_stat(probe, 0);", lookup,
                     "    u64 now = bpf_ktime_get_ns();",
                     f"    if (starts.update(&sk, &now) < 0) usdtkit_stat(probe, {STAT_LOST_KEYS});",
                     "    return 0;"]
-        return [f"    struct usdtkit_start_key sk = {{.key = {key}, .frame = 0}};",
+        return [lookup,
                 "    u64 *started = starts.lookup(&sk);",
                 f"    if (!started) {{ usdtkit_stat(probe, {STAT_UNMATCHED}); return 0; }}",
                 "    latency = bpf_ktime_get_ns() - *started; starts.delete(&sk);"]
 
-    def generate(self) -> str:
+    def generate(self) -> ProgramLayout:
         self._declarations()
         self._handler()
         self._entries()
-        return "\n".join(self._lines) + "\n"
+        plan = self.plan
+        return ProgramLayout(
+            text="\n".join(self._lines) + "\n", maps=dict(self.maps), functions=tuple(self.functions),
+            attachments=tuple(self.attachments), nprobes=len(plan.probes), nargs=self.nargs,
+            ringbuf=self.ringbuf, record=self.record, count_key=self.count_key, hist_key=self.hist_key,
+            string_size=plan.string_size, string_slots=tuple(plan.event_strings),
+            config=("target_pid",) if plan.pid is not None else ())
 
 
-def generate(spec: TraceSpec, ringbuf: bool = True) -> Tuple[str, List[Tuple[str, Site, bool]]]:
-    """Return the C text and the attachments ``(function, site, retprobe)`` for ``spec``.
+def generate(plan: AttachPlan, ringbuf: bool = True) -> ProgramLayout:
+    """The program for ``plan``: C text, maps, layouts and attachments.
 
     ``ringbuf=False`` sends events through the per-CPU perf buffer (kernels before 5.8).
     """
-    gen = Generator(spec, ringbuf)
-    return gen.generate(), gen.attachments
+    return Generator(plan, ringbuf).generate()

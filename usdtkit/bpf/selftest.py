@@ -12,7 +12,7 @@ from typing import Tuple
 
 from ..elf.process import read_maps
 from ..errors import EnvironmentProblem
-from .backend import Program
+from .bcc_backend import Program
 
 _PROGRAM = r"""
 BPF_ARRAY(hits, u64, 1);

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
+from ..plan import buckets as bucketing
+
 
 @dataclass(slots=True)
 class Event:
@@ -94,10 +96,8 @@ class Counts(Mapping):
 class Histogram:
     """A histogram of one probe: ``buckets`` maps a bucket index to a count.
 
-    log2: bucket 0 holds the value 0, bucket ``k`` the values ``[2**(k-1), 2**k)`` and bucket 65 the
-    negative values of signed fields.
-    linear: bucket 0 holds values below ``low``, bucket ``k`` ``[low+(k-1)*step, low+k*step)`` (the last
-    one cut at ``high``), the one after it the values from ``high`` on.
+    Bucket numbers are those of :mod:`usdtkit.plan.buckets` (log2, with one bucket for negative values,
+    or linear between ``low`` and ``high``).
     """
 
     kind: str
@@ -114,35 +114,18 @@ class Histogram:
     def total(self) -> int:
         return sum(self.buckets.values())
 
-    NEGATIVE = 65
-
-    @property
-    def _linear_buckets(self) -> int:
-        return -(-(self.high - self.low) // self.step)
+    NEGATIVE = bucketing.LOG2_NEGATIVE
 
     def bounds(self, index: int) -> Tuple[int, int]:
         """The half-open value range ``[lo, hi)`` of bucket ``index``."""
         if self.kind == "log2":
-            if index == self.NEGATIVE:
-                return (-(1 << 63), 0)
-            return (0, 1) if index == 0 else (1 << (index - 1), 1 << index)
-        if index == 0:
-            return (-(1 << 63), self.low)
-        if index > self._linear_buckets:
-            return (self.high, 1 << 64)
-        lo = self.low + (index - 1) * self.step
-        return (lo, min(lo + self.step, self.high))
+            return bucketing.log2_bounds(index)
+        return bucketing.linear_bounds(index, self.low, self.high, self.step)
 
     def bucket_of(self, value: int) -> int:
         if self.kind == "log2":
-            if value < 0:
-                return self.NEGATIVE
-            return value.bit_length()
-        if value < self.low:
-            return 0
-        if value >= self.high:
-            return self._linear_buckets + 1
-        return 1 + (value - self.low) // self.step
+            return bucketing.log2_bucket(value)
+        return bucketing.linear_bucket(value, self.low, self.high, self.step)
 
     def ordered(self) -> List[int]:
         """Bucket indexes in value order (the negative log2 bucket first)."""

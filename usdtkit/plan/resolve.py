@@ -8,25 +8,33 @@ semaphore's file offset); a uprobe to one function's file offset plus an optiona
 its file offset.  With a PID, the binary is looked up among the objects the process maps, and the file
 is opened through ``/proc/PID/root`` or ``/proc/PID/map_files`` so targets in containers and memfd
 objects work.
+
+Every binary is opened once (:mod:`.objects`) and both read and attached through that open file, so
+renaming another file over its path between the two changes nothing.  A resolution runs inside
+:func:`resolving`, which owns the files it opened until the caller takes them.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple, TypeVar
 
 from .. import elf
 from ..elf.model import Arg, UsdtProbe
 from ..errors import NoSuchProcess, ProbeNotFound, TargetError, UsageError, UsdtkitError
-from .probes import ProbeRef
+from .objects import ObjectFile, ObjectTable, parse_device
+from .refs import ProbeRef
 
-MAX_ARGS = 12  # USDT allows 12 arguments (sys/sdt.h); uprobe entry arguments: 6 registers
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Site:
-    """One place to put a uprobe: the file, the offset, and what to read there."""
+    """One place to put a uprobe: the file, the offset, and what to read there.
+
+    ``path`` names the file for people; ``obj`` (when resolved from a real file) is the open file the
+    uprobe is attached to."""
 
     path: str
     file_offset: int
@@ -34,6 +42,12 @@ class Site:
     ref_ctr_offset: int = 0
     args: Tuple[Arg, ...] = ()
     pid: Optional[int] = None  # attach for this process only (objects without a shared path)
+    obj: Optional[ObjectFile] = None
+
+    @property
+    def attach_path(self) -> str:
+        """The name the kernel is given: the opened file itself where there is one."""
+        return self.obj.proc_path if self.obj is not None else self.path
 
 
 @dataclass(frozen=True)
@@ -54,18 +68,34 @@ class ResolvedProbe:
 
 
 _cache: Optional[dict] = None
+_objects: Optional[ObjectTable] = None
 
 
 @contextlib.contextmanager
-def resolve_cache() -> Iterator[None]:
-    """Within the block, a process's mapped objects are read once (several probes of one trace
-    resolve against the same snapshot)."""
-    global _cache
-    previous, _cache = _cache, {}
+def resolving() -> Iterator[ObjectTable]:
+    """Within the block, a process's mapped objects are read once (several probes of one trace resolve
+    against the same snapshot) and every binary is opened once.  The yielded table holds the open
+    files: the caller keeps it (and closes it when done); on an exception they are closed here."""
+    global _cache, _objects
+    previous = (_cache, _objects)
+    _cache, _objects = {}, ObjectTable()
+    table = _objects
     try:
-        yield
+        yield table
+    except BaseException:
+        table.close()
+        raise
     finally:
-        _cache = previous
+        _cache, _objects = previous
+
+
+def _open(path: str, open_path: Optional[str] = None, device: str = "", inode: int = 0) -> ObjectFile:
+    """Open a binary for this resolution (checked against the device and inode a process maps)."""
+    if _objects is None:
+        raise RuntimeError("resolve() runs inside resolving()")
+    dev = parse_device(device) if device else None
+    expect = (dev, inode) if dev is not None and inode else None
+    return _objects.open(path, open_path, expect)
 
 
 def _pid_objects(pid: int) -> List["elf.MappedObject"]:
@@ -87,14 +117,14 @@ def _same_binary(wanted: str, mapped_path: str) -> bool:
     return base == wanted or base.startswith(stem + ".") or base.startswith(stem + "-")
 
 
-def _all_process_objects() -> List[Tuple[str, str, Optional[int]]]:
-    """Every distinct ELF object mapped by any process: ``(path, open path, pid or None)``.
+def _all_process_objects() -> List[Tuple["elf.MappedObject", Optional[int]]]:
+    """Every distinct ELF object mapped by any process, with the pid to attach for (or None).
 
     A file is listed once (attached by path, a uprobe covers every process mapping it, even later
     ones); an object without a usable path (memfd, deleted file) is listed per process with its pid.
     """
     seen = set()
-    out: List[Tuple[str, str, Optional[int]]] = []
+    out: List[Tuple["elf.MappedObject", Optional[int]]] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
@@ -108,22 +138,21 @@ def _all_process_objects() -> List[Tuple[str, str, Optional[int]]]:
             if key in seen:
                 continue
             seen.add(key)
-            out.append((obj.path, obj.open_path, obj.pid if per_process else None))
+            out.append((obj, obj.pid if per_process else None))
     return out
 
 
-def _candidates(ref: ProbeRef, pid: Optional[int]) -> List[Tuple[str, str]]:
-    """``(display path, path to open)`` of the objects to search for ``ref``."""
+def _candidates(ref: ProbeRef, pid: Optional[int]) -> List[ObjectFile]:
+    """The opened objects to search for ``ref``."""
     if pid is None:
         if not ref.binary:
             raise UsageError(f"probe {ref}: no binary given; name one or pass a PID")
-        path = elf.resolve_target(ref.binary)
-        return [(path, path)]
+        return [_open(elf.resolve_target(ref.binary))]
     objects = _pid_objects(pid)
     chosen = [o for o in objects if not ref.binary or _same_binary(ref.binary, o.path)]
     if ref.binary and not chosen:
         raise TargetError(f"pid {pid} does not map {ref.binary}")
-    return [(o.path, o.open_path) for o in chosen]
+    return [_open(o.path, o.open_path, o.device, o.inode) for o in chosen]
 
 
 def _check_args(probe: UsdtProbe) -> int:
@@ -134,6 +163,15 @@ def _check_args(probe: UsdtProbe) -> int:
             f"{sorted(counts)}"
         )
     return counts.pop() if counts else 0
+
+
+def _named(obj: ObjectFile, read: "Callable[[str], T]") -> "T":
+    """``read(obj.proc_path)``, with errors naming the file as the user knows it."""
+    try:
+        return read(obj.proc_path)
+    except UsdtkitError as exc:
+        text = str(exc).replace(obj.proc_path, obj.path)
+        raise type(exc)(text) if not isinstance(exc, NoSuchProcess) else exc from None
 
 
 def _probes_of(open_path: str) -> List[UsdtProbe]:
@@ -148,14 +186,22 @@ def _resolve_everywhere(ref: ProbeRef) -> ResolvedProbe:
     sites: List[Site] = []
     counts = set()
     binary = ""
-    for shown, open_path, owner in _all_process_objects():
-        for probe in _probes_of(open_path):
+    for mapped, owner in _all_process_objects():
+        try:
+            obj = _open(mapped.path, mapped.open_path, mapped.device, mapped.inode)
+        except UsdtkitError:
+            continue  # vanished or replaced: not a process to attach to
+        found = False
+        for probe in _probes_of(obj.proc_path):
             if probe.name == ref.name and probe.provider == ref.provider:
+                found = True
                 counts.add(_check_args(probe))
-                binary = binary or shown
+                binary = binary or mapped.path
                 for loc in probe.locations:
-                    sites.append(Site(open_path, loc.file_offset, loc.pc, loc.semaphore_offset or 0, loc.args,
-                                      pid=owner))
+                    sites.append(Site(mapped.path, loc.file_offset, loc.pc, loc.semaphore_offset or 0, loc.args,
+                                      pid=owner, obj=obj))
+        if not found and _objects is not None:
+            _objects.discard(obj)  # thousands of objects are searched: keep only the fds in use
     if not sites:
         raise ProbeNotFound(f"no running process has USDT probe {ref.provider}:{ref.name} loaded")
     if len(counts) > 1:
@@ -166,11 +212,11 @@ def _resolve_everywhere(ref: ProbeRef) -> ResolvedProbe:
 def _resolve_usdt(ref: ProbeRef, pid: Optional[int]) -> ResolvedProbe:
     if pid is None and not ref.binary and ref.provider:
         return _resolve_everywhere(ref)
-    matches: List[Tuple[str, UsdtProbe]] = []
-    for shown, open_path in _candidates(ref, pid):
-        for probe in (elf.read_usdt_probes(open_path) if ref.binary else _probes_of(open_path)):
+    matches: List[Tuple[ObjectFile, UsdtProbe]] = []
+    for obj in _candidates(ref, pid):
+        for probe in (_named(obj, elf.read_usdt_probes) if ref.binary else _probes_of(obj.proc_path)):
             if probe.name == ref.name and (ref.provider is None or probe.provider == ref.provider):
-                matches.append((open_path, probe))
+                matches.append((obj, probe))
     if not matches:
         where = ref.binary or f"pid {pid}"
         raise ProbeNotFound(f"{where}: no USDT probe {ref.provider + ':' if ref.provider else ''}{ref.name}")
@@ -179,22 +225,22 @@ def _resolve_usdt(ref: ProbeRef, pid: Optional[int]) -> ResolvedProbe:
         raise UsageError(f"probe {ref}: ambiguous, provided by {', '.join(sorted(providers))}")
     sites: List[Site] = []
     arg_counts = set()
-    for open_path, probe in matches:
+    for obj, probe in matches:
         arg_counts.add(_check_args(probe))
         for loc in probe.locations:
-            sites.append(Site(open_path, loc.file_offset, loc.pc, loc.semaphore_offset or 0, loc.args))
+            sites.append(Site(obj.path, loc.file_offset, loc.pc, loc.semaphore_offset or 0, loc.args, obj=obj))
     if len(arg_counts) > 1:
         raise ProbeNotFound(f"{ref}: objects disagree on the argument count {sorted(arg_counts)}")
     provider = ref.provider or providers.pop()
     full = ProbeRef(ref.kind, ref.binary, ref.name, provider)
-    return ResolvedProbe(full, matches[0][1].binary, tuple(sites), arg_counts.pop())
+    return ResolvedProbe(full, matches[0][0].path, tuple(sites), arg_counts.pop())
 
 
 def _is_usdt_site(path: str, address: int) -> bool:
     return any(loc.pc == address for p in elf.read_usdt_probes(path) for loc in p.locations)
 
 
-def _function_site(ref: ProbeRef, open_path: str, unsafe: bool) -> Tuple[int, int]:
+def _function_site(ref: ProbeRef, open_path: str, unsafe: bool, shown: str) -> Tuple[int, int]:
     """``(file offset, link-time address)`` of a function probe, refusing what could corrupt the target."""
     unverified = ("usdtkit cannot check that it starts an instruction, and a probe inside an instruction "
                   "corrupts the traced program; probe the function itself, or pass unsafe=True (--unsafe) "
@@ -216,7 +262,7 @@ def _function_site(ref: ProbeRef, open_path: str, unsafe: bool) -> Tuple[int, in
             raise UsageError(f"{ref}: {unverified}")
     offset = symbol.file_offset + ref.offset
     if offset >= os.path.getsize(open_path):
-        raise UsageError(f"{ref}: offset {offset:#x} is past the end of {open_path}")
+        raise UsageError(f"{ref}: offset {offset:#x} is past the end of {shown}")
     return offset, symbol.address + ref.offset
 
 
@@ -225,13 +271,13 @@ def _resolve_function(ref: ProbeRef, pid: Optional[int], unsafe: bool = False) -
     if pid is not None and not ref.binary:
         candidates = candidates[:1]  # the main executable, as bpftrace does
     errors = []
-    for shown, open_path in candidates:
+    for obj in candidates:
         try:
-            offset, pc = _function_site(ref, open_path, unsafe)
+            offset, pc = _named(obj, lambda where: _function_site(ref, where, unsafe, obj.path))
         except ProbeNotFound as exc:
             errors.append(str(exc))
             continue
-        return ResolvedProbe(ref, shown, (Site(open_path, offset, pc),), 6 if ref.kind == "uprobe" else 0)
+        return ResolvedProbe(ref, obj.path, (Site(obj.path, offset, pc, obj=obj),), 6 if ref.kind == "uprobe" else 0)
     raise ProbeNotFound(errors[0] if errors else f"{ref}: not found")
 
 

@@ -1,0 +1,248 @@
+"""The bcc backend (:class:`BccBackend`): the only module of usdtkit that imports bcc.
+
+It compiles a layout's C text (with kernel headers from :mod:`.kernel_headers`), loads programs, attaches
+them to uprobe_multi links or uprobe perf events (:mod:`.uprobe_multi`, :mod:`.perf_uprobe`, not bcc's
+attach functions: those cannot pass the semaphore's ``ref_ctr_offset`` and leave tracefs entries
+behind), and serves maps and the ring buffer as bytes through the interface of :mod:`.backend`.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import io
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from ..errors import AttachError, EnvironmentProblem
+from . import capabilities, kernel_headers, perf_uprobe, uprobe_multi
+from .backend import RecordCallback
+from .layout import ProgramLayout
+
+_BUDGET_CHECK_EVERY = 64  # records between two looks at the clock while consuming
+
+
+def import_bcc() -> Any:
+    """Import bcc or raise :class:`EnvironmentProblem` with the fix."""
+    try:
+        import bcc
+    except Exception as exc:
+        raise EnvironmentProblem(
+            f"cannot import bcc ({exc}); install python3-bpfcc and use a Python that sees it"
+        ) from None
+    return bcc
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[io.StringIO]:
+    """Capture what libbcc and clang print on fd 2, so a failure is reported in one line."""
+    captured = io.StringIO()
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            captured.write(tmp.read().decode(errors="replace"))
+
+
+def _first_error(output: str, fallback: str) -> str:
+    """The first ``error:`` line of a compiler's output, else its last line, else ``fallback``."""
+    lines = output.strip().splitlines()
+    for line in lines:
+        if "error:" in line:
+            where, _, message = line.partition("error:")
+            return f"{message.strip()} (at {where.strip().rstrip(':')})"
+    return lines[-1] if lines else fallback
+
+
+class BccBackend:
+    """Compiles and loads layouts with bcc."""
+
+    name = "bcc"
+
+    def load(self, layout: ProgramLayout) -> "Program":
+        return Program(layout.text, layout=layout)
+
+
+class Program:
+    """A compiled BPF module, its attached uprobe events, and access to its maps.
+
+    Use as a context manager or call :meth:`close`; closing detaches every event (the kernel removes
+    the uprobes and their semaphore counts) and releases the programs and maps.
+    """
+
+    def __init__(self, text: str, cflags: Optional[List[str]] = None, layout: Optional[ProgramLayout] = None) -> None:
+        self.layout = layout  # type: ignore[assignment]
+        self._on_record: Optional[RecordCallback] = None
+        self._deadline = 0.0
+        self._seen = 0
+        bcc = import_bcc()
+        try:
+            headers = kernel_headers.locate()
+        except kernel_headers.HeadersNotFound as exc:
+            raise EnvironmentProblem(str(exc)) from None
+        self._events: List[int] = []
+        self._ring_buffers_open = False
+        failure: Optional[Exception] = None
+        with kernel_headers.bcc_environment(headers), _quiet_stderr() as err:
+            try:
+                self._bpf = bcc.BPF(text=text.encode(), cflags=list(cflags or []))
+            except Exception as exc:  # bcc raises bare Exceptions; clang explains on stderr
+                failure = exc
+        if failure is not None:
+            detail = _first_error(err.getvalue(), str(failure))
+            if os.geteuid() != 0 and "not permitted" in (str(failure) + detail):
+                raise EnvironmentProblem(f"not allowed to load BPF programs: {detail}")
+            raise AttachError(f"BPF compilation or load failed: {detail}")
+        self._fds: Dict[str, int] = {}
+        self._multi = True
+        self.links = 0  # uprobe_multi links made (the rest of the attachments are perf events)
+
+    def program_fd(self, function: str, multi: bool = False) -> int:
+        """Load (once) the BPF function ``function`` as a uprobe program and return its fd; ``multi``
+        loads it for uprobe_multi links."""
+        fd = self._fds.get(function)
+        if fd is None:
+            bcc = import_bcc()
+            attach_type = uprobe_multi.BPF_TRACE_UPROBE_MULTI if multi else -1
+            failure: Optional[Exception] = None
+            with _quiet_stderr() as err:
+                try:
+                    fd = self._bpf.load_func(function.encode(), bcc.BPF.KPROBE, attach_type=attach_type).fd
+                except Exception as exc:
+                    failure = exc
+            if failure is not None:
+                lines = [line for line in err.getvalue().splitlines() if line.strip()]
+                detail = "; ".join(lines[-3:]) or str(failure)
+                raise AttachError(f"the kernel refused program {function}: {detail}")
+            self._fds[function] = fd
+        return fd
+
+    def _unload(self, function: str) -> None:
+        fn = self._bpf.funcs.pop(function.encode(), None)
+        if fn is not None:
+            os.close(fn.fd)
+        self._fds.pop(function, None)
+
+    def attach(self, function: str, path: str, offsets: Sequence[int], ref_ctr_offsets: Sequence[int],
+               pid: int = -1, retprobe: bool = False) -> None:
+        """Attach ``function`` at every offset of ``path``: one uprobe_multi link where the kernel has
+        them (fast to attach and to detach), else one perf event per site."""
+        if self._multi and capabilities.detect().has_uprobe_multi:
+            prog_fd = self.program_fd(function, multi=True)
+            try:
+                self._events.append(uprobe_multi.attach(prog_fd, path, offsets, ref_ctr_offsets, pid, retprobe))
+                self.links += 1
+                return
+            except uprobe_multi.Unsupported:
+                self._multi = False  # an older kernel: perf events from now on
+                self._unload(function)
+        for offset, ref_ctr in zip(offsets, ref_ctr_offsets):
+            self.attach_uprobe(function, path, offset, pid, retprobe, ref_ctr)
+
+    def attach_uprobe(self, function: str, path: str, offset: int, pid: int = -1,
+                      retprobe: bool = False, ref_ctr_offset: int = 0) -> int:
+        """Attach ``function`` at ``path``+``offset``; returns the perf event fd (owned here)."""
+        prog_fd = self.program_fd(function)
+        event_fd = perf_uprobe.open_uprobe(path, offset, pid, retprobe, ref_ctr_offset)
+        self._events.append(event_fd)
+        perf_uprobe.attach_program(event_fd, prog_fd)
+        return event_fd
+
+    def stack(self, stack_id: int) -> List[int]:
+        """Addresses of a stack recorded in the ``stacks`` map, innermost first."""
+        if stack_id < 0:
+            return []
+        try:
+            return [addr for addr in self._bpf[b"stacks"].walk(stack_id) if addr]
+        except Exception:
+            return []
+
+    def table(self, name: str) -> Any:
+        return self._bpf.get_table(name.encode())
+
+    def set_config(self, index: int, value: int) -> None:
+        table = self.table("config")
+        table[table.Key(index)] = table.Leaf(value)
+
+    def read_map(self, name: str) -> List[Tuple[bytes, int]]:
+        """Every entry as (key bytes, value); per-CPU values summed."""
+        table = self.table(name)
+        out = []
+        for key, value in table.items():
+            total = sum(int(v) for v in value) if isinstance(value, list) else int(value.value)
+            out.append((bytes(key), total))
+        return out
+
+    def clear_map(self, name: str) -> None:
+        self.table(name).clear()
+
+    def _record(self, _ctx: object, data: int, size: int) -> int:
+        """Each ring buffer record: handed on as bytes.  A negative return ends this poll (the record
+        itself is consumed either way, so it is always handled first): when the callback asks to stop
+        or the consume budget is spent."""
+        try:
+            stop = self._on_record(ctypes.string_at(data, size))  # type: ignore[misc]
+        except BaseException:  # the callback keeps its errors; never raise into ctypes
+            return -1
+        self._seen += 1
+        if stop or (self._seen % _BUDGET_CHECK_EVERY == 0 and time.monotonic() >= self._deadline):
+            return -1
+        return 0
+
+    def open_events(self, on_record: RecordCallback, on_lost: Optional[Callable[[int], None]] = None,
+                    pages: int = 64) -> None:
+        """Deliver the records of the ``events`` map (ring buffer, or perf buffer on old kernels)."""
+        self._on_record = on_record
+        if self.layout is not None and not self.layout.ringbuf:
+            def perf_record(_cpu: int, data: int, size: int) -> None:
+                on_record(ctypes.string_at(data, size))
+
+            self._bpf[b"events"].open_perf_buffer(perf_record, page_cnt=pages, lost_cb=on_lost)
+            return
+        # Registered with libbcc directly, without bcc's Python wrapper: one frame less per record, and
+        # the return value (negative: stop polling) goes through.
+        from bcc.libbcc import _RINGBUF_CB_TYPE
+
+        table = self._bpf[b"events"]
+        self._ring_callback = _RINGBUF_CB_TYPE(self._record)  # kept alive as long as the program
+        self._bpf._open_ring_buffer(table.map_fd, self._ring_callback, None)
+        self._ring_buffers_open = True
+
+    def consume(self, timeout_ms: int, budget_s: float) -> None:
+        """Deliver pending records, waiting up to ``timeout_ms`` for the first; return within about
+        ``budget_s`` however fast records keep coming."""
+        self._deadline = time.monotonic() + budget_s
+        if self._ring_buffers_open:
+            self._bpf.ring_buffer_poll(timeout_ms)
+        else:
+            self._bpf.perf_buffer_poll(timeout_ms)
+
+    def detach_all(self) -> None:
+        """Close every uprobe link and event; the kernel removes the breakpoints and semaphore counts."""
+        while self._events:
+            perf_uprobe.close_event(self._events.pop())
+
+    def close(self) -> None:
+        self.detach_all()
+        bpf, self._bpf = getattr(self, "_bpf", None), None
+        if bpf is not None:
+            with contextlib.suppress(Exception):
+                bpf.cleanup()
+            atexit.unregister(bpf.cleanup)  # bcc registers it; drop the reference it keeps
+        self._fds.clear()
+
+    def __enter__(self) -> "Program":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

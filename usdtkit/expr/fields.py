@@ -1,0 +1,106 @@
+"""Fields and predicates: the typed values behind ``--by arg1``, ``-f 'comm == nginx'`` and friends.
+
+A :class:`Field` names a value a probe hit carries (``arg3``, ``str(arg1)``, ``pid``, ``retval``...) from a
+closed set; a :class:`Predicate` is ``FIELD OP VALUE`` with the operator from a closed set, numbers as
+range-checked Python ints and comm names as bytes.  Nothing here is ever pasted into C.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from ..errors import UsageError
+
+FIELD_NAMES = ("pid", "tid", "comm", "cpu", "probe", "retval", "latency", "ustack")
+OPERATORS = ("==", "!=", "<", "<=", ">", ">=")
+MAX_ARGS = 12  # sys/sdt.h allows 12 arguments per USDT probe
+COMM_LEN = 16  # the kernel's TASK_COMM_LEN: 15 bytes and a NUL
+_ARG = re.compile(r"arg([0-9]|1[01])")
+_STR_ARG = re.compile(r"str\(arg([0-9]|1[01])\)")
+
+
+@dataclass(frozen=True)
+class Field:
+    """A value an event can carry or a key can hold: ``arg3``, ``str(arg1)``, ``pid``, ``latency``...
+
+    ``str(argN)`` is the NUL-terminated string argument ``N`` points to (its first ``string_size`` bytes).
+    """
+
+    name: str
+    index: int = -1  # argument index for argN and str(argN)
+
+    @classmethod
+    def parse(cls, text: str) -> "Field":
+        text = text.strip() if isinstance(text, str) else text
+        if isinstance(text, str):
+            match = _ARG.fullmatch(text)
+            if match:
+                return cls("arg", int(match.group(1)))
+            match = _STR_ARG.fullmatch(text)
+            if match:
+                return cls("str", int(match.group(1)))
+            if text in FIELD_NAMES:
+                return cls(text)
+        raise UsageError(f"unknown field {text!r}: use arg0..arg11, str(argN), " + ", ".join(FIELD_NAMES))
+
+    @property
+    def argument(self) -> Optional[int]:
+        """The argument index this field reads, if any."""
+        return self.index if self.name in ("arg", "str") else None
+
+    @property
+    def is_string(self) -> bool:
+        """Whether the value is text (``comm``, ``str(argN)``)."""
+        return self.name in ("comm", "str")
+
+    @property
+    def key_name(self) -> str:
+        """A C identifier for this field as a struct member."""
+        return f"str_arg{self.index}" if self.name == "str" else str(self)
+
+    def __str__(self) -> str:
+        if self.name == "arg":
+            return f"arg{self.index}"
+        if self.name == "str":
+            return f"str(arg{self.index})"
+        return self.name
+
+
+@dataclass(frozen=True)
+class Predicate:
+    """``field OP value``; comm takes ``==``/``!=`` and a name of at most 15 bytes."""
+
+    field: Field
+    op: str
+    value: Union[int, bytes]
+
+    @classmethod
+    def parse(cls, text: str) -> "Predicate":
+        if not isinstance(text, str) or len(text) > 512:
+            raise UsageError("filter must be a short string like 'arg0 > 5' or 'comm == nginx'")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+            raise UsageError(f"filter {text!r}: control characters are not allowed")
+        match = re.fullmatch(r" *(\w+) *(==|!=|<=|>=|<|>) *(\S+) *", text)
+        if not match:
+            raise UsageError(f"filter {text!r}: expected FIELD OP VALUE, e.g. 'arg0 > 5'")
+        name, op, raw = match.groups()
+        fld = Field.parse(name)
+        if fld.name == "comm":
+            if op not in ("==", "!="):
+                raise UsageError(f"filter {text!r}: comm takes == or !=")
+            if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
+                raw = raw[1:-1]  # comm == "nginx" means the same as comm == nginx
+            value = raw.encode()
+            if len(value) >= COMM_LEN or not re.fullmatch(rb"[\x21-\x7e]+", value):
+                raise UsageError(f"filter {text!r}: comm must be 1-15 printable characters")
+            return cls(fld, op, value)
+        if fld.name in ("probe", "latency", "ustack", "str"):
+            raise UsageError(f"filter {text!r}: cannot filter on {fld}")
+        try:
+            number = int(raw, 0)
+        except ValueError:
+            raise UsageError(f"filter {text!r}: {raw!r} is not an integer") from None
+        if not -(1 << 63) <= number < (1 << 64):
+            raise UsageError(f"filter {text!r}: {raw} does not fit in 64 bits")
+        return cls(fld, op, number)

@@ -1,0 +1,133 @@
+"""What one run found: an :class:`AttachPlan` resolved from a :class:`TraceRequest`.
+
+The plan holds the request, every probe resolved to call sites on opened files (:mod:`.objects`) with
+the argument specs of each site, and the target pid.  It checks the request against what was found
+(``arg3`` of a probe with two arguments, ``str(arg0)`` of a number, ``retval`` of a uprobe) and owns
+the open files until :meth:`AttachPlan.close`.  Making a plan again from the same request is how a
+long-running trace follows a restarted target.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from ..errors import UsageError
+from ..expr.fields import Field, Predicate
+from .objects import ObjectTable
+from .request import HistSpec, PairSpec, TraceRequest
+from .resolve import ResolvedProbe, resolve, resolving
+
+X86_PARAM_REGISTERS = 6  # uprobe entry arguments: rdi, rsi, rdx, rcx, r8, r9
+
+
+def pointer_like(probe: ResolvedProbe, index: int) -> bool:
+    """Whether argument ``index`` can hold a pointer at every site (unsigned 8 bytes; any uprobe arg)."""
+    if probe.ref.kind == "uprobe":
+        return index < X86_PARAM_REGISTERS
+    if not probe.ref.is_usdt or index >= probe.arg_count:
+        return False
+    return all(index < len(s.args) and s.args[index].size == 8 and not s.args[index].signed
+               for s in probe.sites)
+
+
+def _check_field(fld: Field, probe: ResolvedProbe, role: str, latency: bool) -> None:
+    """Refuse a field that the probe where it is read cannot provide (never read it as 0)."""
+    label = probe.label
+    if fld.argument is not None:
+        if fld.index >= probe.arg_count:
+            raise UsageError(f"{role} {fld}: {label} has {probe.arg_count} argument(s)")
+        if fld.name == "str" and not pointer_like(probe, fld.index):
+            raise UsageError(f"{role} {fld}: argument {fld.index} of {label} is not a pointer "
+                             "(a string argument is an unsigned 8-byte value)")
+    elif fld.name == "retval" and not probe.ref.is_return:
+        raise UsageError(f"{role} retval: {label} is not a uretprobe")
+    elif fld.name == "latency" and not latency:
+        raise UsageError(f"{role} latency: only latency traces (latency=True) measure it")
+
+
+@dataclass(eq=False)
+class AttachPlan:
+    """A request resolved against the binaries and processes of this moment."""
+
+    request: TraceRequest
+    probes: Tuple[ResolvedProbe, ...]
+    pid: Optional[int] = None
+    objects: ObjectTable = field(default_factory=ObjectTable)
+
+    def __post_init__(self) -> None:
+        if len(self.probes) != len(self.request.probes):
+            raise UsageError("a plan resolves every probe of its request")
+        self._check_fields()
+
+    # The request's options, read where the plan is used (code generation, readout).
+    filters = property(lambda self: self.request.filters)
+    events = property(lambda self: self.request.events)
+    event_strings = property(lambda self: self.request.event_strings)
+    string_size = property(lambda self: self.request.string_size)
+    count_by = property(lambda self: self.request.count_by)
+    hist = property(lambda self: self.request.hist)
+    function_latency = property(lambda self: self.request.function_latency)
+    pair = property(lambda self: self.request.pair)
+    stacks = property(lambda self: self.request.stacks)
+    ring_pages = property(lambda self: self.request.ring_pages)
+    needs_stacks = property(lambda self: self.request.needs_stacks)
+
+    def handler_probes(self) -> Tuple[ResolvedProbe, ...]:
+        """The probes where counts, histograms and events are taken."""
+        return tuple(self.probes[i] for i in self.request.handler_indexes())
+
+    def labels(self) -> List[str]:
+        """One distinct name per probe for results.  In a function latency trace the return side, where
+        times are taken, is named after the function and the entry side ``func:entry``; probes that
+        would share a name get their binary's name appended."""
+        labels = [p.label for p in self.probes]
+        if self.function_latency:
+            for i, probe in enumerate(self.probes):
+                labels[i] = probe.ref.name if probe.ref.is_return else f"{probe.ref.name}:entry"
+        for label in list(labels):
+            if labels.count(label) > 1:
+                labels = [f"{lab} [{os.path.basename(self.probes[j].binary)}]" if lab == label else lab
+                          for j, lab in enumerate(labels)]
+        for i, label in enumerate(labels):
+            if labels.count(label) > 1:
+                labels[i] = f"{label} #{i}"
+        return labels
+
+    def close(self) -> None:
+        """Close the files the plan opened (after detaching: attached uprobes hold their own reference)."""
+        self.objects.close()
+
+    def _check_fields(self) -> None:
+        request = self.request
+        latency = request.latency
+        for probe in self.handler_probes():
+            for fld in request.count_by or ():
+                _check_field(fld, probe, "count by", latency)
+            if request.hist is not None:
+                _check_field(request.hist.field, probe, "histogram of", latency)
+                if request.hist.by is not None:
+                    _check_field(request.hist.by, probe, "histogram by", latency)
+        for index in request.event_strings:
+            if not any(pointer_like(p, index) for p in self.handler_probes()):
+                raise UsageError(f"string arg{index}: no traced probe has a pointer argument {index}")
+        if request.pair is not None:
+            for index, key in ((request.pair.start, request.pair.start_key),
+                               (request.pair.done, request.pair.done_key)):
+                if key is not None:
+                    _check_field(key, self.probes[index], "latency key", True)
+
+
+def make_plan(request: TraceRequest) -> AttachPlan:
+    """Resolve every probe of ``request`` now (again at any later time, for a fresh plan)."""
+    target = request.target
+    in_pid = target.pid if target.resolve_in_pid else None
+    with resolving() as objects:
+        resolved = tuple(resolve(ref, in_pid, request.unsafe) for ref in request.probes)
+        used = [site.obj for probe in resolved for site in probe.sites if site.obj is not None]
+        objects.keep_only(used)
+        try:
+            return AttachPlan(request, resolved, target.pid, objects)
+        except BaseException:
+            objects.close()
+            raise

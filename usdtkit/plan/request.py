@@ -1,0 +1,261 @@
+"""What the user asked for, before anything is resolved: a :class:`TraceRequest`.
+
+A request names probes by reference (:class:`~usdtkit.plan.refs.ProbeRef`), the target (a process, a
+command being started, or the whole system), filters, the collectors (events, counts, histograms,
+latency) and their options, all as validated values.  It reads no file and knows no call site, so it
+can be resolved again at any time (:func:`usdtkit.plan.plan.make_plan`): after a restart, for new
+processes, on reload.  Every option that would have no effect is refused here, by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterable, Optional, Sequence, Tuple, Union
+
+from ..errors import UsageError
+from ..expr.fields import MAX_ARGS, Field, Predicate
+from . import buckets
+from .refs import ProbeRef, parse_probe
+
+DEFAULT_STRING_SIZE = 128
+MIN_STRING_SIZE = 8
+MAX_STRING_SIZE = 256
+MAX_EVENT_STRINGS = 4
+
+FieldLike = Union[str, Field]
+
+
+@dataclass(frozen=True)
+class HistSpec:
+    """A histogram of ``field``: ``log2`` buckets, or ``linear`` from ``low`` to ``high`` by ``step``;
+    one histogram per value of ``by`` (a route, a status...) when given."""
+
+    field: Field
+    kind: str = "log2"
+    low: int = 0
+    high: int = 0
+    step: int = 1
+    by: Optional[Field] = None
+
+    def __post_init__(self) -> None:
+        if self.field.name in ("comm", "ustack", "probe", "str"):
+            raise UsageError(f"cannot make a histogram of {self.field}")
+        if self.by is not None and self.by.name in ("latency", "ustack", "probe"):
+            raise UsageError(f"cannot split histograms by {self.by}")
+        if self.kind not in ("log2", "linear"):
+            raise UsageError(f"histogram kind {self.kind!r}: use log2 or linear")
+        if self.kind == "linear":
+            limit = 1 << 63
+            if not all(isinstance(v, int) and -limit <= v < limit for v in (self.low, self.high, self.step)):
+                raise UsageError("linear histogram bounds and step must fit in a signed 64-bit integer")
+            if self.step <= 0 or self.high <= self.low or self.buckets > buckets.MAX_LINEAR_BUCKETS:
+                raise UsageError(f"linear histogram needs low < high, step > 0 and at most "
+                                 f"{buckets.MAX_LINEAR_BUCKETS} buckets")
+
+    @property
+    def buckets(self) -> int:
+        """Linear buckets between low and high (the last one may be partial); 0 for log2."""
+        if self.kind != "linear":
+            return 0
+        return buckets.linear_count(self.low, self.high, self.step)
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """Latency between a start probe and a done probe, matched by thread or by a field of each (always
+    within one process: two processes can hold the same key)."""
+
+    start: int  # index of the start probe in the request's probes
+    done: int
+    start_key: Optional[Field] = None  # None: match by thread
+    done_key: Optional[Field] = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to look.  ``pid`` alone: a running process (probes are found in its mappings);
+    ``pid`` with ``executable``: a command started under trace (probes found in the executable and
+    filtered on the pid); neither: the whole system."""
+
+    pid: Optional[int] = None
+    executable: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.pid is not None and (not isinstance(self.pid, int) or isinstance(self.pid, bool)
+                                     or not 0 < self.pid < (1 << 22)):
+            raise UsageError(f"invalid pid {self.pid!r}")
+
+    @property
+    def resolve_in_pid(self) -> bool:
+        return self.pid is not None and self.executable is None
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    """A validated, unresolved trace: what to attach, what to read, what to keep and how to aggregate."""
+
+    probes: Tuple[ProbeRef, ...]
+    target: Target = Target()
+    filters: Tuple[Predicate, ...] = ()
+    events: bool = False
+    event_strings: Tuple[int, ...] = ()  # argument indexes read as NUL-terminated strings
+    string_size: int = DEFAULT_STRING_SIZE
+    count_by: Optional[Tuple[Field, ...]] = None
+    hist: Optional[HistSpec] = None
+    function_latency: bool = False  # uprobe/uretprobe pairs on the same function: time per call
+    pair: Optional[PairSpec] = None
+    stacks: bool = False
+    ring_pages: int = 256
+    unsafe: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.probes:
+            raise UsageError("no probe to attach")
+        if not MIN_STRING_SIZE <= self.string_size <= MAX_STRING_SIZE:
+            raise UsageError(f"string size must be between {MIN_STRING_SIZE} and {MAX_STRING_SIZE}")
+        if self.ring_pages <= 0 or self.ring_pages & (self.ring_pages - 1):
+            raise UsageError("ring buffer pages must be a power of two")
+        if len(self.event_strings) > MAX_EVENT_STRINGS:
+            raise UsageError(f"at most {MAX_EVENT_STRINGS} string arguments per event")
+        for index in self.event_strings:
+            if not 0 <= index < MAX_ARGS:
+                raise UsageError(f"string argument index {index} out of range")
+        keys = list(self.count_by or ())
+        if len(set(keys)) != len(keys):
+            raise UsageError("count_by names a field twice")
+        if self.hist is not None and self.hist.by is not None and self.hist.by == self.hist.field:
+            raise UsageError("a histogram cannot be split by its own field")
+        if self.pair is not None:
+            for key in (self.pair.start_key, self.pair.done_key):
+                if key is not None and key.name not in ("arg", "pid", "tid", "cpu"):
+                    raise UsageError(f"latency key {key}: use argN, pid, tid or cpu")
+
+    @property
+    def latency(self) -> bool:
+        return self.function_latency or self.pair is not None
+
+    @property
+    def needs_stacks(self) -> bool:
+        return self.stacks or any(f.name == "ustack" for f in self.count_by or ())
+
+    @property
+    def reads_strings(self) -> bool:
+        """Whether any string is read (event strings, ``str(argN)`` keys): ``string_size`` applies."""
+        used = list(self.count_by or ())
+        if self.hist is not None and self.hist.by is not None:
+            used.append(self.hist.by)
+        return bool(self.event_strings) or any(f.name == "str" for f in used)
+
+    def handler_indexes(self) -> Tuple[int, ...]:
+        """Indexes of the probes where counts, histograms and events are taken (the done/return side of
+        a latency trace, every probe otherwise)."""
+        if self.pair is not None:
+            return (self.pair.done,)
+        if self.function_latency:
+            return tuple(i for i, p in enumerate(self.probes) if p.is_return)
+        return tuple(range(len(self.probes)))
+
+
+def _field(value: FieldLike) -> Field:
+    return value if isinstance(value, Field) else Field.parse(value)
+
+
+def _fields(values: Optional[Union[FieldLike, Iterable[FieldLike]]]) -> Optional[Tuple[Field, ...]]:
+    if values is None:
+        return None
+    if isinstance(values, (str, Field)):
+        values = [values]
+    return tuple(_field(v) for v in values)
+
+
+def _strings(values: Iterable[Union[int, str]]) -> Tuple[int, ...]:
+    out = []
+    for value in values:
+        fld = Field.parse(value) if isinstance(value, str) else Field("arg", int(value))
+        if fld.name != "arg":
+            raise UsageError(f"strings: {value!r} is not an argument")
+        out.append(fld.index)
+    return tuple(out)
+
+
+def make_request(
+    probes: Sequence[Union[str, ProbeRef]],
+    target: Target = Target(),
+    filters: Iterable[Union[str, Predicate]] = (),
+    events: bool = True,
+    strings: Iterable[Union[int, str]] = (),
+    string_size: Optional[int] = None,
+    count_by: Optional[Iterable[FieldLike]] = None,
+    hist: Optional[Union[str, Field, HistSpec]] = None,
+    hist_by: Optional[FieldLike] = None,
+    latency: bool = False,
+    pair_keys: Optional[Sequence[Optional[FieldLike]]] = None,
+    stacks: bool = False,
+    ring_pages: Optional[int] = None,
+    unsafe: bool = False,
+) -> TraceRequest:
+    """Parse and validate everything a trace needs, reading no file.
+
+    ``latency=True`` with one function (``uprobe:BIN:func``) times each call (entry to return, per
+    thread, recursion-safe); with two USDT probes it times start to done, matched by thread or by the
+    fields named in ``pair_keys`` (e.g. ``("arg0", "arg0")``), always within one process.  ``unsafe=True``
+    allows uprobes at ``func+OFFSET`` or addresses that usdtkit cannot verify to start an instruction.
+    An option that would be ignored (``hist_by`` without ``hist``, ``strings`` without events...) is a
+    :class:`UsageError`.
+    """
+    if isinstance(probes, (str, ProbeRef)):
+        probes = [probes]
+    refs = [p if isinstance(p, ProbeRef) else parse_probe(p) for p in probes]
+    if not refs:
+        raise UsageError("no probe given")
+    if target.executable:
+        refs = [replace(r, binary=target.executable) if not r.binary else r for r in refs]
+    strings = tuple(strings)
+    if hist_by is not None and hist is None:
+        raise UsageError("hist_by splits a histogram: give hist= as well")
+    if pair_keys is not None and not latency:
+        raise UsageError("pair_keys match start and done probes: give latency=True as well")
+    if not events:
+        for name, given in (("strings", bool(strings)), ("stacks", stacks), ("ring_pages", ring_pages is not None)):
+            if given:
+                raise UsageError(f"{name}= applies to events, and this trace collects none (events=False)"
+                                 + ("; count by 'str(argN)' instead" if name == "strings" else "")
+                                 + ("; count by 'ustack' instead" if name == "stacks" else ""))
+    by_field = None if hist_by is None else _field(hist_by)
+    if isinstance(hist, HistSpec) and by_field is not None:
+        raise UsageError("give hist_by inside the HistSpec (HistSpec(..., by=...)), not both")
+    hist_spec = hist if isinstance(hist, HistSpec) or hist is None else HistSpec(_field(hist), by=by_field)
+    pair = None
+    function_latency = False
+    if latency:
+        if len(refs) == 1 and not refs[0].is_usdt:
+            ref = refs[0]
+            if ref.address is not None or ref.offset or ref.is_return:
+                raise UsageError(f"latency of {ref}: name a function (uprobe:BINARY:FUNCTION)")
+            refs = [ProbeRef("uprobe", ref.binary, ref.name), ProbeRef("uretprobe", ref.binary, ref.name)]
+            function_latency = True
+            if pair_keys is not None:
+                raise UsageError("pair_keys match two USDT probes; a function is timed per call")
+        elif len(refs) == 2 and all(r.is_usdt for r in refs):
+            keys = list(pair_keys) if pair_keys is not None else [None, None]
+            if len(keys) != 2:
+                raise UsageError("pair_keys needs two fields: the start key and the done key")
+            start_key, done_key = (None if k is None else _field(k) for k in keys)
+            if (start_key is None) != (done_key is None):
+                raise UsageError("pair_keys: give both keys or neither")
+            pair = PairSpec(0, 1, start_key, done_key)
+        else:
+            raise UsageError("latency needs one function (uprobe) or two USDT probes (start and done)")
+    predicates = tuple(f if isinstance(f, Predicate) else Predicate.parse(f) for f in filters)
+    count_fields = _fields(count_by)
+    if count_fields and any(f.name == "ustack" for f in count_fields) and target.pid is None:
+        if not any(f.name == "pid" for f in count_fields):
+            count_fields = count_fields + (Field("pid"),)  # stacks are symbolised per process
+    request = TraceRequest(
+        probes=tuple(refs), target=target, filters=predicates, events=events,
+        event_strings=_strings(strings), string_size=string_size or DEFAULT_STRING_SIZE,
+        count_by=count_fields, hist=hist_spec, function_latency=function_latency, pair=pair,
+        stacks=stacks, ring_pages=ring_pages or 256, unsafe=unsafe)
+    if string_size is not None and not request.reads_strings:
+        raise UsageError("string_size applies to strings read (strings=, 'str(argN)' keys), and this "
+                         "trace reads none")
+    return request
