@@ -27,9 +27,15 @@ from typing import Any
 # Public names served lazily, so `import usdtkit` (and the CLI's start) stays fast.
 _LAZY = {
     "trace": ("usdtkit.tracing.api", "trace"),
-    "build_spec": ("usdtkit.tracing.api", "build_spec"),
+    "build_plan": ("usdtkit.tracing.api", "build_plan"),
     "Session": ("usdtkit.tracing.session", "Session"),
-    "TraceSpec": ("usdtkit.tracing.spec", "TraceSpec"),
+    "TraceRequest": ("usdtkit.plan.request", "TraceRequest"),
+    "make_request": ("usdtkit.plan.request", "make_request"),
+    "AttachPlan": ("usdtkit.plan.plan", "AttachPlan"),
+    "make_plan": ("usdtkit.plan.plan", "make_plan"),
+    "HistSpec": ("usdtkit.plan.request", "HistSpec"),
+    "Field": ("usdtkit.expr.fields", "Field"),
+    "Predicate": ("usdtkit.expr.fields", "Predicate"),
     "Event": ("usdtkit.collect.results", "Event"),
     "Counts": ("usdtkit.collect.results", "Counts"),
     "Histogram": ("usdtkit.collect.results", "Histogram"),

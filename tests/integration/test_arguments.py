@@ -84,7 +84,7 @@ def test_several_call_sites_and_constants(build_c, processes):
     binary = build_c("usdt_args.c", "-O2")
     target = processes([binary, "20"])
     with trace(f"usdt:{binary}:demo:tick", pid=target.pid, count_by=["arg0"]) as session:
-        assert len({site.file_offset for site in session.spec.probes[0].sites}) == 2
+        assert len({site.file_offset for site in session.plan.probes[0].sites}) == 2
         target.stdin.write(b"g")
         target.stdin.flush()
         session.run(duration=20)

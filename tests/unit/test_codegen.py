@@ -8,9 +8,11 @@ import pytest
 from usdtkit.bpf import codegen
 from usdtkit.elf.model import Arg, Constant, Memory, Register, RegisterValue, SymbolRelative, Unsupported
 from usdtkit.errors import UsageError
-from usdtkit.tracing.probes import ProbeRef
-from usdtkit.tracing.resolve import ResolvedProbe, Site
-from usdtkit.tracing.spec import Field, HistSpec, PairSpec, Predicate, TraceSpec
+from usdtkit.expr.fields import Field, Predicate
+from usdtkit.plan.plan import AttachPlan
+from usdtkit.plan.refs import ProbeRef
+from usdtkit.plan.request import HistSpec, PairSpec, TraceRequest
+from usdtkit.plan.resolve import ResolvedProbe, Site
 
 HOSTILE_PATH = '/tmp/evil"; #include </etc/shadow>\nint x;'
 
@@ -31,14 +33,22 @@ ARGS_B = (Arg(4, True, Constant(-9), "-4@$-9"),
           Arg(8, False, Memory(reg("rax"), 8, reg("rdx"), 4), "8@8(%rax,%rdx,4)"))
 
 
-def generated(spec: TraceSpec) -> str:
-    text, _ = codegen.generate(spec)
-    return text
+def plan_of(probes, pid=None, **request) -> AttachPlan:
+    """A plan of already resolved probes (no file is read)."""
+    return AttachPlan(TraceRequest(tuple(p.ref for p in probes), **request), tuple(probes), pid)
+
+
+def _pair(layout):
+    return layout.text, layout.attachments
+
+
+def generated(plan: AttachPlan) -> str:
+    return codegen.generate(plan).text
 
 
 def test_one_function_per_distinct_read_and_every_site_attached():
     probe = usdt("query__start", ARGS_A, ARGS_B, ARGS_A)
-    text, attachments = codegen.generate(TraceSpec((probe,), events=True))
+    text, attachments = _pair(codegen.generate(plan_of((probe,), events=True)))
     functions = re.findall(r"^int (usdtkit_\w+)\(struct pt_regs \*ctx\)", text, re.M)
     assert functions == ["usdtkit_p0_g0", "usdtkit_p0_g1"]
     assert [(fn, site.file_offset) for fn, site, _ in attachments] == [
@@ -47,7 +57,7 @@ def test_one_function_per_distinct_read_and_every_site_attached():
 
 def test_no_user_text_reaches_the_c():
     probe = usdt("name", ARGS_A)
-    spec = TraceSpec((probe,), pid=42, events=True, count_by=(Field("comm"), Field("arg", 1)),
+    spec = plan_of((probe,), pid=42, events=True, count_by=(Field("comm"), Field("arg", 1)),
                      filters=(Predicate.parse("comm == x\"y;z"), Predicate.parse("arg0 >= -3")),
                      hist=HistSpec(Field("arg", 1), "linear", -10, 10, 2))
     text = generated(spec)
@@ -58,10 +68,10 @@ def test_no_user_text_reaches_the_c():
 
 
 def test_argument_reads():
-    text = generated(TraceSpec((usdt("p", ARGS_A),), events=True))
+    text = generated(plan_of((usdt("p", ARGS_A),), events=True))
     assert "args[0] = (u64)(s64)(s32)(u32)((u64)(u32)(ctx->di));" in text
     assert "bpf_probe_read_user(&v, 8, (void *)(ctx->bp + 0xfffffffffffffff0ULL))" in text
-    text = generated(TraceSpec((usdt("p", ARGS_B),), events=True))
+    text = generated(plan_of((usdt("p", ARGS_B),), events=True))
     assert "args[0] = (u64)(s64)(s32)(u32)(0xfffffffffffffff7ULL);" in text
     assert "ctx->ax + 0x8ULL + ctx->dx * 4" in text
 
@@ -69,7 +79,7 @@ def test_argument_reads():
 def test_high_byte_register_and_rip_relative_symbol():
     args = (Arg(1, False, RegisterValue(reg("rax", 8, 8)), "1@%ah"),
             Arg(4, True, SymbolRelative("NBuffers", 40, 0x5000), "-4@40+NBuffers(%rip)"))
-    text = generated(TraceSpec((usdt("p", args),), events=True))
+    text = generated(plan_of((usdt("p", args),), events=True))
     assert "(ctx->ax >> 8)" in text
     # 0x5000 (symbol + offset, already added) - 0x1000 (the site's pc)
     assert "ctx->ip + 0x4000ULL" in text
@@ -85,44 +95,45 @@ def test_high_byte_register_and_rip_relative_symbol():
     ],
 )
 def test_unreadable_arguments_are_refused_by_name(arg):
-    with pytest.raises(UsageError) as info:
-        generated(TraceSpec((usdt("p", (arg,)),), events=True))
+    # a limit of the target (exit 1), not a mistake of the user (exit 2)
+    with pytest.raises(codegen.UnreadableArgument) as info:
+        generated(plan_of((usdt("p", (arg,)),), events=True))
     assert arg.raw in str(info.value) or "fs" in str(info.value)
 
 
 def test_filter_on_missing_argument_is_refused():
-    spec = TraceSpec((usdt("p", ARGS_A),), filters=(Predicate.parse("arg5 == 1"),), events=True)
+    spec = plan_of((usdt("p", ARGS_A),), filters=(Predicate.parse("arg5 == 1"),), events=True)
     with pytest.raises(UsageError):
         generated(spec)
 
 
 def test_latency_pair_and_function_latency_code():
     start, done = usdt("start", ARGS_A), usdt("done", ARGS_A)
-    text = generated(TraceSpec((start, done), pair=PairSpec(0, 1, Field("arg", 1), Field("arg", 1)),
+    text = generated(plan_of((start, done), pair=PairSpec(0, 1, Field("arg", 1), Field("arg", 1)),
                                hist=HistSpec(Field("latency"))))
     assert "starts.update" in text and "latency = bpf_ktime_get_ns() - *started" in text
     fn = ResolvedProbe(ProbeRef("uprobe", "/x", "f"), "/x", (Site("/x", 0x10, 0x10),), 6)
     ret = ResolvedProbe(ProbeRef("uretprobe", "/x", "f"), "/x", (Site("/x", 0x10, 0x10),), 0)
-    text, attachments = codegen.generate(TraceSpec((fn, ret), function_latency=True, hist=HistSpec(Field("latency"))))
+    text, attachments = _pair(codegen.generate(plan_of((fn, ret), function_latency=True, hist=HistSpec(Field("latency")))))
     assert [r for _, _, r in attachments] == [False, True]
-    assert "struct usdtkit_start_key sk = {.key = id, .frame = ctx->sp - 8};" in text
+    assert "struct usdtkit_start_key sk = {.key = id, .scope = ctx->sp - 8};" in text
 
 
 def test_only_needed_arguments_are_read():
     unreadable = Arg(8, False, Unsupported("xmm registers are not readable"), "8@%xmm0")
     probe = usdt("p", (ARGS_A[0], unreadable))
     # counting by arg0 never touches arg1: no error, and no read of it
-    text = generated(TraceSpec((probe,), count_by=(Field("arg", 0),)))
+    text = generated(plan_of((probe,), count_by=(Field("arg", 0),)))
     assert "args[0] =" in text and "args[1] =" not in text
     # a plain count reads nothing at all per hit
-    text = generated(TraceSpec((probe,), count_by=()))
+    text = generated(plan_of((probe,), count_by=()))
     assert "args[0] =" not in text
     # events carry every argument, so the unreadable one is refused by name
-    with pytest.raises(UsageError, match="xmm0"):
-        generated(TraceSpec((probe,), events=True))
+    with pytest.raises(codegen.UnreadableArgument, match="xmm0"):
+        generated(plan_of((probe,), events=True))
 
 
 def test_index_only_memory_operand():
     args = (Arg(8, False, Memory(None, 0x40, reg("rdx"), 8), "8@0x40(,%rdx,8)"),)
-    text = generated(TraceSpec((usdt("p", args),), events=True))
+    text = generated(plan_of((usdt("p", args),), events=True))
     assert "(void *)(0x40ULL + ctx->dx * 8)" in text

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 
 from usdtkit.errors import UsageError
-from usdtkit.tracing.probes import ProbeRef, parse_probe
-from usdtkit.tracing.spec import Field, HistSpec, Predicate
+from usdtkit.plan.refs import ProbeRef, parse_probe
+from usdtkit.expr.fields import Field, Predicate
+from usdtkit.plan.request import HistSpec
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from usdtkit.tracing.site_cost import describe_site, is_rip_relative
+from usdtkit.plan.site_cost import describe_site, is_rip_relative
 
 
 @pytest.mark.parametrize(

@@ -179,7 +179,7 @@ class Program:
         table = self.table(name)
         out = []
         for key, value in table.items():
-            total = sum(int(v) for v in value) if isinstance(value, list) else int(value.value)
+            total = int(value.value) if hasattr(value, "value") else sum(int(v) for v in value)
             out.append((bytes(key), total))
         return out
 

@@ -215,7 +215,7 @@ class Generator:
     def _record_layout(self) -> StructLayout:
         members = [Member("ts", "u64"), Member("latency", "u64"), Member("retval", "u64"),
                    Member("pid", "u32"), Member("tid", "u32"), Member("probe", "u32"), Member("cpu", "u32"),
-                   Member("errs", "u32"), Member("stack", "s32"), Member("args", "u64", self.nargs),
+                   Member("errs", "u32"), Member("stack", "s32"), Member("args", "u64", self.nargs, array=True),
                    Member("comm", "char", COMM_LEN)]
         members += [Member(f"str{slot}", "char", string_buffer(self.plan.string_size))
                     for slot in range(len(self.plan.event_strings))]

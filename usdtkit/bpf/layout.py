@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 from ..expr.fields import Field
 from ..plan.resolve import Site
@@ -36,6 +36,11 @@ class Member:
     ctype: str
     count: int = 1
     field: Optional[Field] = None
+    array: bool = False  # declared as an array even with count 1 (char arrays always are)
+
+    @property
+    def is_array(self) -> bool:
+        return self.array or self.count > 1 or self.ctype == "char"
 
     @property
     def size(self) -> int:
@@ -46,8 +51,7 @@ class Member:
         return _SIZES[self.ctype]
 
     def declaration(self) -> str:
-        return f"{self.ctype} {self.name}[{self.count}];" if self.count > 1 or self.ctype == "char" else \
-            f"{self.ctype} {self.name};"
+        return f"{self.ctype} {self.name}[{self.count}];" if self.is_array else f"{self.ctype} {self.name};"
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,7 @@ class StructLayout:
             at += pad
             offsets.append(at)
             code = _CODES[member.ctype]
-            codes.append(f"{member.count}s" if member.ctype == "char" else
-                         (f"{member.count}{code}" if member.count > 1 else code))
+            codes.append(f"{member.count}s" if member.ctype == "char" else f"{member.count}{code}")
             at += member.size
             align = max(align, member.align)
         tail = -at % align
@@ -93,7 +96,7 @@ class StructLayout:
         out: Dict[str, object] = {}
         at = 0
         for member in self.members:
-            if member.count > 1 and member.ctype != "char":
+            if member.is_array and member.ctype != "char":
                 out[member.name] = tuple(values[at:at + member.count])
                 at += member.count
             else:
@@ -108,7 +111,7 @@ class StructLayout:
             value = values.get(member.name)
             if member.ctype == "char":
                 flat.append(bytes(value or b""))
-            elif member.count > 1:
+            elif member.is_array:
                 seq = list(value or ())  # type: ignore[call-overload]
                 flat.extend((seq + [0] * member.count)[:member.count])
             else:
@@ -126,8 +129,7 @@ class MapLayout:
     key: Optional[StructLayout] = None
 
 
-@dataclass(frozen=True)
-class Attachment:
+class Attachment(NamedTuple):
     """One call site and the entry function attached there."""
 
     function: str

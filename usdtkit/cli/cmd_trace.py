@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 from typing import Any, Callable
 
 
@@ -23,17 +24,38 @@ def _runner(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _positive(kind: type) -> Callable[[str], object]:
+def _positive(kind: type, minimum: float = 0.0) -> Callable[[str], object]:
+    """A parser of positive, finite numbers (at least ``minimum`` when given)."""
+
     def parse(text: str) -> object:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is too small (at least {minimum:g})")
+        if value > 315_360_000:
+            raise argparse.ArgumentTypeError(f"{text!r} is too large")
         return value
 
     return parse
+
+
+_MIN_INTERVAL = 0.01
+
+
+def _interval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--interval", type=_positive(float, _MIN_INTERVAL),
+                        help="print what changed in each INTERVAL seconds, and keep going")
+    parser.add_argument("--cumulative", action="store_true", help="with -i, print running totals instead")
+
+
+def _string_size(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--string-size", type=_positive(int), metavar="N",
+                        help=f"bytes kept of each {what} (default 128, at most 256); a longer string is shown "
+                        "cut, with a trailing …")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +81,7 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     _common(trace)
     trace.add_argument("-s", "--string", action="append", default=[], metavar="argN",
                        help="read this pointer argument as a NUL-terminated string (repeatable)")
-    trace.add_argument("--string-size", type=_positive(int), default=64, help="bytes read per string (64)")
+    _string_size(trace, "string argument")
     trace.add_argument("-n", "--max-events", type=_positive(int), help="stop after this many events")
     trace.set_defaults(func=_runner("run_trace"))
 
@@ -67,8 +89,11 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
                                   description="Count hits in the kernel, keyed by probe and optional fields.")
     _common(count)
     count.add_argument("-b", "--by", default="", metavar="FIELDS",
-                       help="comma-separated key fields: pid, tid, comm, cpu, arg0..arg11, retval")
-    count.add_argument("-i", "--interval", type=_positive(float), help="print every INTERVAL seconds")
+                       help="comma-separated key fields: pid, tid, comm, cpu, arg0..arg11, str(argN), retval, ustack")
+    count.add_argument("--top", type=int, default=50, metavar="N",
+                       help="show the N largest counts (default 50; 0: all); the rest are counted and said")
+    _string_size(count, "str(argN) key")
+    _interval(count)
     count.set_defaults(func=_runner("run_count"))
 
     hist = subparsers.add_parser("hist", help="histogram of an argument or return value",
@@ -77,7 +102,8 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     hist.add_argument("-v", "--value", default="arg0", help="the field: arg0..arg11 or retval (arg0)")
     hist.add_argument("--linear", metavar="LOW,HIGH,STEP", help="linear buckets instead of log2")
     hist.add_argument("--by", metavar="FIELD", help="one histogram per value of FIELD (e.g. str(arg2), arg1)")
-    hist.add_argument("-i", "--interval", type=_positive(float), help="print every INTERVAL seconds")
+    _string_size(hist, "str(argN) key")
+    _interval(hist)
     hist.set_defaults(func=_runner("run_hist"))
 
     latency = subparsers.add_parser(
@@ -90,7 +116,8 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     latency.add_argument("--linear", metavar="LOW,HIGH,STEP", help="linear buckets (ns) instead of log2")
     latency.add_argument("--by", metavar="FIELD",
                          help="one histogram per value of FIELD of the done probe (e.g. str(arg2))")
-    latency.add_argument("-i", "--interval", type=_positive(float), help="print every INTERVAL seconds")
+    _string_size(latency, "str(argN) key")
+    _interval(latency)
     latency.set_defaults(func=_runner("run_latency"))
 
 

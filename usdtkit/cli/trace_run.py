@@ -1,24 +1,27 @@
 """What ``usdtkit trace``, ``count``, ``hist`` and ``latency`` do once parsed: attach, collect, print.
 
 Kept apart from the parsers in :mod:`usdtkit.cli.cmd_trace` so that building the command line (and
-``usdtkit list``) never imports the tracing stack.
+``usdtkit list``) never imports the tracing stack.  Collecting is the run loop's job
+(:mod:`usdtkit.tracing.runloop`); this module prints what it gathered, and every loss it counted.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shlex
-import signal
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional
 
+from ..collect.deltas import counts_delta, histograms_delta, stats_delta
 from ..collect.render import format_value, printable, render_counts
-from ..collect.results import Event
+from ..collect.results import Counts, Event, Histogram, ProbeStats
 from ..errors import UsageError
+from ..expr.fields import Field
+from ..plan.request import HistSpec
 from ..tracing.api import trace
+from ..tracing.runloop import RunLoop
 from ..tracing.session import Session
-from ..tracing.spec import Field, HistSpec
 
 
 # --------------------------------------------------------------------------- running a session
@@ -47,69 +50,63 @@ def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None
         options.update(command=argv, command_stdout=sys.stderr.fileno())
     else:
         options["pid"] = args.pid
+    if getattr(args, "string_size", None) is not None:
+        options["string_size"] = args.string_size
     return trace(*args.probes, on_event=on_event, filters=args.filter, unsafe=args.unsafe, **options)
 
 
-def _collect(session: Session, args: argparse.Namespace,
-             on_tick: Optional[Callable[[], None]] = None, until: Optional[Callable[[], bool]] = None) -> str:
-    """Attach, collect until the end condition, detach. Returns why it stopped."""
+class _Totals:
+    """The last readings, to print what changed in each interval."""
 
-    terminated = []
+    def __init__(self) -> None:
+        self.counts: Optional[Counts] = None
+        self.hists: Dict[object, Histogram] = {}
+        self.stats: Dict[str, ProbeStats] = {}
 
-    def on_term(signum: int, frame: object) -> None:
-        # Only a flag: raising here would land inside bcc's ctypes callback and be swallowed.
-        terminated.append(signum)
-        session.stop()
 
-    previous = signal.signal(signal.SIGTERM, on_term)
-    reason = "done"
+def _collect(session: Session, args: argparse.Namespace, on_tick: Optional[Callable[[], None]] = None) -> str:
+    """Attach, collect until the end condition, detach.  Returns why it stopped, in words."""
     for warning in session.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    loop = RunLoop(session, duration=args.duration, interval=getattr(args, "interval", None), on_tick=on_tick)
     try:
         session.attach()  # releases the -c command once every probe is in place
-        what = f"{len(session.attachments)} site(s) of {len(session.spec.probes)} probe(s)"
+        what = f"{len(session.attachments)} site(s) of {len(session.plan.probes)} probe(s)"
         print(f"Attached {what} in {session.attach_seconds:.2f}s. Ctrl-C to stop.", file=sys.stderr, flush=True)
-        deadline = time.monotonic() + args.duration if args.duration else None
-        interval = getattr(args, "interval", None)
-        next_tick = time.monotonic() + interval if interval else None
-        while True:
-            now = time.monotonic()
-            stop_at = min(t for t in (deadline, next_tick, now + 0.2) if t is not None)
-            session.run(duration=max(stop_at - now, 0.0), until=until)
-            if session.target_exited:
-                reason = "target exited"
-                break
-            if terminated:
-                reason = "terminated"
-                break
-            if session.stopped or (until is not None and until()):
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            if next_tick is not None and time.monotonic() >= next_tick and on_tick:
-                on_tick()
-                next_tick += interval
+        reason = loop.run()
     except KeyboardInterrupt:
         reason = "interrupted"
     finally:
-        signal.signal(signal.SIGTERM, previous)
         session.close()  # detaches, and stops a -c command
-    return reason
+    return {"duration": "done", "detached": "done", "until": "done"}.get(reason, reason)
 
 
-def _report_losses(session: Session, as_json: bool) -> dict:
-    stats = {label: s.to_json() for label, s in session.stats().items()}
-    if not as_json:
-        for label, s in session.stats().items():
-            problems = [f"{n} {what}" for n, what in ((s.lost_events, "events lost (ring buffer full)"),
-                                                    (s.lost_keys, "keys lost (map full)"),
-                                                    (s.read_errors, "argument reads failed")) if n]
-            if problems:
-                print(f"warning: {label}: " + ", ".join(problems), file=sys.stderr)
-        if session.dropped_by_user_queue:
-            print(f"warning: {session.dropped_by_user_queue} events dropped from the in-memory queue",
-                  file=sys.stderr)
-    return stats
+def _loss_lines(session: Session, stats: Dict[str, ProbeStats]) -> List[str]:
+    lines = [f"{label}: " + ", ".join(s.losses()) for label, s in stats.items() if s.losses()]
+    if session.dropped_by_user_queue:
+        lines.append(f"{session.dropped_by_user_queue} events dropped from the in-memory queue")
+    return lines
+
+
+def _report_losses(session: Session, stats: Optional[Dict[str, ProbeStats]] = None) -> dict:
+    """Warn on stderr about every loss; return the stats as JSON."""
+    stats = session.stats() if stats is None else stats
+    for line in _loss_lines(session, stats):
+        print(f"warning: {line}", file=sys.stderr)
+    return {label: s.to_json() for label, s in stats.items()}
+
+
+def _no_hits_hint(session: Session, args: argparse.Namespace) -> None:
+    """A process that did its work in children (a server's workers) shows no hits: say why."""
+    if args.pid is None or any(s.hits for s in session.stats().values()):
+        return
+    from ..tracing.children import child_pids
+
+    children = child_pids(args.pid)
+    if children:
+        print(f"note: no hits in pid {args.pid}; it has {len(children)} child process(es) (e.g. "
+              f"{', '.join(map(str, children[:3]))}), which are not traced: trace them with -p CHILD or "
+              "without -p", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- commands
@@ -137,12 +134,14 @@ def run_trace(args: argparse.Namespace) -> int:
                              f"{printable(event.comm):<15} {event.probe} {values}{extra}\n")
         if interactive:
             sys.stdout.flush()
+        if args.max_events and printed[0] >= args.max_events:
+            session.stop()
 
-    session = _session(args, on_event=show, events=True, strings=args.string,
-                                string_size=args.string_size, keep_events=0)
+    session = _session(args, on_event=show, events=True, strings=args.string, keep_events=0)
     reason = _collect(session, args)
     sys.stdout.flush()
-    _report_losses(session, False)  # warnings go to stderr, also with --json (stdout holds events only)
+    _report_losses(session)  # warnings go to stderr, also with --json (stdout holds events only)
+    _no_hits_hint(session, args)
     if args.max_events and printed[0] >= args.max_events:
         reason = f"stopped after {args.max_events} events"
     if not args.json:
@@ -150,47 +149,70 @@ def run_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interval_view(session: Session, args: argparse.Namespace, totals: _Totals, final: bool):
+    """Counts, histograms and stats to print now: per interval (the change since the last print), or
+    cumulative with --cumulative and at the end of a trace without -i."""
+    counts, hists, stats = session.counts(), session.histograms(), session.stats()
+    per_interval = getattr(args, "interval", None) and not getattr(args, "cumulative", False)
+    shown = (counts, hists, stats)
+    if per_interval:
+        shown = (counts_delta(counts, totals.counts), histograms_delta(hists, totals.hists),
+                 stats_delta(stats, totals.stats))
+    totals.counts, totals.hists, totals.stats = counts, hists, stats
+    return shown
+
+
 def run_count(args: argparse.Namespace) -> int:
     fields = [f for f in args.by.split(",") if f.strip()] if args.by else []
     session = _session(args, events=False, count_by=fields)
+    totals = _Totals()
 
-    def show(tick: bool = False) -> None:
-        counts = session.counts()
+    def show(final: bool) -> None:
+        counts, _, stats = _interval_view(session, args, totals, final)
         if args.json:
-            doc = {"counts": counts.to_json() if counts else None, "stats": _report_losses(session, True)}
-            sys.stdout.write(json.dumps(doc) + "\n")
+            doc = {"counts": counts.to_json() if counts else None, "stats": _report_losses(session, stats)}
+            if counts is not None and args.top and len(counts) > args.top:
+                doc["counts"]["counts"] = doc["counts"]["counts"][:args.top]  # type: ignore[index]
+                doc["counts"]["omitted"] = len(counts) - args.top  # type: ignore[index]
+            sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
         else:
-            if tick:
+            if args.interval:
                 print(time.strftime("%H:%M:%S"))
-            print(render_counts(counts) if counts is not None else "(no counts)")
-            _report_losses(session, False)
+            print(render_counts(counts, args.top or None) if counts is not None else "(no counts)")
+            if counts is not None and args.top and len(counts) > args.top:
+                print(f"... {len(counts) - args.top} more rows (--top 0 shows all, --json gives every row "
+                      "with --top 0)")
+            _report_losses(session, stats)
         sys.stdout.flush()
 
-    reason = _collect(session, args, on_tick=lambda: show(tick=True))
-    show()
+    reason = _collect(session, args, on_tick=lambda: show(False))
+    show(True)
+    _no_hits_hint(session, args)
     if not args.json:
         print(f"({reason})", file=sys.stderr)
     return 0
 
 
-def _print_hists(session: Session, args: argparse.Namespace, title: str) -> None:
-    hists = session.histograms()
+def _print_hists(session: Session, args: argparse.Namespace, title: str, totals: _Totals, final: bool) -> None:
+    _, hists, stats = _interval_view(session, args, totals, final)
     if args.json:
         doc = {"histograms": [{"probe": label[0], "by": label[1], **h.to_json()} if isinstance(label, tuple)
                               else {"probe": label, **h.to_json()} for label, h in hists.items()],
-               "stats": _report_losses(session, True)}
-        sys.stdout.write(json.dumps(doc) + "\n")
+               "stats": _report_losses(session, stats)}
+        sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
     else:
+        if args.interval:
+            print(time.strftime("%H:%M:%S"))
         if not hists:
             print("(no values)")
         for label, hist in sorted(hists.items(), key=lambda kv: str(kv[0])):
             unit = f" ({hist.unit})" if hist.unit else ""
             if isinstance(label, tuple):
-                label = f"{label[0]} [{args.by}={label[1]}]"
+                label = f"{label[0]} [{args.by}={printable(str(label[1]))}]"
             p50, p99 = (format_value(hist.percentile(p), hist.unit) for p in (50, 99))
             print(f"{label} {title}{unit}: {hist.total} values, p50 <= {p50}, p99 <= {p99}")
             print(hist.render())
-        _report_losses(session, False)
+        _report_losses(session, stats)
     sys.stdout.flush()
 
 
@@ -199,8 +221,10 @@ def run_hist(args: argparse.Namespace) -> int:
     if fld.name not in ("arg", "retval"):
         raise UsageError(f"--value {args.value}: histograms take arg0..arg11 or retval")
     session = _session(args, events=False, hist=_hist_spec(args.linear, fld, args.by))
-    reason = _collect(session, args, on_tick=lambda: _print_hists(session, args, str(fld)))
-    _print_hists(session, args, str(fld))
+    totals = _Totals()
+    reason = _collect(session, args, on_tick=lambda: _print_hists(session, args, str(fld), totals, False))
+    _print_hists(session, args, str(fld), totals, True)
+    _no_hits_hint(session, args)
     if not args.json:
         print(f"({reason})", file=sys.stderr)
     return 0
@@ -216,9 +240,11 @@ def run_latency(args: argparse.Namespace) -> int:
             raise UsageError("--key takes START or START,DONE")
         keys = parts
     session = _session(args, events=False, latency=True, pair_keys=keys,
-                                hist=_hist_spec(args.linear, Field("latency"), args.by))
-    reason = _collect(session, args, on_tick=lambda: _print_hists(session, args, "latency"))
-    _print_hists(session, args, "latency")
+                       hist=_hist_spec(args.linear, Field("latency"), args.by))
+    totals = _Totals()
+    reason = _collect(session, args, on_tick=lambda: _print_hists(session, args, "latency", totals, False))
+    _print_hists(session, args, "latency", totals, True)
+    _no_hits_hint(session, args)
     if not args.json:
         print(f"({reason})", file=sys.stderr)
     return 0

@@ -1,139 +1,166 @@
-"""Read a trace's kernel maps into results: per-probe stats, counts, histograms, named stacks.
+"""Read a program's maps into results: per-probe stats, counts, histograms, named stacks.
 
-The maps' keys are the C structs :mod:`usdtkit.bpf.codegen` declares; this module turns their
-members back into Python values (strings decoded, signed arguments signed, stack ids into folded
-frames) and names every probe once (:func:`probe_labels`).
+Keys are decoded with the layouts the code generator made (:mod:`usdtkit.bpf.layout`); this module turns
+their members back into Python values (strings decoded and marked when cut, signed arguments signed,
+failed reads as ``None``, stack ids into folded frames) through the backend interface, so it reads a
+bcc program and an in-memory fake alike.
 """
 from __future__ import annotations
 
-import ctypes
-import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..bpf import codegen
-from ..bpf.backend import Program
-from ..collect.records import signed64
-from ..collect.results import Counts, Histogram, ProbeStats
-from ..collect.symbolize import Symbolizer
-from .spec import Field, TraceSpec
+from ..bpf.backend import LoadedProgram
+from ..bpf.layout import STATS_PER_PROBE, ProgramLayout, StructLayout
+from ..plan.plan import AttachPlan
+from .results import Counts, Histogram, ProbeStats
+from .symbolize import Symbolizer
+from .text import decode_text, signed64
 
 
-def probe_labels(spec: TraceSpec) -> List[str]:
-    """One distinct name per probe for results.  In a function latency trace the return side, where
-    times are taken, is named after the function and the entry side ``func:entry``; probes that would
-    share a name get their binary's name appended."""
-    labels = [p.label for p in spec.probes]
-    if spec.function_latency:
-        for i, probe in enumerate(spec.probes):
-            labels[i] = probe.ref.name if probe.ref.is_return else f"{probe.ref.name}:entry"
-    for i, label in enumerate(labels):
-        if labels.count(label) > 1:
-            labels = [f"{lab} [{os.path.basename(spec.probes[j].binary)}]" if lab == label else lab
-                      for j, lab in enumerate(labels)]
-    for i, label in enumerate(labels):
-        if labels.count(label) > 1:
-            labels[i] = f"{label} #{i}"
-    return labels
+def probe_signs(plan: AttachPlan, index: int) -> List[bool]:
+    """Per argument of probe ``index``: whether every site declares it signed."""
+    probe = plan.probes[index]
+    out = []
+    for i in range(probe.arg_count):
+        args = [s.args[i] for s in probe.sites if i < len(s.args)]
+        out.append(bool(args) and all(a.signed for a in args))
+    return out
 
 
 class MapReader:
-    """Reads one session's maps; knows the spec's probes, their labels and argument signedness."""
+    """Reads one program's maps; knows the plan's probes, their labels and argument signedness."""
 
-    def __init__(self, spec: TraceSpec, labels: List[str], symbolizer: Symbolizer) -> None:
-        self.spec = spec
-        self.labels = labels
+    def __init__(self, plan: AttachPlan, layout: ProgramLayout, labels: Sequence[str], symbolizer: Symbolizer) -> None:
+        self.plan = plan
+        self.layout = layout
+        self.labels = list(labels)
         self._symbolizer = symbolizer
-        self.signs = [self._probe_signs(i) for i in range(len(spec.probes))]
+        self.signs = [probe_signs(plan, i) for i in range(len(plan.probes))]
 
-    def _probe_signs(self, index: int) -> List[Tuple[bool, int]]:
-        probe = self.spec.probes[index]
-        out = []
-        for i in range(probe.arg_count):
-            args = [s.args[i] for s in probe.sites if i < len(s.args)]
-            out.append((bool(args) and all(a.signed for a in args), args[0].size if args else 8))
+    def _per_probe(self, program: LoadedProgram) -> List[ProbeStats]:
+        totals = [0] * (len(self.plan.probes) * STATS_PER_PROBE)
+        for key, value in program.read_map("stats"):
+            index = int.from_bytes(key[:4], "little")
+            if index < len(totals):
+                totals[index] = value
+        stats = [ProbeStats(*totals[i * STATS_PER_PROBE:(i + 1) * STATS_PER_PROBE]) for i in range(len(self.plan.probes))]
+        return self._with_unfinished(stats)
+
+    def _with_unfinished(self, stats: List[ProbeStats]) -> List[ProbeStats]:
+        """Latency: starts counted at the entry/start side that no done/return side matched."""
+        plan = self.plan
+        pairs: List[Tuple[int, int]] = []
+        if plan.pair is not None:
+            pairs.append((plan.pair.start, plan.pair.done))
+        elif plan.function_latency:
+            entries = [i for i, p in enumerate(plan.probes) if not p.ref.is_return]
+            returns = [i for i, p in enumerate(plan.probes) if p.ref.is_return]
+            pairs.extend(zip(entries, returns))
+        out = list(stats)
+        for start, done in pairs:
+            missing = max(0, stats[start].hits - stats[done].hits)
+            fields = stats[done].to_json()
+            fields["unfinished"] = missing
+            out[done] = ProbeStats(**fields)
         return out
 
-    def stats(self, program: Program) -> Dict[str, ProbeStats]:
-        table = program.table("stats")
-        totals = [0] * (len(self.spec.probes) * codegen.STATS_PER_PROBE)
-        for key, per_cpu in table.items():
-            totals[key.value] = sum(per_cpu)
+    def stats(self, program: LoadedProgram) -> Dict[str, ProbeStats]:
         out: Dict[str, ProbeStats] = {}
-        for i, probe in enumerate(self.spec.probes):
-            base = i * codegen.STATS_PER_PROBE
-            stats = ProbeStats(*totals[base:base + codegen.STATS_PER_PROBE])
-            previous = out.get(self.labels[i])
-            if previous is not None:  # two probes with one label (uprobe+uretprobe): add them up
+        for label, stats in zip(self.labels, self._per_probe(program)):
+            previous = out.get(label)
+            if previous is not None:  # two probes with one label: add them up
                 stats = ProbeStats(*(a + b for a, b in zip(previous.to_json().values(), stats.to_json().values())))
-            out[self.labels[i]] = stats
+            out[label] = stats
         return out
 
-    def counts(self, program: Program) -> Optional[Counts]:
-        if self.spec.count_by is None:
+    def counts(self, program: LoadedProgram) -> Optional[Counts]:
+        plan = self.plan
+        if plan.count_by is None:
             return None
-        fields = tuple(str(f) for f in self.spec.count_by)
+        fields = tuple(str(f) for f in plan.count_by)
         items: Dict[Tuple, int] = {}
-        if not self.spec.count_by:  # counts by probe only: the in-kernel hit counters
+        if not plan.count_by:  # counts by probe only: the in-kernel hit counters
             for label, stats in self.stats(program).items():
                 if stats.hits:
                     items[(label,)] = stats.hits
             return Counts(fields, items)
-        for key, value in program.table("counts").items():
-            row: List[object] = [self.labels[key.probe]]
-            for fld in self.spec.count_by:
-                row.append(self._key_value(program, key, fld))
-            items[tuple(row)] = items.get(tuple(row), 0) + int(value.value)
+        key_layout = self.layout.count_key
+        assert key_layout is not None
+        for raw, value in program.read_map("counts"):
+            row = tuple(self._key_row(program, key_layout, raw))
+            items[row] = items.get(row, 0) + value
         return Counts(fields, items)
 
-    def _key_value(self, program: Program, key: ctypes.Structure, fld: Field) -> object:
-        """A map key member as a Python value (strings decoded, signed arguments signed)."""
-        raw = getattr(key, f"k_{fld.key_name}")
-        if fld.name in ("comm", "str"):
-            return bytes(raw).split(b"\0", 1)[0].decode(errors="replace")
-        if fld.name == "ustack":
-            return self._folded(program, signed64(raw), self._key_pid(key))
-        signs = self.signs[key.probe]
-        if fld.name == "arg" and fld.index < len(signs) and signs[fld.index][0]:
-            return signed64(raw)
-        return int(raw)
+    def _key_row(self, program: LoadedProgram, layout: StructLayout, raw: bytes) -> List[object]:
+        """The probe label, then each key field's value (in the order the fields were asked for)."""
+        members = layout.unpack(raw)
+        probe = int(members["probe"])  # type: ignore[call-overload]
+        errs = int(members["errs"])  # type: ignore[call-overload]
+        keyed = [m for m in layout.members if m.field is not None]
+        order = {m.field: m for m in keyed}
+        asked = list(self.plan.count_by or ()) if layout is self.layout.count_key else \
+            [m.field for m in keyed]
+        row: List[object] = [self.labels[probe] if probe < len(self.labels) else f"#{probe}"]
+        for bit, fld in enumerate(asked):
+            member = order[fld]
+            if errs & (1 << bit):
+                row.append(None)
+                continue
+            value = members[member.name]
+            row.append(self._value(program, fld, value, probe, members))
+        return row
 
-    def _key_pid(self, key: ctypes.Structure) -> int:
-        if self.spec.pid is not None:
-            return self.spec.pid
-        return int(getattr(key, "k_pid", -1))
+    def _value(self, program: LoadedProgram, fld: object, value: object, probe: int,
+               members: Dict[str, object]) -> object:
+        name = getattr(fld, "name")
+        if name == "comm":
+            return bytes(value).split(b"\0", 1)[0].decode(errors="replace")  # type: ignore[arg-type]
+        if name == "str":
+            return decode_text(bytes(value), self.plan.string_size)[0]  # type: ignore[arg-type]
+        if name == "ustack":
+            pid = self.plan.pid if self.plan.pid is not None else int(members.get("k_pid", -1))  # type: ignore[arg-type]
+            return self._folded(program, signed64(int(value)), pid)  # type: ignore[call-overload]
+        signs = self.signs[probe] if probe < len(self.signs) else []
+        index = getattr(fld, "index")
+        if name == "arg" and index < len(signs) and signs[index]:
+            return signed64(int(value))  # type: ignore[call-overload]
+        return int(value)  # type: ignore[call-overload]
 
-    def frames(self, program: Program, stack_id: int, pid: int, detail: bool = True) -> Tuple[str, ...]:
+    def frames(self, program: LoadedProgram, stack_id: int, pid: int, detail: bool = True) -> Tuple[str, ...]:
         return tuple(self._symbolizer.symbolize(pid, address, detail) for address in program.stack(stack_id))
 
-    def observe_stack_owners(self, program: Program) -> None:
+    def observe_stack_owners(self, program: LoadedProgram) -> None:
         """Snapshot the mappings of traced processes while they live, to name their stacks later."""
-        if not self.spec.needs_stacks:
+        plan = self.plan
+        if not plan.needs_stacks:
             return
-        if self.spec.pid is not None:
-            self._symbolizer.observe(self.spec.pid)
-        elif self.spec.count_by and any(f.name == "ustack" for f in self.spec.count_by):
-            for key in program.table("counts").keys():
-                pid = int(getattr(key, "k_pid", 0))
+        if plan.pid is not None:
+            self._symbolizer.observe(plan.pid)
+        elif plan.count_by and any(f.name == "ustack" for f in plan.count_by) and self.layout.count_key:
+            for raw, _ in program.read_map("counts"):
+                pid = int(self.layout.count_key.unpack(raw).get("k_pid", 0))  # type: ignore[call-overload]
                 if pid and not self._symbolizer.knows(pid):
                     self._symbolizer.observe(pid)
 
-    def _folded(self, program: Program, stack_id: int, pid: int) -> str:
+    def _folded(self, program: LoadedProgram, stack_id: int, pid: int) -> str:
         """Root-first frames joined by ``;``: the folded format flame graph tools read."""
         if stack_id < 0:
             return "[no stack]"
         frames = self.frames(program, stack_id, pid, detail=False)
         return ";".join(reversed(frames)) or "[empty stack]"
 
-    def histograms(self, program: Program) -> Optional[Dict[str, Histogram]]:
-        hist = self.spec.hist
-        if hist is None:
+    def histograms(self, program: LoadedProgram) -> Optional[Dict[object, Histogram]]:
+        hist = self.plan.hist
+        layout = self.layout.hist_key
+        if hist is None or layout is None:
             return None
         unit = "ns" if hist.field.name == "latency" else ""
-        out: Dict[str, Histogram] = {}
-        for key, value in program.table("hist").items():
-            label = self.labels[key.probe]
-            if hist.by is not None:
-                label = (label, self._key_value(program, key, hist.by))
+        out: Dict[object, Histogram] = {}
+        for raw, value in program.read_map("hist"):
+            members = layout.unpack(raw)
+            row = self._key_row(program, layout, raw)
+            label: object = row[0] if hist.by is None else (row[0], row[1])
             h = out.setdefault(label, Histogram(hist.kind, {}, hist.low, hist.high, hist.step, unit))
-            h.buckets[key.slot] = h.buckets.get(key.slot, 0) + int(value.value)
+            slot = int(members["slot"])  # type: ignore[call-overload]
+            h.buckets[slot] = h.buckets.get(slot, 0) + value
         return out

@@ -1,35 +1,19 @@
-"""Decode the event records the generated BPF program writes, fast.
+"""Decode the event records a generated program writes, fast.
 
-The record layout mirrors ``struct usdtkit_event`` in :mod:`usdtkit.bpf.codegen` (naturally aligned,
-so a little-endian ``struct`` format without padding describes it):
-
-    u64 ts; u32 pid, tid, probe, cpu, errs; s32 stack; u64 latency, retval;
-    u64 args[NARGS]; char comm[16]; char str[NSTR][STRING_SIZE];
-
-Everything that does not change per event (labels, signedness, which string slots apply to which
-probe) is worked out once per probe in :class:`ProbeDecoder`; decoding a record is then one
-``struct.unpack_from`` of a copied buffer and a tuple build.
+The record layout comes from the program's :class:`~usdtkit.bpf.layout.ProgramLayout` (the same
+description that declared the C struct).  Everything that does not change per event (labels,
+signedness, which string slots apply to which probe, where each member sits) is worked out once per
+probe in :class:`ProbeDecoder`; decoding a record is then one ``struct.unpack`` and a tuple build.
 """
 from __future__ import annotations
 
-import ctypes
-import struct
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from ..bpf.layout import StructLayout
 from .results import Event
+from .text import decode_text, signed64
 
-COMM_LEN = 16
-_HEAD = "QIIIIIiQQ"  # ts pid tid probe cpu errs stack latency retval
-
-
-def record_format(nargs: int, nstr: int, string_size: int) -> struct.Struct:
-    strings = f"{string_size}s" * nstr
-    return struct.Struct(f"<{_HEAD}{nargs}Q{COMM_LEN}s{strings}")
-
-
-def signed64(value: int) -> int:
-    """A 64-bit two's complement value read as unsigned, as the signed number it is."""
-    return value - (1 << 64) if value >> 63 else value
+__all__ = ["ProbeDecoder", "RecordDecoder", "signed64"]
 
 
 class ProbeDecoder:
@@ -46,27 +30,38 @@ class ProbeDecoder:
 
 
 class RecordDecoder:
-    """Decodes raw records (an address and a size, from bcc's callbacks) into events."""
+    """Decodes raw records (bytes, as the backend delivers them) into events."""
 
-    def __init__(self, probes: Sequence[ProbeDecoder], nargs: int, nstr: int, string_size: int,
+    def __init__(self, layout: StructLayout, probes: Sequence[ProbeDecoder], string_size: int,
                  stack_of: Optional[Callable[[int, int], Tuple[str, ...]]] = None) -> None:
         self.probes = list(probes)
-        self.nargs = nargs
-        self.format = record_format(nargs, nstr, string_size)
-        self.size = self.format.size
+        self.format = layout.format
+        self.size = layout.size
+        self.string_size = string_size
         self.stack_of = stack_of
-        self._comm = 9 + nargs
-        self._str = self._comm + 1
+        flat, at = {}, 0
+        for member in layout.members:
+            flat[member.name] = at
+            at += member.count if member.is_array and member.ctype != "char" else 1
+        self._head = tuple(flat[n] for n in ("ts", "pid", "tid", "probe", "cpu", "errs", "stack", "latency",
+                                             "retval"))
+        self._args = flat["args"]
+        self._comm = flat["comm"]
+        self._str = [flat[m.name] for m in layout.members if m.name.startswith("str")]
 
-    def decode(self, data: int) -> Event:
-        fields = self.format.unpack(ctypes.string_at(data, self.size))
-        ts, pid, tid, index, cpu, errs, stack, latency, retval = fields[:9]
+    def decode(self, data: bytes) -> Event:
+        fields = self.format.unpack_from(data)
+        ts, pid, tid, index, cpu, errs, stack, latency, retval = (fields[i] for i in self._head)
         probe = self.probes[index]
-        args: List[object] = list(fields[9:9 + probe.arg_count])
+        args: List[object] = list(fields[self._args:self._args + probe.arg_count])
         for i in probe.signed:
             args[i] = signed64(args[i])
+        truncated = []
         for slot, i in probe.string_slots:
-            args[i] = fields[self._str + slot].split(b"\0", 1)[0].decode("utf-8", errors="replace")
+            text, cut = decode_text(fields[self._str[slot]], self.string_size)
+            args[i] = text
+            if cut:
+                truncated.append(i)
         if errs:
             for i in range(probe.arg_count):
                 if errs & (1 << i):
@@ -74,4 +69,5 @@ class RecordDecoder:
         comm = fields[self._comm].split(b"\0", 1)[0].decode(errors="replace")
         frames = self.stack_of(stack, pid) if self.stack_of is not None else None
         return Event(probe.label, pid, tid, ts, cpu, comm, tuple(args),
-                     retval if probe.is_return else None, latency if probe.has_latency else None, frames)
+                     retval if probe.is_return else None, latency if probe.has_latency else None, frames,
+                     tuple(truncated))

@@ -19,8 +19,9 @@ class Event:
     ``args`` holds the argument values in order (signed where the spec says signed; ``None`` where a
     memory read failed); string arguments read with ``strings=`` are ``str``.  Treat it as read-only
     (it is a plain slotted class because events are built by the hundred thousand per second).  ``latency_ns`` is set for
-    latency traces, ``retval`` for uretprobes, ``stack`` (addresses, innermost first) when stacks were
-    asked for.
+    latency traces, ``retval`` for uretprobes, ``stack`` when stacks were
+    asked for: its frames as names (``function+0xoff [module]``), innermost first.  ``truncated`` lists
+    the indexes of string arguments longer than the bytes kept (their text ends with ``…``).
     """
 
     probe: str
@@ -33,6 +34,7 @@ class Event:
     retval: Optional[int] = None
     latency_ns: Optional[int] = None
     stack: Optional[Tuple[str, ...]] = None
+    truncated: Tuple[int, ...] = ()
 
     def to_json(self) -> dict:
         out = {"probe": self.probe, "pid": self.pid, "tid": self.tid, "timestamp_ns": self.timestamp_ns,
@@ -43,6 +45,8 @@ class Event:
             out["latency_ns"] = self.latency_ns
         if self.stack is not None:
             out["stack"] = list(self.stack)
+        if self.truncated:
+            out["truncated"] = [f"arg{i}" for i in self.truncated]
         return out
 
 
@@ -55,10 +59,23 @@ class ProbeStats:
     lost_keys: int = 0
     read_errors: int = 0
     unmatched: int = 0  # latency: a done/return without its start (started before the trace, evicted)
+    unfinished: int = 0  # latency: starts whose done/return was never counted (see losses())
 
     def to_json(self) -> dict:
         return {"hits": self.hits, "lost_events": self.lost_events, "lost_keys": self.lost_keys,
-                "read_errors": self.read_errors, "unmatched": self.unmatched}
+                "read_errors": self.read_errors, "unmatched": self.unmatched, "unfinished": self.unfinished}
+
+    def losses(self) -> List[str]:
+        """Each kind of loss, said in words (empty when nothing was lost)."""
+        said = (
+            (self.lost_events, "events lost (ring buffer full; try a larger buffer)"),
+            (self.lost_keys, "keys lost (map full)"),
+            (self.read_errors, "argument or string reads failed (shown as ?)"),
+            (self.unmatched, "done/return hits without a start (started before the trace, or evicted)"),
+            (self.unfinished, "starts without a done/return (still running at the end, filtered out, or "
+                              "returns the kernel did not probe past 64 nested calls)"),
+        )
+        return [f"{n} {what}" for n, what in said if n]
 
 
 class Counts(Mapping):

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from ..errors import UsageError
+from ..errors import NoSuchProcess, TargetError, UsageError
 from ..expr.fields import Field, Predicate
 from .objects import ObjectTable
 from .request import HistSpec, PairSpec, TraceRequest
@@ -72,6 +72,7 @@ class AttachPlan:
     stacks = property(lambda self: self.request.stacks)
     ring_pages = property(lambda self: self.request.ring_pages)
     needs_stacks = property(lambda self: self.request.needs_stacks)
+    latency = property(lambda self: self.request.latency)
 
     def handler_probes(self) -> Tuple[ResolvedProbe, ...]:
         """The probes where counts, histograms and events are taken."""
@@ -118,10 +119,35 @@ class AttachPlan:
                     _check_field(key, self.probes[index], "latency key", True)
 
 
+def check_process(pid: int) -> None:
+    """Refuse a PID that names a thread, a kernel thread or a zombie, with what to do instead."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            status = dict(line.rstrip("\n").split(":\t", 1) for line in handle if ":\t" in line)
+    except FileNotFoundError:
+        raise NoSuchProcess(pid) from None
+    except OSError as exc:
+        raise TargetError(f"pid {pid}: cannot read its status: {exc.strerror}") from None
+    tgid = status.get("Tgid", "").strip()
+    if tgid and tgid != str(pid):
+        raise UsageError(f"pid {pid} is a thread of process {tgid}: trace -p {tgid} (and filter on 'tid == {pid}')")
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            empty = not maps.read(1)
+    except OSError:
+        empty = False
+    if empty:
+        state = status.get("State", "").strip()
+        what = "a zombie" if state.startswith("Z") else "a kernel thread"
+        raise TargetError(f"pid {pid} has no address space ({what}): nothing to probe")
+
+
 def make_plan(request: TraceRequest) -> AttachPlan:
     """Resolve every probe of ``request`` now (again at any later time, for a fresh plan)."""
     target = request.target
     in_pid = target.pid if target.resolve_in_pid else None
+    if in_pid is not None:
+        check_process(in_pid)
     with resolving() as objects:
         resolved = tuple(resolve(ref, in_pid, request.unsafe) for ref in request.probes)
         used = [site.obj for probe in resolved for site in probe.sites if site.obj is not None]

@@ -1,39 +1,40 @@
-"""A trace session: compile, attach, collect, detach — as a context manager.
+"""A trace session: load, attach, read, detach — as a context manager.
 
-``with Session(spec) as session:`` attaches every call site of every probe; leaving the block (normally,
-by an exception, or by a signal turned into one) detaches everything.  Detaching means closing the
-uprobe perf events: the kernel removes the breakpoints and the semaphore counts it added, and frees the
-programs and maps when the bcc module is destroyed.  A tracer killed with SIGKILL loses its fds the
-same way, so nothing is left behind even then.
+``with Session(plan) as session:`` generates the program for an :class:`~usdtkit.plan.plan.AttachPlan`,
+loads it through a backend (:mod:`usdtkit.bpf.backend`; bcc by default) and attaches every call site
+of every probe; leaving the block (normally, by an exception, or by a signal turned into one)
+detaches everything.  Detaching closes the uprobe links and perf events: the kernel removes the
+breakpoints and the semaphore counts it added, and frees the programs and maps.  A tracer killed with
+SIGKILL loses its fds the same way, so nothing is left behind even then.
 
-Results are copied out of the kernel maps into plain objects (:mod:`usdtkit.collect.results`) by
-:meth:`Session.counts`, :meth:`Session.histograms`, :meth:`Session.stats` and the event list.
+The session only attaches, detaches and reads: results are copied out of the maps into plain objects
+(:mod:`usdtkit.collect`) by :meth:`Session.counts`, :meth:`Session.histograms`, :meth:`Session.stats`
+and the event list, and :meth:`Session.poll` delivers pending events.  How long to collect, what to do
+on a signal or when the target exits is the run loop's business (:mod:`.runloop`).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import signal
-import threading
 import time
 from collections import deque
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from ..bpf import capabilities, codegen
-from ..bpf.backend import Program
+from ..bpf.backend import Backend, LoadedProgram, default_backend
+from ..collect.readout import MapReader, probe_signs
 from ..collect.records import ProbeDecoder, RecordDecoder
 from ..collect.results import Counts, Event, Histogram, ProbeStats
 from ..collect.symbolize import Symbolizer
 from ..errors import EnvironmentProblem, NoSuchProcess, UsageError
-from . import site_cost
-from .resolve import Site
+from ..plan import site_cost
+from ..plan.plan import AttachPlan
+from ..plan.resolve import Site
 from .launch import GatedCommand
 from .semaphores import SemaphoreWriter
-from .readout import MapReader, probe_labels
-from .spec import TraceSpec
 
 EventCallback = Callable[[Event], None]
+CONSUME_BUDGET_S = 0.2  # the longest one poll may spend delivering records while they keep coming
 
 
 def _power_of_two(n: int) -> int:
@@ -41,34 +42,37 @@ def _power_of_two(n: int) -> int:
 
 
 class Session:
-    """Attach a :class:`TraceSpec`, collect in the kernel, read results; detach on exit."""
+    """Attach an :class:`AttachPlan`, collect in the kernel, read results; detach on exit."""
 
-    def __init__(self, spec: TraceSpec, on_event: Optional[EventCallback] = None,
-                 keep_events: Optional[int] = 1_000_000, command: Optional["GatedCommand"] = None) -> None:
-        self.spec = spec
-        self.command = command
-        self.on_event = on_event
-        # keep_events: how many recent events stay in `events` (None: all; 0: none, for on_event users)
+    def __init__(self, plan: AttachPlan, on_event: Optional[EventCallback] = None,
+                 keep_events: Optional[int] = 1_000_000, command: Optional[GatedCommand] = None,
+                 backend: Optional[Backend] = None) -> None:
         if keep_events is not None and keep_events < 0:
             raise UsageError("keep_events must be 0 or more (or None for all)")
-        self.keep_events = keep_events
+        if not plan.events and on_event is not None:
+            raise UsageError("on_event receives events, and this trace collects none (events=False)")
+        self.plan = plan
+        self.command = command
+        self.on_event = on_event
+        self.keep_events = keep_events  # how many recent events stay in `events` (None: all; 0: none)
         self.events: Deque[Event] = deque(maxlen=keep_events)
+        self._stream: Optional[Deque[Event]] = None
         self._stop = False
         self._callback_error: Optional[BaseException] = None
         self.dropped_by_user_queue = 0
-        self.uses_ringbuf = capabilities.detect().has_ringbuf
-        self.text, self.attachments = codegen.generate(spec, self.uses_ringbuf)
         self.perf_lost = 0
-        self._records: Optional[RecordDecoder] = None
-        self._string_masks = [codegen.string_mask(spec, i) for i in range(len(spec.probes))]
-        self.labels = probe_labels(spec)
+        self.uses_ringbuf = capabilities.detect().has_ringbuf
+        self.layout = codegen.generate(plan, self.uses_ringbuf)
+        self.labels = plan.labels()
         self._symbolizer = Symbolizer()
-        self._reader = MapReader(spec, self.labels, self._symbolizer)
-        if spec.events:
-            self._records = RecordDecoder(
-                [self._probe_decoder(i) for i in range(len(spec.probes))], codegen.record_args(spec), len(spec.event_strings),
-                spec.string_size, self._event_stack if spec.stacks else None)
-        self._program: Optional[Program] = None
+        self._reader = MapReader(plan, self.layout, self.labels, self._symbolizer)
+        self._records: Optional[RecordDecoder] = None
+        if plan.events and self.layout.record is not None:
+            self._records = RecordDecoder(self.layout.record, [self._probe_decoder(i) for i in range(len(plan.probes))],
+                                          plan.string_size, self._event_stack if plan.stacks else None)
+        self._backend = backend
+        self._program: Optional[LoadedProgram] = None
+        self._final: Dict[str, object] = {}
         self._pidfd: Optional[int] = None
         self.target_exited = False
         self.attach_seconds = 0.0
@@ -76,26 +80,34 @@ class Session:
         self._semaphores: Optional[SemaphoreWriter] = None
         self._semaphores_done: set = set()
 
+    # ------------------------------------------------------------------ what was planned
+    @property
+    def attachments(self) -> Tuple[codegen.Attachment, ...]:
+        return self.layout.attachments
+
+    @property
+    def text(self) -> str:
+        return self.layout.text
+
     def _site_warnings(self) -> List[str]:
         """Warnings about expensive uprobe sites, known before attaching."""
         out = []
-        for probe in self.spec.probes:
+        for probe in self.plan.probes:
             if probe.ref.is_usdt:  # USDT sites are NOPs: the cheapest kind
                 continue
             for site in probe.sites:
-                warning = site_cost.describe_site(site_cost.read_site(site.path, site.file_offset))
+                warning = site_cost.describe_site(site_cost.read_site(site.attach_path, site.file_offset))
                 if warning:
                     out.append(f"{probe.label} at {site.path}+{site.file_offset:#x}: {warning}")
         return out
 
     def _probe_decoder(self, index: int) -> ProbeDecoder:
-        probe = self.spec.probes[index]
-        mask = self._string_masks[index]
-        slots = [(slot, arg) for slot, arg in enumerate(self.spec.event_strings)
+        probe = self.plan.probes[index]
+        mask = codegen.string_mask(self.plan, index)
+        slots = [(slot, arg) for slot, arg in enumerate(self.plan.event_strings)
                  if mask & (1 << slot) and arg < probe.arg_count]
-        signed = [sign for sign, _ in self._reader.signs[index]]
-        has_latency = self.spec.function_latency or self.spec.pair is not None
-        return ProbeDecoder(self.labels[index], probe.arg_count, signed, slots, probe.ref.is_return, has_latency)
+        return ProbeDecoder(self.labels[index], probe.arg_count, probe_signs(self.plan, index), slots,
+                            probe.ref.is_return, self.plan.request.latency)
 
     def _event_stack(self, stack_id: int, pid: int) -> Optional[Tuple[str, ...]]:
         if self._program is None:
@@ -105,73 +117,88 @@ class Session:
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self) -> "Session":
+        """Load the program and attach every site; then let a started command run.  On any failure
+        everything attached so far is detached again (and a started command stopped)."""
+        if self._program is not None:
+            raise UsageError("this session is attached already")
+        if self._final:
+            raise UsageError("this session has ended; start a new one")
         started = time.monotonic()
-        program = Program(self.text)
-        self._program = program
-        pid = self.spec.pid if self.spec.pid is not None else -1
         try:
-            if self.spec.pid is not None:
+            program = (self._backend or default_backend()).load(self.layout)
+            self._program = program
+            pid = self.plan.pid
+            if pid is not None:
                 try:
-                    self._pidfd = os.pidfd_open(self.spec.pid)
+                    self._pidfd = os.pidfd_open(pid)
                 except ProcessLookupError:
-                    raise NoSuchProcess(self.spec.pid) from None
+                    raise NoSuchProcess(pid) from None
                 except (AttributeError, OSError):
                     self._pidfd = None
-            kernel_counts = capabilities.detect().has_sema_refcnt
-            groups: Dict[Tuple[str, str, bool, int], Tuple[List[int], List[int]]] = {}
-            for function, site, retprobe in self.attachments:
-                ref_ctr = site.ref_ctr_offset if kernel_counts else 0
-                if site.ref_ctr_offset and not kernel_counts:
-                    self._write_semaphore(site)
-                site_pid = site.pid if site.pid is not None else pid
-                offsets, ref_ctrs = groups.setdefault((function, site.path, retprobe, site_pid), ([], []))
-                offsets.append(site.file_offset)
-                ref_ctrs.append(ref_ctr)
-            for (function, path, retprobe, site_pid), (offsets, ref_ctrs) in groups.items():
-                program.attach_uprobes(function, path, offsets, ref_ctrs, site_pid, retprobe)
-            self._observe_stack_owners()
-            if self.spec.events and self.uses_ringbuf:
-                program.open_ring_buffer("events", self._on_raw_event)
-            elif self.spec.events:
-                program.open_perf_buffer("events", self._on_raw_event, self._on_perf_lost,
-                                         pages=_power_of_two(max(8, self.spec.ring_pages // (os.cpu_count() or 1))))
+                program.set_config(0, pid)
+            self._attach_sites(program, -1 if pid is None else pid)
+            self._reader.observe_stack_owners(program)
+            if self.plan.events:
+                program.open_events(self._on_record, self._on_perf_lost,
+                                    pages=_power_of_two(max(8, self.plan.ring_pages // (os.cpu_count() or 1))))
+            self.attach_seconds = time.monotonic() - started
+            if self.command is not None:
+                self.command.release()
         except BaseException:
             self.close()
             raise
-        self.attach_seconds = time.monotonic() - started
-        if self.command is not None:
-            self.command.release()
         return self
 
-    def _write_semaphore(self, site: "Site") -> None:
+    def _attach_sites(self, program: LoadedProgram, pid: int) -> None:
+        """Attach sites grouped by function, file, side and pid: one link (or call) per group."""
+        kernel_counts = capabilities.detect().has_sema_refcnt
+        groups: Dict[Tuple[str, str, bool, int], Tuple[List[int], List[int]]] = {}
+        for attachment in self.layout.attachments:
+            site = attachment.site
+            ref_ctr = site.ref_ctr_offset if kernel_counts else 0
+            if site.ref_ctr_offset and not kernel_counts:
+                self._write_semaphore(site)
+            site_pid = site.pid if site.pid is not None else pid
+            offsets, ref_ctrs = groups.setdefault((attachment.function, site.attach_path, attachment.retprobe,
+                                                   site_pid), ([], []))
+            offsets.append(site.file_offset)
+            ref_ctrs.append(ref_ctr)
+        for (function, path, retprobe, site_pid), (offsets, ref_ctrs) in groups.items():
+            program.attach(function, path, offsets, ref_ctrs, site_pid, retprobe)
+
+    def _write_semaphore(self, site: Site) -> None:
         """Fallback for kernels without ref_ctr_offset: raise the semaphore ourselves, once per site."""
-        pid = site.pid if site.pid is not None else self.spec.pid
+        pid = site.pid if site.pid is not None else self.plan.pid
         if pid is None:
             raise EnvironmentProblem("this kernel cannot maintain USDT semaphores for all processes; "
                                      "trace one process with a PID")
-        key = (pid, site.path, site.ref_ctr_offset)
+        key = (pid, site.attach_path, site.ref_ctr_offset)
         if key in self._semaphores_done:
             return
         if self._semaphores is None:
             self._semaphores = SemaphoreWriter()
-        self._semaphores.acquire(pid, site.path, site.ref_ctr_offset)
+        self._semaphores.acquire(pid, site.attach_path, site.ref_ctr_offset)
         self._semaphores_done.add(key)
 
     def close(self) -> None:
-        """Detach everything and release the program (idempotent)."""
+        """Detach everything and release the program, the plan's files and a started command
+        (idempotent).  Results stay readable."""
         program, self._program = self._program, None
-        if program is not None:
-            self._final = self._snapshot(program)
-            program.close()
-        writer, self._semaphores = self._semaphores, None
-        if writer is not None:
-            writer.close()
-            self._semaphores_done.clear()
-        if self.command is not None:
-            self.command.stop()
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        try:
+            if program is not None:
+                self._final = self._snapshot(program)
+                program.close()
+        finally:
+            writer, self._semaphores = self._semaphores, None
+            if writer is not None:
+                writer.close()
+                self._semaphores_done.clear()
+            if self.command is not None:
+                self.command.stop()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+            self.plan.close()
 
     def __enter__(self) -> "Session":
         return self.attach()
@@ -179,16 +206,19 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def attached(self) -> bool:
+        return self._program is not None
+
     # ------------------------------------------------------------------ events
-    def _on_raw_event(self, _ctx: object, data: int, _size: int) -> int:
-        """Called by bcc for each record.  Never lets an exception escape into ctypes (which would
-        swallow it, and with it a Ctrl-C or a signal): it is kept, polling stops (a negative return
-        ends ``ring_buffer_poll``), and :meth:`poll` raises it."""
-        if self._stop:
-            return -1
+    def _on_record(self, data: bytes) -> bool:
+        """Each record from the backend; returns True to stop consuming.  An exception (a callback's,
+        a Ctrl-C raised inside it) is kept and raised by :meth:`poll`, never lost in the backend."""
         try:
-            event = self._records.decode(data)
-            if self.keep_events != 0:
+            event = self._records.decode(data)  # type: ignore[union-attr]
+            if self._stream is not None:
+                self._stream.append(event)
+            elif self.keep_events != 0:
                 if self.events.maxlen is not None and len(self.events) == self.events.maxlen:
                     self.dropped_by_user_queue += 1
                 self.events.append(event)
@@ -196,12 +226,12 @@ class Session:
                 self.on_event(event)
         except BaseException as exc:  # KeyboardInterrupt and signal-raised exceptions included
             self._callback_error = exc
-            self._stop = True
-            return -1
-        return 0
+            return True
+        return self._stop
 
     def stop(self) -> None:
-        """Stop delivering events (callable from ``on_event``); ``run`` returns at the next check."""
+        """Stop delivering events (callable from ``on_event`` or a signal handler); a run loop returns
+        at its next check."""
         self._stop = True
 
     @property
@@ -211,7 +241,6 @@ class Session:
     def _raise_callback_error(self) -> None:
         error, self._callback_error = self._callback_error, None
         if error is not None:
-            self._stop = False
             raise error
 
     def _on_perf_lost(self, count: int) -> None:
@@ -219,13 +248,14 @@ class Session:
         self.perf_lost += count
 
     def poll(self, timeout: float = 0.1) -> None:
-        """Deliver pending events; notice the target's exit."""
+        """Deliver pending events (for at most about :data:`CONSUME_BUDGET_S` while they keep coming,
+        waiting up to ``timeout`` for the first); notice the target's exit."""
         program = self._program
         if program is None:
             return
-        self._observe_stack_owners()
-        if self.spec.events and not self._stop:
-            program.poll(int(timeout * 1000))
+        self._reader.observe_stack_owners(program)
+        if self.plan.events and not self._stop:
+            program.consume(max(0, int(timeout * 1000)), min(max(timeout, 0.01), CONSUME_BUDGET_S))
             self._raise_callback_error()
         else:
             self._wait_target(timeout)
@@ -237,112 +267,70 @@ class Session:
 
     def _wait_target(self, timeout: float) -> None:
         if self._pidfd is not None:
-            select.select([self._pidfd], [], [], timeout)
+            select.select([self._pidfd], [], [], max(timeout, 0.0))
         else:
-            time.sleep(timeout)
+            time.sleep(max(timeout, 0.0))
 
-    @contextlib.contextmanager
-    def interrupts_deferred(self) -> Iterator[None]:
-        """Turn Ctrl-C into :meth:`stop` while events are polled, and raise it once polling returned.
-
-        A signal handler that raises runs wherever the interpreter is, which during polling is inside
-        bcc's ctypes callback, where ctypes would swallow the exception.  Here the handler only sets a
-        flag (the callback then ends the poll) and ``KeyboardInterrupt`` is raised in the caller.
-        """
-        if (threading.current_thread() is not threading.main_thread()
-                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-            yield
-            return
-        interrupted = []
-
-        def on_interrupt(signum: int, frame: object) -> None:
-            interrupted.append(signum)
-            self._stop = True
-
-        previous = signal.signal(signal.SIGINT, on_interrupt)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        if interrupted:
-            self._stop = False
-            raise KeyboardInterrupt
+    def drain(self) -> None:
+        """Deliver the events already in the buffer (within the consume budget), unless stopped."""
+        if self._program is not None and self.plan.events and not self._stop:
+            self._program.consume(0, CONSUME_BUDGET_S)
+            self._raise_callback_error()
 
     def run(self, duration: Optional[float] = None, until: Optional[Callable[[], bool]] = None,
-            interval: float = 0.1) -> None:
+            interval: float = 0.1) -> str:
         """Collect until ``duration`` seconds pass, ``until()`` is true, :meth:`stop` is called, or the
-        target exits.  Ctrl-C raises ``KeyboardInterrupt`` here, with everything collected so far kept."""
-        deadline = None if duration is None else time.monotonic() + duration
-        with self.interrupts_deferred():
-            while self._program is not None:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                self.poll(interval if remaining is None else min(interval, max(remaining, 0.0)))
-                if self.target_exited or self._stop or (until is not None and until()):
-                    break
-            self.drain()
+        target exits; returns why it stopped.  Ctrl-C raises ``KeyboardInterrupt`` here, with everything
+        collected so far kept."""
+        from .runloop import RunLoop
+
+        loop = RunLoop(self, duration=duration, until=until, poll_interval=interval, raise_interrupt=True)
+        return loop.run()
 
     def stream(self, duration: Optional[float] = None, interval: float = 0.1) -> Iterator[Event]:
-        """Yield events as they arrive, until ``duration`` passes or the target exits.
-
-        Events yielded here are not kept in :attr:`events`.
-        """
-        if not self.spec.events:
+        """Yield events as they arrive, until ``duration`` passes, :meth:`stop` is called or the target
+        exits.  Events yielded here are not kept in :attr:`events`."""
+        if not self.plan.events:
             raise UsageError("this trace collects no events (events=False)")
-        deadline = None if duration is None else time.monotonic() + duration
-        while self._program is not None:
-            while self.events:
-                yield self.events.popleft()
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if (remaining is not None and remaining <= 0) or self.target_exited or self._stop:
-                break
-            with self.interrupts_deferred():
-                self.poll(interval if remaining is None else min(interval, remaining))
-        with self.interrupts_deferred():
-            self.drain()
-        while self.events:
-            yield self.events.popleft()
+        from .runloop import RunLoop
+
+        queue: Deque[Event] = deque()
+        self._stream = queue
+        try:
+            loop = RunLoop(self, duration=duration, poll_interval=interval, raise_interrupt=True)
+            for _ in loop.steps():
+                while queue:
+                    yield queue.popleft()
+            while queue:
+                yield queue.popleft()
+        finally:
+            self._stream = None
 
     def __iter__(self) -> Iterator[Event]:
         return self.stream()
 
-    def drain(self) -> None:
-        """Deliver every event already in the ring buffer (unless :meth:`stop` was called)."""
-        if self._program is not None and self.spec.events and not self._stop:
-            self._program.poll(0)
-            self._raise_callback_error()
-
     # ------------------------------------------------------------------ results
-    def _snapshot(self, program: Program) -> Dict[str, object]:
+    def _snapshot(self, program: LoadedProgram) -> Dict[str, object]:
         try:
             return {"stats": self._reader.stats(program), "counts": self._reader.counts(program),
                     "hist": self._reader.histograms(program)}
         except Exception:  # reading results must never prevent the detach
-            return {}
-
-    def _observe_stack_owners(self) -> None:
-        if self._program is not None:
-            self._reader.observe_stack_owners(self._program)
+            return {"stats": {}}
 
     def _current(self, name: str) -> object:
         if self._program is not None:
             reader = {"stats": self._reader.stats, "counts": self._reader.counts,
                       "hist": self._reader.histograms}[name]
             return reader(self._program)
-        return getattr(self, "_final", {}).get(name)
+        return self._final.get(name)
 
     def stats(self) -> Dict[str, ProbeStats]:
-        """Per-probe kernel counters (hits, lost events, lost keys, read errors)."""
-        return self._current("stats") or {}
+        """Per-probe kernel counters (hits, and every kind of loss: see :class:`ProbeStats`)."""
+        return self._current("stats") or {}  # type: ignore[return-value]
 
     def counts(self) -> Optional[Counts]:
-        return self._current("counts")
+        return self._current("counts")  # type: ignore[return-value]
 
     def histograms(self) -> Dict[object, Histogram]:
         """Histograms by probe label, or by ``(label, value)`` when split with ``HistSpec(by=...)``."""
-        return self._current("hist") or {}
-
-    @property
-    def attached(self) -> bool:
-        return self._program is not None
+        return self._current("hist") or {}  # type: ignore[return-value]
