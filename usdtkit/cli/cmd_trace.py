@@ -32,11 +32,13 @@ def _positive(kind: type, minimum: float = 0.0) -> Callable[[str], object]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text!r} is too small (at least {minimum:g})")
-        if value > 315_360_000:
+        if kind is float and value > 315_360_000:  # ten years: a typo, not a duration
             raise argparse.ArgumentTypeError(f"{text!r} is too large")
         return value
 

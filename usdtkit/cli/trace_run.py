@@ -85,6 +85,9 @@ def _loss_lines(session: Session, stats: Dict[str, ProbeStats]) -> List[str]:
     lines = [f"{label}: " + ", ".join(s.losses()) for label, s in stats.items() if s.losses()]
     if session.dropped_by_user_queue:
         lines.append(f"{session.dropped_by_user_queue} events dropped from the in-memory queue")
+    left = session.undelivered() if not session.attached else 0
+    if left:
+        lines.append(f"{left} events were still in the buffer when the trace ended (not shown)")
     return lines
 
 

@@ -37,7 +37,8 @@ class MapReader:
         self._symbolizer = symbolizer
         self.signs = [probe_signs(plan, i) for i in range(len(plan.probes))]
 
-    def _per_probe(self, program: LoadedProgram) -> List[ProbeStats]:
+    def per_probe(self, program: LoadedProgram) -> List[ProbeStats]:
+        """Stats of each probe by index (labels may repeat)."""
         totals = [0] * (len(self.plan.probes) * STATS_PER_PROBE)
         for key, value in program.read_map("stats"):
             index = int.from_bytes(key[:4], "little")
@@ -66,7 +67,7 @@ class MapReader:
 
     def stats(self, program: LoadedProgram) -> Dict[str, ProbeStats]:
         out: Dict[str, ProbeStats] = {}
-        for label, stats in zip(self.labels, self._per_probe(program)):
+        for label, stats in zip(self.labels, self.per_probe(program)):
             previous = out.get(label)
             if previous is not None:  # two probes with one label: add them up
                 stats = ProbeStats(*(a + b for a, b in zip(previous.to_json().values(), stats.to_json().values())))

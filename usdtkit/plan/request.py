@@ -81,7 +81,7 @@ class Target:
 
     def __post_init__(self) -> None:
         if self.pid is not None and (not isinstance(self.pid, int) or isinstance(self.pid, bool)
-                                     or not 0 < self.pid < (1 << 22)):
+                                     or self.pid <= 0):
             raise UsageError(f"invalid pid {self.pid!r}")
 
     @property

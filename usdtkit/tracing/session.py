@@ -61,6 +61,7 @@ class Session:
         self._callback_error: Optional[BaseException] = None
         self.dropped_by_user_queue = 0
         self.perf_lost = 0
+        self.delivered = 0  # records handed over by the backend
         self.uses_ringbuf = capabilities.detect().has_ringbuf
         self.layout = codegen.generate(plan, self.uses_ringbuf)
         self.labels = plan.labels()
@@ -214,6 +215,7 @@ class Session:
     def _on_record(self, data: bytes) -> bool:
         """Each record from the backend; returns True to stop consuming.  An exception (a callback's,
         a Ctrl-C raised inside it) is kept and raised by :meth:`poll`, never lost in the backend."""
+        self.delivered += 1
         try:
             event = self._records.decode(data)  # type: ignore[union-attr]
             if self._stream is not None:
@@ -263,7 +265,7 @@ class Session:
             ready, _, _ = select.select([self._pidfd], [], [], 0)
             if ready:
                 self.target_exited = True
-                self.drain()
+                self.drain(until_empty=True)
 
     def _wait_target(self, timeout: float) -> None:
         if self._pidfd is not None:
@@ -271,11 +273,27 @@ class Session:
         else:
             time.sleep(max(timeout, 0.0))
 
-    def drain(self) -> None:
-        """Deliver the events already in the buffer (within the consume budget), unless stopped."""
-        if self._program is not None and self.plan.events and not self._stop:
+    def drain(self, until_empty: bool = False) -> None:
+        """Deliver the events already in the buffer, unless stopped: within the consume budget, or
+        ``until_empty`` (when the target has exited, nothing refills it)."""
+        while self._program is not None and self.plan.events and not self._stop:
+            before = self.delivered
             self._program.consume(0, CONSUME_BUDGET_S)
             self._raise_callback_error()
+            if not until_empty or self.delivered == before:
+                break
+
+    def undelivered(self) -> int:
+        """Events written to the buffer but never read (still there when the trace ended)."""
+        if not self.plan.events:
+            return 0
+        written = sum(s.hits - s.lost_events for s in self._per_probe_stats())
+        return max(0, written - self.delivered)
+
+    def _per_probe_stats(self) -> List[ProbeStats]:
+        indexes = self.plan.request.handler_indexes()
+        stats = self._current("per_probe") or []
+        return [stats[i] for i in indexes if i < len(stats)]  # type: ignore[index]
 
     def run(self, duration: Optional[float] = None, until: Optional[Callable[[], bool]] = None,
             interval: float = 0.1) -> str:
@@ -313,14 +331,14 @@ class Session:
     def _snapshot(self, program: LoadedProgram) -> Dict[str, object]:
         try:
             return {"stats": self._reader.stats(program), "counts": self._reader.counts(program),
-                    "hist": self._reader.histograms(program)}
+                    "hist": self._reader.histograms(program), "per_probe": self._reader.per_probe(program)}
         except Exception:  # reading results must never prevent the detach
             return {"stats": {}}
 
     def _current(self, name: str) -> object:
         if self._program is not None:
             reader = {"stats": self._reader.stats, "counts": self._reader.counts,
-                      "hist": self._reader.histograms}[name]
+                      "hist": self._reader.histograms, "per_probe": self._reader.per_probe}[name]
             return reader(self._program)
         return self._final.get(name)
 
