@@ -58,10 +58,3 @@ class Backend(Protocol):
 def u64_values(items: Iterable[Tuple[bytes, bytes]]) -> List[Tuple[bytes, int]]:
     """``(key, value)`` byte pairs with the value read as a little-endian u64."""
     return [(key, int.from_bytes(value[:8], "little")) for key, value in items]
-
-
-def default_backend() -> Backend:
-    """The backend tracing uses: bcc."""
-    from .bcc_backend import BccBackend
-
-    return BccBackend()

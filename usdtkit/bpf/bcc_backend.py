@@ -70,7 +70,25 @@ class BccBackend:
     name = "bcc"
 
     def load(self, layout: ProgramLayout) -> "Program":
-        return Program(layout.text, layout=layout)
+        program = Program(layout.text, layout=layout)
+        try:
+            _check_layout(program, layout)
+        except BaseException:
+            program.close()
+            raise
+        return program
+
+
+def _check_layout(program: "Program", layout: ProgramLayout) -> None:
+    """The key structs as clang laid them out must be the ones the layout decodes (a mismatch is a bug
+    in usdtkit, caught here rather than read as wrong numbers)."""
+    for name, spec in layout.maps.items():
+        if spec.key is None:
+            continue
+        compiled = ctypes.sizeof(program.table(name).Key)
+        if compiled != spec.key.size:
+            raise AttachError(f"internal error: map {name} has {compiled}-byte keys, the layout says "
+                              f"{spec.key.size}")
 
 
 class Program:

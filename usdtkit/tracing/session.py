@@ -21,7 +21,7 @@ from collections import deque
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from ..bpf import capabilities, codegen
-from ..bpf.backend import Backend, LoadedProgram, default_backend
+from ..bpf.backend import Backend, LoadedProgram
 from ..collect.readout import MapReader, probe_signs
 from ..collect.records import ProbeDecoder, RecordDecoder
 from ..collect.results import Counts, Event, Histogram, ProbeStats
@@ -35,6 +35,13 @@ from .semaphores import SemaphoreWriter
 
 EventCallback = Callable[[Event], None]
 CONSUME_BUDGET_S = 0.2  # the longest one poll may spend delivering records while they keep coming
+
+
+def _default_backend() -> Backend:
+    """bcc, imported only when a session attaches (listing and planning never need it)."""
+    from ..bpf.bcc_backend import BccBackend
+
+    return BccBackend()
 
 
 def _power_of_two(n: int) -> int:
@@ -126,7 +133,7 @@ class Session:
             raise UsageError("this session has ended; start a new one")
         started = time.monotonic()
         try:
-            program = (self._backend or default_backend()).load(self.layout)
+            program = (self._backend or _default_backend()).load(self.layout)
             self._program = program
             pid = self.plan.pid
             if pid is not None:
