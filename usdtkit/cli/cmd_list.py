@@ -15,6 +15,7 @@ import sys
 from itertools import islice, repeat
 from typing import Callable, Iterator, List, Optional, Tuple
 
+from ..collect.render import printable
 from ..errors import ElfError, UsageError
 
 DESCRIPTION = """\
@@ -156,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
         if not warnings:
             raise TargetError(f"pid {args.pid}: no ELF objects mapped (kernel thread or zombie?)")
     for warning in warnings:
-        print(f"usdtkit: warning: {warning}", file=sys.stderr)
+        print(f"usdtkit: warning: {printable(warning)}", file=sys.stderr)
     out = sys.stdout
     if args.json:
         _write_json(out, results, usdt, functions, args.pid)
@@ -270,6 +271,15 @@ def _write_json(out, results: List[Listed], usdt: bool, functions: bool, pid: Op
 
 
 # --------------------------------------------------------------------------- table
+# Probe names, argument specs, symbol names and paths are the file author's bytes: the table shows
+# their control characters escaped (an ESC sequence would drive the terminal); JSON keeps them exact.
+def _shown(names: List[str]) -> List[str]:
+    """``names`` with control characters escaped (the common all-printable case costs one C-level pass)."""
+    if all(map(str.isprintable, names)):
+        return names
+    return [n if n.isprintable() else printable(n) for n in names]
+
+
 def _write_table(out, results: List[Listed], usdt: bool, functions: bool) -> None:
     write = out.write
     if results and results[0].obj is not None:
@@ -281,7 +291,7 @@ def _write_table(out, results: List[Listed], usdt: bool, functions: bool) -> Non
     for n, r in enumerate(results):
         if n:
             write("\n")
-        where = r.display
+        where = printable(r.display)
         if r.obj is not None and r.obj.load_bias is not None:
             where += f"  (pid {r.obj.pid}, load bias {r.obj.load_bias:#x})"
         if usdt:
@@ -297,11 +307,11 @@ def _probe_table(write, where: str, probes: list) -> None:
     write(f"{where}: {len(probes)} USDT probe{'s' * (len(probes) != 1)}, {sites} call site{'s' * (sites != 1)}\n")
     if not probes:
         return
-    names = [p.qualified_name for p in probes]
+    names = _shown([p.qualified_name for p in probes])
     width = max(len("PROBE"), *map(len, names))
     write(f"  {'PROBE':<{width}}  SITES  SEMAPHORE  ARGUMENTS\n")
     for name, probe in zip(names, probes):
-        first = probe.locations[0].arguments if probe.locations else ""
+        first = printable(probe.locations[0].arguments) if probe.locations else ""
         variants = len({loc.arguments for loc in probe.locations}) - 1
         more = f"  (+{variants} other spec{'s' * (variants != 1)})" if variants else ""
         sem = f"{probe.semaphore:#x}" if probe.semaphore else "-"
@@ -315,8 +325,8 @@ def _function_table(write, where: str, table, demangled) -> None:
         return
     write(f"  {'ADDRESS':<16}  {'SIZE':>8}  {'BINDING':<7}  NAME\n")
     versions = table.versions or repeat(None, count)
-    shown = table.names if demangled is None else [d or n for n, d in zip(table.names, demangled)]
-    suffixes = ("" if v is None else "@" + v for v in versions)
+    shown = _shown(table.names if demangled is None else [d or n for n, d in zip(table.names, demangled)])
+    suffixes = ("" if v is None else "@" + printable(v) for v in versions)
     lines = map(
         "  %016x  %8d  %-7s  %s%s\n".__mod__,
         zip(table.addresses, table.sizes, table.bindings, shown, suffixes),
