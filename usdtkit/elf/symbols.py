@@ -573,9 +573,15 @@ def find_symbol(path: str, name: str, *, binary: Optional[str] = None):
     shown = binary or path
     with ElfImage(path, binary) as image:
         rows = function_rows(image, match=wanted.__eq__)
-    found = [r for r in rows if version is None or r[5] == version]
-    if not found:
-        raise ProbeNotFound(f"{shown}: no function named {name}")
+        found = [r for r in rows if version is None or r[5] == version]
+        if not found:
+            from .suggest import close_names, did_you_mean
+
+            if rows:  # the name exists, under other versions
+                choices = sorted({r[0] + (f"@{r[5]}" if r[5] else "") for r in rows})
+            else:
+                choices = close_names(wanted, function_table(image).names)
+            raise ProbeNotFound(f"{shown}: no function named {name}{did_you_mean(choices)}")
     r = min(found, key=lambda row: _BINDING_RANK.get(row[4], 2))
     return FunctionSymbol(r[0], r[1], r[2], r[3], r[4], shown, r[5], r[6])
 

@@ -18,6 +18,7 @@ from typing import Iterator, List, Optional, Tuple
 
 from .. import elf
 from ..elf.model import Arg, UsdtProbe
+from ..elf.suggest import did_you_mean, near_probes
 from ..errors import NoSuchProcess, ProbeNotFound, TargetError, UsageError, UsdtkitError
 from .probes import ProbeRef
 
@@ -148,8 +149,10 @@ def _resolve_everywhere(ref: ProbeRef) -> ResolvedProbe:
     sites: List[Site] = []
     counts = set()
     binary = ""
+    seen: List[UsdtProbe] = []
     for shown, open_path, owner in _all_process_objects():
         for probe in _probes_of(open_path):
+            seen.append(probe)
             if probe.name == ref.name and probe.provider == ref.provider:
                 counts.add(_check_args(probe))
                 binary = binary or shown
@@ -157,7 +160,8 @@ def _resolve_everywhere(ref: ProbeRef) -> ResolvedProbe:
                     sites.append(Site(open_path, loc.file_offset, loc.pc, loc.semaphore_offset or 0, loc.args,
                                       pid=owner))
     if not sites:
-        raise ProbeNotFound(f"no running process has USDT probe {ref.provider}:{ref.name} loaded")
+        near = did_you_mean(near_probes(ref.provider, ref.name, seen))
+        raise ProbeNotFound(f"no running process has USDT probe {ref.provider}:{ref.name} loaded{near}")
     if len(counts) > 1:
         raise ProbeNotFound(f"{ref}: processes disagree on the argument count {sorted(counts)}")
     return ResolvedProbe(ref, binary, tuple(sites), counts.pop())
@@ -167,13 +171,16 @@ def _resolve_usdt(ref: ProbeRef, pid: Optional[int]) -> ResolvedProbe:
     if pid is None and not ref.binary and ref.provider:
         return _resolve_everywhere(ref)
     matches: List[Tuple[str, UsdtProbe]] = []
+    seen: List[UsdtProbe] = []
     for shown, open_path in _candidates(ref, pid):
         for probe in (elf.read_usdt_probes(open_path) if ref.binary else _probes_of(open_path)):
+            seen.append(probe)
             if probe.name == ref.name and (ref.provider is None or probe.provider == ref.provider):
                 matches.append((open_path, probe))
     if not matches:
         where = ref.binary or f"pid {pid}"
-        raise ProbeNotFound(f"{where}: no USDT probe {ref.provider + ':' if ref.provider else ''}{ref.name}")
+        near = did_you_mean(near_probes(ref.provider, ref.name, seen))
+        raise ProbeNotFound(f"{where}: no USDT probe {ref.provider + ':' if ref.provider else ''}{ref.name}{near}")
     providers = {p.provider for _, p in matches}
     if ref.provider is None and len(providers) > 1:
         raise UsageError(f"probe {ref}: ambiguous, provided by {', '.join(sorted(providers))}")
