@@ -299,3 +299,23 @@ def test_error_naming_a_hostile_path_stays_one_escaped_line(tmp_path):
     out = usdtkit(str(missing))
     assert_one_line_error(out, "gone\\x1b[2J\\nfake: line", "no such file")
     assert "\x1b" not in out.stderr
+
+
+# --------------------------------------------------------------------------- known issues
+def test_python311_function_entry_is_marked_in_text_and_json():
+    path = real(PYTHON)
+    version = subprocess.run([path, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    if not version.startswith("3.11."):
+        pytest.skip(f"{path} is CPython {version}")
+    doc = listing("--usdt", path)
+    marked = {p["name"]: p.get("known_issues") for p in doc["probes"]}
+    (issue,) = marked.pop("function__entry")
+    assert issue.startswith(f"python:function__entry in CPython {version} fires only for frames entered from C")
+    assert set(marked.values()) == {None}  # function__return, line, gc__start...: no mark
+    text = usdtkit("--usdt", path, "python:function__*")
+    lines = text.stdout.splitlines()
+    assert next(x for x in lines if "python:function__entry " in x).endswith("(known issue, see note)")
+    assert not next(x for x in lines if "python:function__return " in x).endswith("see note)")
+    assert f"  note: {issue}" in lines
+

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from itertools import islice, repeat
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..collect.render import printable
 from ..errors import ElfError, UsageError
@@ -37,9 +37,10 @@ examples:
   usdtkit list --json /usr/bin/python3.11 > probes.json
 
 JSON: {"probes": [...], "functions": [...]} (only the kinds listed); a probe has provider, name,
-binary, semaphore and locations (address, base, semaphore, arguments, file_offset, args, ...); a
-function has name, address, size, file_offset, binding, version, source, demangled, binary.  With
--p, entries also carry pid and open_path, and "objects" lists the mapped objects with their load bias.
+binary, semaphore and locations (address, base, semaphore, arguments, file_offset, args, ...), plus
+known_issues (one line each) when it is known to misfire in this build; a function has name, address,
+size, file_offset, binding, version, source, demangled, binary.  With -p, entries also carry pid and
+open_path, and "objects" lists the mapped objects with their load bias.
 exit status: 0 listed (possibly nothing), 1 bad target or unreadable file, 2 usage error."""
 
 
@@ -70,6 +71,7 @@ class Listed:
         self.open_path = open_path
         self.obj = obj  # MappedObject for -p listings
         self.probes: list = []
+        self.issues: Dict[str, List[str]] = {}  # qualified probe name -> known issues in this object
         self.functions = None  # symbols.FunctionTable
         self.demangled: Optional[List[Optional[str]]] = None
 
@@ -88,6 +90,7 @@ def _probe_filter(pattern: Optional[str]) -> Callable[[object], bool]:
 def _gather(display: str, open_path: str, args: argparse.Namespace, usdt: bool, functions: bool,
             obj=None) -> Listed:
     from ..elf.image import ElfImage
+    from ..elf.known_issues import issues_in_image
     from ..elf.notes import probes_from_image
     from ..elf.symbols import compile_glob, function_table
 
@@ -96,6 +99,10 @@ def _gather(display: str, open_path: str, args: argparse.Namespace, usdt: bool, 
         if usdt:
             keep = _probe_filter(args.pattern)
             listed.probes = [p for p in probes_from_image(image, display) if keep(p)]
+            for probe in listed.probes:
+                issues = issues_in_image(image, probe.provider, probe.name)
+                if issues:
+                    listed.issues[probe.qualified_name] = issues
         if functions:
             if not args.demangle:
                 listed.functions = function_table(image, args.pattern)
@@ -242,6 +249,8 @@ def _write_json(out, results: List[Listed], usdt: bool, functions: bool, pid: Op
         for r in results:
             for probe in r.probes:
                 doc = probe.to_json()
+                if probe.qualified_name in r.issues:
+                    doc["known_issues"] = r.issues[probe.qualified_name]
                 if r.obj is not None:
                     doc["pid"] = r.obj.pid
                     doc["open_path"] = r.open_path
@@ -295,14 +304,14 @@ def _write_table(out, results: List[Listed], usdt: bool, functions: bool) -> Non
         if r.obj is not None and r.obj.load_bias is not None:
             where += f"  (pid {r.obj.pid}, load bias {r.obj.load_bias:#x})"
         if usdt:
-            _probe_table(write, where, r.probes)
+            _probe_table(write, where, r.probes, r.issues)
         if functions:
             if usdt:
                 write("\n")
             _function_table(write, where, r.functions, r.demangled)
 
 
-def _probe_table(write, where: str, probes: list) -> None:
+def _probe_table(write, where: str, probes: list, issues: Dict[str, List[str]]) -> None:
     sites = sum(len(p.locations) for p in probes)
     write(f"{where}: {len(probes)} USDT probe{'s' * (len(probes) != 1)}, {sites} call site{'s' * (sites != 1)}\n")
     if not probes:
@@ -315,7 +324,11 @@ def _probe_table(write, where: str, probes: list) -> None:
         variants = len({loc.arguments for loc in probe.locations}) - 1
         more = f"  (+{variants} other spec{'s' * (variants != 1)})" if variants else ""
         sem = f"{probe.semaphore:#x}" if probe.semaphore else "-"
-        write(f"  {name:<{width}}  {len(probe.locations):>5}  {sem:>9}  {first}{more}\n")
+        flag = "  (known issue, see note)" if probe.qualified_name in issues else ""
+        write(f"  {name:<{width}}  {len(probe.locations):>5}  {sem:>9}  {first}{more}{flag}\n")
+    for lines in issues.values():
+        for line in lines:
+            write(f"  note: {line}\n")
 
 
 def _function_table(write, where: str, table, demangled) -> None:

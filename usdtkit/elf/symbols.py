@@ -597,16 +597,17 @@ def address_to_offset(path: str, address: int, *, binary: Optional[str] = None) 
     return offset
 
 
-def symbol_addresses(image: ElfImage, names: Set[str]) -> Dict[str, int]:
+def symbol_addresses(image: ElfImage, names: Set[str], *, debug_files: bool = True) -> Dict[str, int]:
     """Link-time values of the defined symbols (any type) called ``names``, for rip-relative args.
 
     Only names whose value is unambiguous are returned: a single value, or a single global/weak
     definition among same-named locals.  The string tables are searched for the names first, so only
-    the matching entries are decoded.
+    the matching entries are decoded.  Without ``.symtab``, a debug file stands in for it unless
+    ``debug_files`` is false (enough for exported names).
     """
     tables = [s for s in image.sections if s.type in (SHT_SYMTAB, SHT_DYNSYM)]
     images = [(image, t) for t in tables]
-    if not any(t.type == SHT_SYMTAB for t in tables):
+    if debug_files and not any(t.type == SHT_SYMTAB for t in tables):
         from .debuginfo import debug_images
 
         for debug, _source in debug_images(image, None, mini=False):

@@ -25,6 +25,7 @@ from ..bpf.backend import Program
 from ..collect.records import ProbeDecoder, RecordDecoder
 from ..collect.results import Counts, Event, Histogram, ProbeStats
 from ..collect.symbolize import Symbolizer
+from ..elf.known_issues import known_issues
 from ..errors import EnvironmentProblem, NoSuchProcess, UsageError
 from . import site_cost
 from .resolve import Site
@@ -77,10 +78,12 @@ class Session:
         self._semaphores_done: set = set()
 
     def _site_warnings(self) -> List[str]:
-        """Warnings about expensive uprobe sites, known before attaching."""
+        """Warnings known before attaching: expensive uprobe sites, USDT probes known to misfire."""
         out = []
         for probe in self.spec.probes:
-            if probe.ref.is_usdt:  # USDT sites are NOPs: the cheapest kind
+            if probe.ref.is_usdt:  # USDT sites are NOPs: the cheapest kind, but some builds misfire them
+                out += [w for path in dict.fromkeys(s.path for s in probe.sites)
+                        for w in known_issues(path, probe.ref.provider or "", probe.ref.name)]
                 continue
             for site in probe.sites:
                 warning = site_cost.describe_site(site_cost.read_site(site.path, site.file_offset))
