@@ -39,8 +39,11 @@ examples:
 JSON: {"probes": [...], "functions": [...]} (only the kinds listed); a probe has provider, name,
 binary, semaphore and locations (address, base, semaphore, arguments, file_offset, args, ...), plus
 known_issues (one line each) when it is known to misfire in this build; a function has name, address,
-size, file_offset, binding, version, source, demangled, binary.  With -p, entries also carry pid and
-open_path, and "objects" lists the mapped objects with their load bias.
+size, file_offset, binding, ifunc, version, source, demangled, binary.  With -p, entries also carry pid
+and open_path, and "objects" lists the mapped objects with their load bias.
+
+(ifunc) in the table marks an indirect function (glibc's strlen, memcpy...): its symbol is a resolver
+run once at load time to pick the implementation (__strlen_avx2...) that every call then goes to.
 exit status: 0 listed (possibly nothing), 1 bad target or unreadable file, 2 usage error."""
 
 
@@ -191,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- JSON
 _encode = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii=True)
 _CHUNK = 1024  # rows formatted per write: keeps the working set in cache
+_JSON_BOOL = {False: "false", True: "true"}
 
 
 def _json_value(value: Optional[str]) -> str:
@@ -215,17 +219,20 @@ def function_json_chunks(table, binary: str, demangled=None, extra: str = "") ->
         else:
             as_json = {v: _json_value(v) for v in set(table.versions)}
             versions = map(as_json.__getitem__, table.versions)
+        ifuncs = repeat("false", count) if table.ifuncs is None else map(_JSON_BOOL.__getitem__, table.ifuncs)
         rows = zip(map(_encode, table.names), table.addresses, table.sizes, table.offsets, table.bindings,
-                   versions, repeat(rest, count))
-        fmt = ('{"name": %s, "address": %d, "size": %d, "file_offset": %d, "binding": "%s", "version": %s, %s'
-               .__mod__)
+                   ifuncs, versions, repeat(rest, count))
+        fmt = ('{"name": %s, "address": %d, "size": %d, "file_offset": %d, "binding": "%s", "ifunc": %s, '
+               '"version": %s, %s'.__mod__)
     else:
-        tail = '"binding": "%s", "version": %s, "source": %s, "demangled": %s, "binary": %s%s}'
+        tail = '"binding": "%s", "ifunc": %s, "version": %s, "source": %s, "demangled": %s, "binary": %s%s}'
         versions = table.versions if table.versions is not None else repeat(None, count)
         dem = demangled if demangled is not None else repeat(None, count)
-        keys = list(zip(table.bindings, versions, table.sources, dem))
+        ifunc_flags = table.ifuncs if table.ifuncs is not None else repeat(False, count)
+        keys = list(zip(table.bindings, ifunc_flags, versions, table.sources, dem))
         tails = {
-            k: tail % (k[0], _json_value(k[1]), _encode(k[2]), _json_value(k[3]), binary_json, extra)
+            k: tail % (k[0], _JSON_BOOL[k[1]], _json_value(k[2]), _encode(k[3]), _json_value(k[4]), binary_json,
+                       extra)
             for k in set(keys)
         }
         rows = zip(map(_encode, table.names), table.addresses, table.sizes, table.offsets,
@@ -340,6 +347,8 @@ def _function_table(write, where: str, table, demangled) -> None:
     versions = table.versions or repeat(None, count)
     shown = _shown(table.names if demangled is None else [d or n for n, d in zip(table.names, demangled)])
     suffixes = ("" if v is None else "@" + printable(v) for v in versions)
+    if table.ifuncs is not None:
+        suffixes = (s + "  (ifunc)" if ifunc else s for s, ifunc in zip(suffixes, table.ifuncs))
     lines = map(
         "  %016x  %8d  %-7s  %s%s\n".__mod__,
         zip(table.addresses, table.sizes, table.bindings, shown, suffixes),

@@ -25,6 +25,7 @@ from ..bpf.backend import Program
 from ..collect.records import ProbeDecoder, RecordDecoder
 from ..collect.results import Counts, Event, Histogram, ProbeStats
 from ..collect.symbolize import Symbolizer
+from ..elf.ifunc import ifunc_warning
 from ..elf.known_issues import known_issues
 from ..errors import EnvironmentProblem, NoSuchProcess, UsageError
 from . import site_cost
@@ -78,7 +79,7 @@ class Session:
         self._semaphores_done: set = set()
 
     def _site_warnings(self) -> List[str]:
-        """Warnings known before attaching: expensive uprobe sites, USDT probes known to misfire."""
+        """Warnings known before attaching: expensive uprobe sites, IFUNC resolvers, misfiring USDT probes."""
         out = []
         for probe in self.spec.probes:
             if probe.ref.is_usdt:  # USDT sites are NOPs: the cheapest kind, but some builds misfire them
@@ -89,6 +90,9 @@ class Session:
                 warning = site_cost.describe_site(site_cost.read_site(site.path, site.file_offset))
                 if warning:
                     out.append(f"{probe.label} at {site.path}+{site.file_offset:#x}: {warning}")
+                pid = site.pid or (None if self.command else self.spec.pid)  # a gated command has not exec'd
+                warning = ifunc_warning(site.path, site.pc, pid, probe.ref.name)
+                out += [f"{probe.label}: {warning}"] if warning else []
         return out
 
     def _probe_decoder(self, index: int) -> ProbeDecoder:
