@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import platform
+import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -135,12 +136,38 @@ def check_uprobe_multi() -> Check:
                  "usdtkit uses one perf event per call site; detaching probes with many sites is slow")
 
 
+def tracefs_mounts(mountinfo: str = "/proc/self/mountinfo") -> List[str]:
+    """Mount points of tracefs in this mount namespace, readable or not.
+
+    A ``mountinfo`` line is ``ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [TAGS...] - FSTYPE SOURCE ...``;
+    the mount point escapes space, tab, newline and backslash as octal (``\\040``).
+    """
+    points = []
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as handle:
+            for line in handle:
+                fields, sep, tail = line.partition(" - ")
+                parts = fields.split()
+                if sep and len(parts) >= 5 and tail.split()[:1] == ["tracefs"]:
+                    points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), parts[4]))
+    except OSError:
+        pass
+    return points
+
+
 def check_tracefs() -> Check:
     caps = capabilities.detect()
     if caps.tracefs:
         return Check("tracefs", OK, f"mounted at {caps.tracefs}")
     status = WARN if caps.has_uprobe_pmu else FAIL
-    return Check("tracefs", status, "not mounted (usdtkit attaches through the perf PMU without it)",
+    without = "usdtkit attaches through the perf PMU without it"
+    mounted = tracefs_mounts()
+    if mounted:
+        # tracefs is root-only (mode 0700) by default: present, but closed to this user.
+        return Check("tracefs", status,
+                     f"mounted at {mounted[0]} but not readable by uid {os.geteuid()} ({without})",
+                     "run as root to use or inspect it (bpftrace needs it; usdtkit does not)")
+    return Check("tracefs", status, f"not mounted ({without})",
                  "mount -t tracefs nodev /sys/kernel/tracing (needed by bpftrace and for inspection)")
 
 

@@ -271,3 +271,51 @@ def test_output_to_a_closed_pipe_is_quiet():
     shell = f"{sys.executable} -m usdtkit.cli.main list --functions {path} | head -1"
     out = subprocess.run(["sh", "-c", shell], capture_output=True, text=True, env=env)
     assert out.stdout.count("\n") == 1 and "Traceback" not in out.stderr and "Error" not in out.stderr
+
+
+# --------------------------------------------------------------------------- hostile strings
+def test_control_characters_are_escaped_in_text_and_exact_in_json(tmp_path):
+    # Note strings and symbol names are whatever the file's author wrote: an ESC sequence printed raw
+    # would drive the terminal (clear it, retitle it, hide lines).
+    provider, name, args = "evil\x1b[2J", "name\x1b]0;owned\x07", "8@%rdi\r"
+    function = "func\x1b[8m"
+    path = tmp_path / "hostile\x1b[1m"
+    path.write_bytes(elfbuild.probe_elf(
+        notes=[elfbuild.stapsdt_note(0x1000, 0x3000, 0, provider, name, args)],
+        symbols=[(function, 0x1010, 16, 0x12, 1)]))
+    text = usdtkit(str(path))
+    assert text.returncode == 0, text.stderr
+    assert not any(c in text.stdout for c in "\x1b\x07\r"), repr(text.stdout)
+    assert "evil\\x1b[2J:name\\x1b]0;owned\\x07" in text.stdout
+    assert "8@%rdi\\r" in text.stdout and "func\\x1b[8m" in text.stdout and "hostile\\x1b[1m" in text.stdout
+    doc = listing(str(path))
+    assert (doc["probes"][0]["provider"], doc["probes"][0]["name"]) == (provider, name)
+    assert doc["probes"][0]["locations"][0]["arguments"] == args
+    assert doc["functions"][0]["name"] == function
+
+
+def test_error_naming_a_hostile_path_stays_one_escaped_line(tmp_path):
+    missing = tmp_path / "gone\x1b[2J\nfake: line"
+    out = usdtkit(str(missing))
+    assert_one_line_error(out, "gone\\x1b[2J\\nfake: line", "no such file")
+    assert "\x1b" not in out.stderr
+
+
+# --------------------------------------------------------------------------- known issues
+def test_python311_function_entry_is_marked_in_text_and_json():
+    path = real(PYTHON)
+    version = subprocess.run([path, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    if not version.startswith("3.11."):
+        pytest.skip(f"{path} is CPython {version}")
+    doc = listing("--usdt", path)
+    marked = {p["name"]: p.get("known_issues") for p in doc["probes"]}
+    (issue,) = marked.pop("function__entry")
+    assert issue.startswith(f"python:function__entry in CPython {version} fires only for frames entered from C")
+    assert set(marked.values()) == {None}  # function__return, line, gc__start...: no mark
+    text = usdtkit("--usdt", path, "python:function__*")
+    lines = text.stdout.splitlines()
+    assert next(x for x in lines if "python:function__entry " in x).endswith("(known issue, see note)")
+    assert not next(x for x in lines if "python:function__return " in x).endswith("see note)")
+    assert f"  note: {issue}" in lines
+

@@ -238,5 +238,34 @@ def test_rows_and_objects_agree():
     path = real(POSTGRES)
     with ElfImage(path) as image:
         rows = function_rows(image)
-    assert [(f.name, f.address, f.size, f.file_offset, f.binding, f.version, f.source)
+    assert [(f.name, f.address, f.size, f.file_offset, f.binding, f.version, f.source, f.ifunc)
             for f in read_functions(path)] == rows
+
+
+# --------------------------------------------------------------------------- indirect functions
+def readelf_ifunc_names(*paths: str) -> set:
+    names = set()
+    for path in paths:
+        out = subprocess.run(["readelf", "-sW", path], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) >= 8 and fields[3] == "IFUNC" and fields[6] != "UND":
+                names.add(fields[7].split("@")[0])
+    return names
+
+
+def test_ifunc_flags_equal_readelf_on_libc():
+    libc = real(LIBC)
+    functions = read_functions(libc)
+    sources = {f.source for f in functions} - {".symtab", ".dynsym"}  # the debug file, when installed
+    expected = readelf_ifunc_names(libc, *sources)
+    assert {"strlen", "memcpy", "strchr"} <= expected
+    assert {f.name for f in functions if f.ifunc} == expected
+    assert not any(f.ifunc for f in functions if f.name in ("malloc", "printf"))
+
+
+def test_an_unversioned_name_finds_the_default_version():
+    # memcpy@@GLIBC_2.14 (an IFUNC) is what programs link against; memcpy@GLIBC_2.2.5 serves old binaries.
+    symbol = find_symbol(real(LIBC), "memcpy")
+    assert (symbol.version, symbol.ifunc) == ("GLIBC_2.14", True)
+    assert find_symbol(LIBC, "memcpy@GLIBC_2.2.5").version == "GLIBC_2.2.5"

@@ -55,11 +55,16 @@ def _quiet_stderr() -> Iterator[io.StringIO]:
 
 
 def _first_error(output: str, fallback: str) -> str:
-    """The first ``error:`` line of a compiler's output, else its last line, else ``fallback``."""
+    """The first ``error:`` line of a compiler's output, else its last line, else ``fallback``.
+
+    Clang's ``FILE:LINE:COL: error: MESSAGE`` becomes ``MESSAGE (at FILE:LINE:COL)``; libbcc's own
+    lines (``could not open bpf map: NAME, error: REASON``) are sentences and stay whole."""
     lines = output.strip().splitlines()
     for line in lines:
         if "error:" in line:
             where, _, message = line.partition("error:")
+            if not where.rstrip().endswith(":"):
+                return line.strip()
             return f"{message.strip()} (at {where.strip().rstrip(':')})"
     return lines[-1] if lines else fallback
 

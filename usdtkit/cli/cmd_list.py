@@ -13,8 +13,9 @@ import json
 import os
 import sys
 from itertools import islice, repeat
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+from ..collect.render import printable
 from ..errors import ElfError, UsageError
 
 DESCRIPTION = """\
@@ -36,9 +37,13 @@ examples:
   usdtkit list --json /usr/bin/python3.11 > probes.json
 
 JSON: {"probes": [...], "functions": [...]} (only the kinds listed); a probe has provider, name,
-binary, semaphore and locations (address, base, semaphore, arguments, file_offset, args, ...); a
-function has name, address, size, file_offset, binding, version, source, demangled, binary.  With
--p, entries also carry pid and open_path, and "objects" lists the mapped objects with their load bias.
+binary, semaphore and locations (address, base, semaphore, arguments, file_offset, args, ...), plus
+known_issues (one line each) when it is known to misfire in this build; a function has name, address,
+size, file_offset, binding, ifunc, version, source, demangled, binary.  With -p, entries also carry pid
+and open_path, and "objects" lists the mapped objects with their load bias.
+
+(ifunc) in the table marks an indirect function (glibc's strlen, memcpy...): its symbol is a resolver
+run once at load time to pick the implementation (__strlen_avx2...) that every call then goes to.
 exit status: 0 listed (possibly nothing), 1 bad target or unreadable file, 2 usage error."""
 
 
@@ -69,6 +74,7 @@ class Listed:
         self.open_path = open_path
         self.obj = obj  # MappedObject for -p listings
         self.probes: list = []
+        self.issues: Dict[str, List[str]] = {}  # qualified probe name -> known issues in this object
         self.functions = None  # symbols.FunctionTable
         self.demangled: Optional[List[Optional[str]]] = None
 
@@ -87,6 +93,7 @@ def _probe_filter(pattern: Optional[str]) -> Callable[[object], bool]:
 def _gather(display: str, open_path: str, args: argparse.Namespace, usdt: bool, functions: bool,
             obj=None) -> Listed:
     from ..elf.image import ElfImage
+    from ..elf.known_issues import issues_in_image
     from ..elf.notes import probes_from_image
     from ..elf.symbols import compile_glob, function_table
 
@@ -95,6 +102,10 @@ def _gather(display: str, open_path: str, args: argparse.Namespace, usdt: bool, 
         if usdt:
             keep = _probe_filter(args.pattern)
             listed.probes = [p for p in probes_from_image(image, display) if keep(p)]
+            for probe in listed.probes:
+                issues = issues_in_image(image, probe.provider, probe.name)
+                if issues:
+                    listed.issues[probe.qualified_name] = issues
         if functions:
             if not args.demangle:
                 listed.functions = function_table(image, args.pattern)
@@ -156,7 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         if not warnings:
             raise TargetError(f"pid {args.pid}: no ELF objects mapped (kernel thread or zombie?)")
     for warning in warnings:
-        print(f"usdtkit: warning: {warning}", file=sys.stderr)
+        print(f"usdtkit: warning: {printable(warning)}", file=sys.stderr)
     out = sys.stdout
     if args.json:
         _write_json(out, results, usdt, functions, args.pid)
@@ -183,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- JSON
 _encode = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii=True)
 _CHUNK = 1024  # rows formatted per write: keeps the working set in cache
+_JSON_BOOL = {False: "false", True: "true"}
 
 
 def _json_value(value: Optional[str]) -> str:
@@ -207,17 +219,20 @@ def function_json_chunks(table, binary: str, demangled=None, extra: str = "") ->
         else:
             as_json = {v: _json_value(v) for v in set(table.versions)}
             versions = map(as_json.__getitem__, table.versions)
+        ifuncs = repeat("false", count) if table.ifuncs is None else map(_JSON_BOOL.__getitem__, table.ifuncs)
         rows = zip(map(_encode, table.names), table.addresses, table.sizes, table.offsets, table.bindings,
-                   versions, repeat(rest, count))
-        fmt = ('{"name": %s, "address": %d, "size": %d, "file_offset": %d, "binding": "%s", "version": %s, %s'
-               .__mod__)
+                   ifuncs, versions, repeat(rest, count))
+        fmt = ('{"name": %s, "address": %d, "size": %d, "file_offset": %d, "binding": "%s", "ifunc": %s, '
+               '"version": %s, %s'.__mod__)
     else:
-        tail = '"binding": "%s", "version": %s, "source": %s, "demangled": %s, "binary": %s%s}'
+        tail = '"binding": "%s", "ifunc": %s, "version": %s, "source": %s, "demangled": %s, "binary": %s%s}'
         versions = table.versions if table.versions is not None else repeat(None, count)
         dem = demangled if demangled is not None else repeat(None, count)
-        keys = list(zip(table.bindings, versions, table.sources, dem))
+        ifunc_flags = table.ifuncs if table.ifuncs is not None else repeat(False, count)
+        keys = list(zip(table.bindings, ifunc_flags, versions, table.sources, dem))
         tails = {
-            k: tail % (k[0], _json_value(k[1]), _encode(k[2]), _json_value(k[3]), binary_json, extra)
+            k: tail % (k[0], _JSON_BOOL[k[1]], _json_value(k[2]), _encode(k[3]), _json_value(k[4]), binary_json,
+                       extra)
             for k in set(keys)
         }
         rows = zip(map(_encode, table.names), table.addresses, table.sizes, table.offsets,
@@ -241,6 +256,8 @@ def _write_json(out, results: List[Listed], usdt: bool, functions: bool, pid: Op
         for r in results:
             for probe in r.probes:
                 doc = probe.to_json()
+                if probe.qualified_name in r.issues:
+                    doc["known_issues"] = r.issues[probe.qualified_name]
                 if r.obj is not None:
                     doc["pid"] = r.obj.pid
                     doc["open_path"] = r.open_path
@@ -270,6 +287,15 @@ def _write_json(out, results: List[Listed], usdt: bool, functions: bool, pid: Op
 
 
 # --------------------------------------------------------------------------- table
+# Probe names, argument specs, symbol names and paths are the file author's bytes: the table shows
+# their control characters escaped (an ESC sequence would drive the terminal); JSON keeps them exact.
+def _shown(names: List[str]) -> List[str]:
+    """``names`` with control characters escaped (the common all-printable case costs one C-level pass)."""
+    if all(map(str.isprintable, names)):
+        return names
+    return [n if n.isprintable() else printable(n) for n in names]
+
+
 def _write_table(out, results: List[Listed], usdt: bool, functions: bool) -> None:
     write = out.write
     if results and results[0].obj is not None:
@@ -281,31 +307,35 @@ def _write_table(out, results: List[Listed], usdt: bool, functions: bool) -> Non
     for n, r in enumerate(results):
         if n:
             write("\n")
-        where = r.display
+        where = printable(r.display)
         if r.obj is not None and r.obj.load_bias is not None:
             where += f"  (pid {r.obj.pid}, load bias {r.obj.load_bias:#x})"
         if usdt:
-            _probe_table(write, where, r.probes)
+            _probe_table(write, where, r.probes, r.issues)
         if functions:
             if usdt:
                 write("\n")
             _function_table(write, where, r.functions, r.demangled)
 
 
-def _probe_table(write, where: str, probes: list) -> None:
+def _probe_table(write, where: str, probes: list, issues: Dict[str, List[str]]) -> None:
     sites = sum(len(p.locations) for p in probes)
     write(f"{where}: {len(probes)} USDT probe{'s' * (len(probes) != 1)}, {sites} call site{'s' * (sites != 1)}\n")
     if not probes:
         return
-    names = [p.qualified_name for p in probes]
+    names = _shown([p.qualified_name for p in probes])
     width = max(len("PROBE"), *map(len, names))
     write(f"  {'PROBE':<{width}}  SITES  SEMAPHORE  ARGUMENTS\n")
     for name, probe in zip(names, probes):
-        first = probe.locations[0].arguments if probe.locations else ""
+        first = printable(probe.locations[0].arguments) if probe.locations else ""
         variants = len({loc.arguments for loc in probe.locations}) - 1
         more = f"  (+{variants} other spec{'s' * (variants != 1)})" if variants else ""
         sem = f"{probe.semaphore:#x}" if probe.semaphore else "-"
-        write(f"  {name:<{width}}  {len(probe.locations):>5}  {sem:>9}  {first}{more}\n")
+        flag = "  (known issue, see note)" if probe.qualified_name in issues else ""
+        write(f"  {name:<{width}}  {len(probe.locations):>5}  {sem:>9}  {first}{more}{flag}\n")
+    for lines in issues.values():
+        for line in lines:
+            write(f"  note: {line}\n")
 
 
 def _function_table(write, where: str, table, demangled) -> None:
@@ -315,8 +345,10 @@ def _function_table(write, where: str, table, demangled) -> None:
         return
     write(f"  {'ADDRESS':<16}  {'SIZE':>8}  {'BINDING':<7}  NAME\n")
     versions = table.versions or repeat(None, count)
-    shown = table.names if demangled is None else [d or n for n, d in zip(table.names, demangled)]
-    suffixes = ("" if v is None else "@" + v for v in versions)
+    shown = _shown(table.names if demangled is None else [d or n for n, d in zip(table.names, demangled)])
+    suffixes = ("" if v is None else "@" + printable(v) for v in versions)
+    if table.ifuncs is not None:
+        suffixes = (s + "  (ifunc)" if ifunc else s for s, ifunc in zip(suffixes, table.ifuncs))
     lines = map(
         "  %016x  %8d  %-7s  %s%s\n".__mod__,
         zip(table.addresses, table.sizes, table.bindings, shown, suffixes),

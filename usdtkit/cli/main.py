@@ -14,6 +14,7 @@ import sys
 from typing import List, NoReturn, Optional
 
 from .. import __version__
+from ..collect.render import printable
 from ..errors import UsdtkitError
 
 #: Sub-command modules, in the order ``usdtkit --help`` lists them.
@@ -49,7 +50,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UsdtkitError as exc:
-        print(f"usdtkit: error: {exc}", file=sys.stderr)
+        # Messages quote paths and names from files and processes: escaped, they stay one harmless line.
+        print(f"usdtkit: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

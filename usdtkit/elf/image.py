@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from ..errors import ElfError
 
@@ -338,8 +338,6 @@ class ElfImage:
 
     def build_id(self) -> Optional[str]:
         """The GNU build-id (hex) from ``.note.gnu.build-id`` or any PT_NOTE segment, or None."""
-        from .notes import iter_notes
-
         candidates = []
         sec = self.section(".note.gnu.build-id")
         if sec is not None and sec.type == SHT_NOTE:
@@ -353,6 +351,41 @@ class ElfImage:
                 if owner == b"GNU" and ntype == 3 and desc:
                     return desc.hex()
         return None
+
+
+_NHDR = {"<": struct.Struct("<III"), ">": struct.Struct(">III")}
+
+
+def iter_notes(image: ElfImage, data: bytes, align: int, what: str) -> Iterator[Tuple[bytes, int, bytes]]:
+    """Yield ``(owner, type, descriptor)`` for each note in ``data``, validating every size.
+
+    A note is a header of three 4-byte words (owner name size, descriptor size, type) followed by the
+    owner name and the descriptor, each padded to the note alignment.  Build-ids and USDT probes both
+    come as notes, so the framing lives here, below the modules that read either.
+
+    ``align`` is the note alignment (8 only for 8-aligned note sections, else 4).  A note whose sizes
+    overrun ``data`` raises ElfError; a trailing fragment shorter than a note header is ignored.
+    """
+    align = 8 if align == 8 else 4
+    mask = align - 1
+    hdr = _NHDR[image.endian]
+    end = len(data)
+    off = 0
+    while off + 12 <= end:
+        namesz, descsz, ntype = hdr.unpack_from(data, off)
+        name_off = off + 12
+        desc_off = (name_off + namesz + mask) & ~mask
+        desc_end = desc_off + descsz
+        if desc_end > end or name_off + namesz > end:
+            raise ElfError(
+                f"{image.display}: corrupt {what}: note at offset {off:#x} has sizes"
+                f" (name {namesz}, descriptor {descsz}) beyond the section's {end} bytes"
+            )
+        owner = data[name_off:name_off + namesz]
+        if owner.endswith(b"\0"):
+            owner = owner[:-1]
+        yield owner, ntype, data[desc_off:desc_end]
+        off = (desc_end + mask) & ~mask
 
 
 class _BoundedStream:

@@ -196,6 +196,11 @@ class FunctionSymbol:
 
     ``address`` is the link-time value, ``file_offset`` the offset a uprobe takes, ``version`` the GNU
     symbol version (``GLIBC_2.2.5``) when there is one, ``source`` the table it came from.
+
+    ``ifunc`` marks an indirect function (``STT_GNU_IFUNC``, glibc's ``strlen``, ``memcpy``): its address
+    is a *resolver* the dynamic loader calls once, at load time, to pick the implementation every call
+    then goes to (``__strlen_avx2`` on one CPU, ``__strlen_sse2`` on another).  A probe on the symbol
+    therefore sees the resolver run, not the calls.
     """
 
     name: str
@@ -207,6 +212,7 @@ class FunctionSymbol:
     version: Optional[str] = None
     source: str = ".symtab"
     demangled: Optional[str] = None
+    ifunc: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -215,6 +221,7 @@ class FunctionSymbol:
             "size": self.size,
             "file_offset": self.file_offset,
             "binding": self.binding,
+            "ifunc": self.ifunc,
             "version": self.version,
             "source": self.source,
             "demangled": self.demangled,

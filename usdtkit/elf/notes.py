@@ -30,48 +30,17 @@ Offsets of the call site and semaphore are computed through the PT_LOAD segments
 from __future__ import annotations
 
 import struct
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..errors import ElfError
 from .argspec import parse_args, symbols_of, with_symbol_addresses
-from .image import ET_REL, SHT_NOBITS, ElfImage
+from .image import ET_REL, SHT_NOBITS, ElfImage, iter_notes
 from .model import UsdtLocation, UsdtProbe
 
 NT_STAPSDT = 3
 STAPSDT_OWNER = b"stapsdt"
 NOTE_SECTION = ".note.stapsdt"
 BASE_SECTION = ".stapsdt.base"
-
-_NHDR = {"<": struct.Struct("<III"), ">": struct.Struct(">III")}
-
-
-def iter_notes(image: ElfImage, data: bytes, align: int, what: str) -> Iterator[Tuple[bytes, int, bytes]]:
-    """Yield ``(owner, type, descriptor)`` for each note in ``data``, validating every size.
-
-    ``align`` is the note alignment (8 only for 8-aligned note sections, else 4).  A note whose sizes
-    overrun ``data`` raises ElfError; a trailing fragment shorter than a note header is ignored.
-    """
-    align = 8 if align == 8 else 4
-    mask = align - 1
-    hdr = _NHDR[image.endian]
-    end = len(data)
-    off = 0
-    while off + 12 <= end:
-        namesz, descsz, ntype = hdr.unpack_from(data, off)
-        name_off = off + 12
-        desc_off = (name_off + namesz + mask) & ~mask
-        desc_end = desc_off + descsz
-        if desc_end > end or name_off + namesz > end:
-            raise ElfError(
-                f"{image.display}: corrupt {what}: note at offset {off:#x} has sizes"
-                f" (name {namesz}, descriptor {descsz}) beyond the section's {end} bytes"
-            )
-        owner = data[name_off:name_off + namesz]
-        if owner.endswith(b"\0"):
-            owner = owner[:-1]
-        yield owner, ntype, data[desc_off:desc_end]
-        off = (desc_end + mask) & ~mask
-
 
 def _decode_stapsdt(image: ElfImage, desc: bytes, at: int) -> Tuple[str, str, int, int, int, str]:
     asz = image.addr_size

@@ -50,8 +50,8 @@ _BINDINGS = ["LOCAL", "GLOBAL", "WEAK"] + [f"<{i}>" for i in range(3, 16)]
 _BINDINGS[10] = "GNU_UNIQUE"
 
 #: A function as a plain tuple, the fast internal form of :class:`~usdtkit.elf.model.FunctionSymbol`:
-#: (name, address, size, file_offset, binding, version, source).
-Row = Tuple[str, int, int, int, str, Optional[str], str]
+#: (name, address, size, file_offset, binding, version, source, ifunc).
+Row = Tuple[str, int, int, int, str, Optional[str], str, bool]
 NameFilter = Optional[Callable[[str], object]]
 
 
@@ -189,10 +189,11 @@ class FunctionTable:
     """Function symbols as parallel columns; :meth:`rows` gives :data:`Row` tuples.
 
     The columnar form lets a big table be filtered, merged and serialised with C-level iteration.
-    ``versions`` is None when no entry has a version.
+    ``versions`` is None when no entry has a version, ``ifuncs`` (true for an STT_GNU_IFUNC) when no
+    entry is an indirect function.
     """
 
-    __slots__ = ("names", "addresses", "sizes", "offsets", "bindings", "versions", "sources")
+    __slots__ = ("names", "addresses", "sizes", "offsets", "bindings", "versions", "sources", "ifuncs")
 
     def __init__(self) -> None:
         self.names: List[str] = []
@@ -202,6 +203,7 @@ class FunctionTable:
         self.bindings: List[str] = []
         self.versions: Optional[List[Optional[str]]] = None
         self.sources: List[str] = []
+        self.ifuncs: Optional[List[bool]] = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -221,11 +223,14 @@ class FunctionTable:
         out.bindings = list(compress(self.bindings, keep))
         out.versions = None if self.versions is None else list(compress(self.versions, keep))
         out.sources = list(compress(self.sources, keep))
+        out.ifuncs = None if self.ifuncs is None else list(compress(self.ifuncs, keep))
         return out
 
     def append_row(self, row: Row) -> None:
         if row[5] is not None:
             self.version_list()
+        if row[7] and self.ifuncs is None:
+            self.ifuncs = [False] * len(self.names)
         self.names.append(row[0])
         self.addresses.append(row[1])
         self.sizes.append(row[2])
@@ -234,19 +239,24 @@ class FunctionTable:
         if self.versions is not None:
             self.versions.append(row[5])
         self.sources.append(row[6])
+        if self.ifuncs is not None:
+            self.ifuncs.append(row[7])
 
     def row(self, i: int) -> Row:
         version = None if self.versions is None else self.versions[i]
+        ifunc = False if self.ifuncs is None else self.ifuncs[i]
         return (self.names[i], self.addresses[i], self.sizes[i], self.offsets[i], self.bindings[i], version,
-                self.sources[i])
+                self.sources[i], ifunc)
 
     def rows(self) -> List[Row]:
         versions = repeat(None) if self.versions is None else self.versions
+        ifuncs = repeat(False) if self.ifuncs is None else self.ifuncs
         return list(zip(self.names, self.addresses, self.sizes, self.offsets, self.bindings, versions,
-                        self.sources))
+                        self.sources, ifuncs))
 
 
 _FUNC_MASK = bytes(1 if (b & 0xF) in (STT_FUNC, STT_GNU_IFUNC) else 0 for b in range(256))
+_IFUNC_MASK = bytes(1 if (b & 0xF) == STT_GNU_IFUNC else 0 for b in range(256))
 _NONZERO = bytes([0] + [1] * 255)
 _BIND_OF = bytes(b >> 4 for b in range(256))
 
@@ -325,6 +335,9 @@ def _function_table(
     table.sizes = list(compress(cols.sizes, sel))
     table.bindings = list(map(_BINDINGS.__getitem__, compress(cols.info.translate(_BIND_OF), sel)))
     table.sources = [source] * len(table.names)
+    ifuncs = bytes(compress(cols.info.translate(_IFUNC_MASK), sel))
+    if 1 in ifuncs:
+        table.ifuncs = list(map(bool, ifuncs))
     if versions is not None and len(versions) >= count:
         picked = list(compress(versions, sel))
         if any(v is not None for v in picked):
@@ -543,7 +556,7 @@ def read_functions(
     with ElfImage(path, binary) as image:
         rows = function_rows(image, None if demangle else pattern, debug_roots=debug_roots)
     if not demangle:
-        return [FunctionSymbol(r[0], r[1], r[2], r[3], r[4], shown, r[5], r[6]) for r in rows]
+        return [FunctionSymbol(r[0], r[1], r[2], r[3], r[4], shown, r[5], r[6], ifunc=r[7]) for r in rows]
     from .demangle import demangle_names
 
     table = demangle_names(r[0] for r in rows)
@@ -553,7 +566,7 @@ def read_functions(
         pretty = table.get(r[0])
         if match is not None and not (match(r[0]) or (pretty is not None and match(pretty))):
             continue
-        out.append(FunctionSymbol(r[0], r[1], r[2], r[3], r[4], shown, r[5], r[6], pretty))
+        out.append(FunctionSymbol(r[0], r[1], r[2], r[3], r[4], shown, r[5], r[6], pretty, r[7]))
     return out
 
 
@@ -564,7 +577,8 @@ def find_symbol(path: str, name: str, *, binary: Optional[str] = None):
     """The function called ``name`` (or ``name@version``) in ``path``; ProbeNotFound if there is none.
 
     When several functions share the name (``static`` functions of different files), a global one wins,
-    then the first in table order.
+    then the first in table order.  Without a version, the default one (``memcpy@@GLIBC_2.14``, what
+    programs link against today) wins over the older ones kept for old binaries (``memcpy@GLIBC_2.2.5``).
     """
     from .model import FunctionSymbol
 
@@ -573,11 +587,29 @@ def find_symbol(path: str, name: str, *, binary: Optional[str] = None):
     shown = binary or path
     with ElfImage(path, binary) as image:
         rows = function_rows(image, match=wanted.__eq__)
-    found = [r for r in rows if version is None or r[5] == version]
-    if not found:
-        raise ProbeNotFound(f"{shown}: no function named {name}")
+        found = [r for r in rows if version is None or r[5] == version]
+        if not found:
+            from .suggest import close_names, did_you_mean
+
+            if rows:  # the name exists, under other versions
+                choices = sorted({r[0] + (f"@{r[5]}" if r[5] else "") for r in rows})
+            else:
+                choices = close_names(wanted, function_table(image).names)
+            raise ProbeNotFound(f"{shown}: no function named {name}{did_you_mean(choices)}")
+        if version is None and len({r[5] for r in found}) > 1:
+            hidden = _hidden_versions(image, wanted)
+            found = [r for r in found if r[5] not in hidden] or found
     r = min(found, key=lambda row: _BINDING_RANK.get(row[4], 2))
-    return FunctionSymbol(r[0], r[1], r[2], r[3], r[4], shown, r[5], r[6])
+    return FunctionSymbol(r[0], r[1], r[2], r[3], r[4], shown, r[5], r[6], ifunc=r[7])
+
+
+def _hidden_versions(image: ElfImage, name: str) -> Set[str]:
+    """The non-default versions ``.dynsym`` exports function ``name`` under (``foo@V1`` next to ``foo@@V2``)."""
+    dynsym = next((s for s in image.sections if s.type == SHT_DYNSYM), None)
+    if dynsym is None:
+        return set()
+    table = _function_table(image, dynsym, _Offsets(image), ".dynsym", name.__eq__, _version_names(image, dynsym))
+    return {str(v) for v in table.versions or () if type(v) is _Hidden}
 
 
 def address_to_offset(path: str, address: int, *, binary: Optional[str] = None) -> int:
@@ -591,16 +623,17 @@ def address_to_offset(path: str, address: int, *, binary: Optional[str] = None) 
     return offset
 
 
-def symbol_addresses(image: ElfImage, names: Set[str]) -> Dict[str, int]:
+def symbol_addresses(image: ElfImage, names: Set[str], *, debug_files: bool = True) -> Dict[str, int]:
     """Link-time values of the defined symbols (any type) called ``names``, for rip-relative args.
 
     Only names whose value is unambiguous are returned: a single value, or a single global/weak
     definition among same-named locals.  The string tables are searched for the names first, so only
-    the matching entries are decoded.
+    the matching entries are decoded.  Without ``.symtab``, a debug file stands in for it unless
+    ``debug_files`` is false (enough for exported names).
     """
     tables = [s for s in image.sections if s.type in (SHT_SYMTAB, SHT_DYNSYM)]
     images = [(image, t) for t in tables]
-    if not any(t.type == SHT_SYMTAB for t in tables):
+    if debug_files and not any(t.type == SHT_SYMTAB for t in tables):
         from .debuginfo import debug_images
 
         for debug, _source in debug_images(image, None, mini=False):

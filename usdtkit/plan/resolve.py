@@ -22,6 +22,7 @@ from typing import Callable, Iterator, List, Optional, Tuple, TypeVar
 
 from .. import elf
 from ..elf.model import Arg, UsdtProbe
+from ..elf.suggest import did_you_mean, near_probes
 from ..errors import NoSuchProcess, ProbeNotFound, TargetError, UsageError, UsdtkitError
 from .objects import ObjectFile, ObjectTable, parse_device
 from .refs import ProbeRef
@@ -186,6 +187,7 @@ def _resolve_everywhere(ref: ProbeRef) -> ResolvedProbe:
     sites: List[Site] = []
     counts = set()
     binary = ""
+    seen: List[UsdtProbe] = []
     for mapped, owner in _all_process_objects():
         try:
             obj = _open(mapped.path, mapped.open_path, mapped.device, mapped.inode)
@@ -193,6 +195,7 @@ def _resolve_everywhere(ref: ProbeRef) -> ResolvedProbe:
             continue  # vanished or replaced: not a process to attach to
         found = False
         for probe in _probes_of(obj.proc_path):
+            seen.append(probe)
             if probe.name == ref.name and probe.provider == ref.provider:
                 found = True
                 counts.add(_check_args(probe))
@@ -203,7 +206,8 @@ def _resolve_everywhere(ref: ProbeRef) -> ResolvedProbe:
         if not found and _objects is not None:
             _objects.discard(obj)  # thousands of objects are searched: keep only the fds in use
     if not sites:
-        raise ProbeNotFound(f"no running process has USDT probe {ref.provider}:{ref.name} loaded")
+        near = did_you_mean(near_probes(ref.provider, ref.name, seen))
+        raise ProbeNotFound(f"no running process has USDT probe {ref.provider}:{ref.name} loaded{near}")
     if len(counts) > 1:
         raise ProbeNotFound(f"{ref}: processes disagree on the argument count {sorted(counts)}")
     return ResolvedProbe(ref, binary, tuple(sites), counts.pop())
@@ -213,13 +217,16 @@ def _resolve_usdt(ref: ProbeRef, pid: Optional[int]) -> ResolvedProbe:
     if pid is None and not ref.binary and ref.provider:
         return _resolve_everywhere(ref)
     matches: List[Tuple[ObjectFile, UsdtProbe]] = []
+    seen: List[UsdtProbe] = []
     for obj in _candidates(ref, pid):
         for probe in (_named(obj, elf.read_usdt_probes) if ref.binary else _probes_of(obj.proc_path)):
+            seen.append(probe)
             if probe.name == ref.name and (ref.provider is None or probe.provider == ref.provider):
                 matches.append((obj, probe))
     if not matches:
         where = ref.binary or f"pid {pid}"
-        raise ProbeNotFound(f"{where}: no USDT probe {ref.provider + ':' if ref.provider else ''}{ref.name}")
+        near = did_you_mean(near_probes(ref.provider, ref.name, seen))
+        raise ProbeNotFound(f"{where}: no USDT probe {ref.provider + ':' if ref.provider else ''}{ref.name}{near}")
     providers = {p.provider for _, p in matches}
     if ref.provider is None and len(providers) > 1:
         raise UsageError(f"probe {ref}: ambiguous, provided by {', '.join(sorted(providers))}")

@@ -26,6 +26,8 @@ from ..collect.readout import MapReader, probe_signs
 from ..collect.records import ProbeDecoder, RecordDecoder
 from ..collect.results import Counts, Event, Histogram, ProbeStats
 from ..collect.symbolize import Symbolizer
+from ..elf.ifunc import ifunc_warning
+from ..elf.known_issues import known_issues
 from ..errors import EnvironmentProblem, NoSuchProcess, UsageError
 from ..plan import site_cost
 from ..plan.plan import AttachPlan
@@ -98,15 +100,21 @@ class Session:
         return self.layout.text
 
     def _site_warnings(self) -> List[str]:
-        """Warnings about expensive uprobe sites, known before attaching."""
+        """Warnings known before attaching: expensive uprobe sites, IFUNC resolvers, misfiring USDT probes."""
         out = []
         for probe in self.plan.probes:
-            if probe.ref.is_usdt:  # USDT sites are NOPs: the cheapest kind
+            if probe.ref.is_usdt:  # USDT sites are NOPs: the cheapest kind, but some builds misfire them
+                files = dict.fromkeys((s.attach_path, s.path) for s in probe.sites)
+                out += [w.replace(opened, shown, 1) for opened, shown in files
+                        for w in known_issues(opened, probe.ref.provider or "", probe.ref.name)]
                 continue
             for site in probe.sites:
                 warning = site_cost.describe_site(site_cost.read_site(site.attach_path, site.file_offset))
                 if warning:
                     out.append(f"{probe.label} at {site.path}+{site.file_offset:#x}: {warning}")
+                pid = site.pid or (None if self.command else self.plan.pid)  # a gated command has not exec'd
+                warning = ifunc_warning(site.attach_path, site.pc, pid, probe.ref.name)
+                out += [f"{probe.label}: {warning}"] if warning else []
         return out
 
     def _probe_decoder(self, index: int) -> ProbeDecoder:
