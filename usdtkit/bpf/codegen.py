@@ -160,13 +160,13 @@ def _arg_signed(probe: ResolvedProbe, index: int) -> Optional[bool]:
 
 
 def _predicate(pred: Predicate, probe: ResolvedProbe) -> str:
-    """A C condition that is true when the event must be dropped."""
+    """A parenthesised C condition, true when the event must be dropped (``if COND return 0;``)."""
     name = pred.field.name
     negate = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}[pred.op]
     if name == "comm":
         value = bytes(pred.value) + b"\0"
         equal = " && ".join(f"comm[{i}] == {b}" for i, b in enumerate(value))
-        return f"!({equal})" if pred.op == "==" else f"({equal})"
+        return f"(!({equal}))" if pred.op == "==" else f"({equal})"
     if name == "arg":
         if pred.field.index >= probe.arg_count:
             raise UsageError(f"filter on arg{pred.field.index}: {probe.label} has {probe.arg_count} arguments")
