@@ -145,6 +145,7 @@ def run_field(binary: str, field: str) -> FieldRun:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=10)
+            proc.stdin.close()
             proc.stdout.close()
     assert len(hits) == sum(sum(k + 2 for k in range(threads)) for threads, _ in TARGETS)
     wanted = _parse_value(value)
