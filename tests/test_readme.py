@@ -1,57 +1,229 @@
-"""Every code snippet in README.md runs, so the guide cannot rot: `sh` blocks line by line through the
-CLI, `python` blocks as scripts (or, when they start with `# test_*.py`, as a pytest file)."""
+"""Every example in README.md runs and shows what the README says, so the guide cannot rot.
+
+* Command lines: each line of a ``sh`` block, and each line of a ``text`` block that starts with
+  ``usdtkit`` or ``./dev.sh``, runs from the project root (``PID`` replaced by a running demo
+  process, see ``fixtures/cli_examples.py``) and its output is checked by its entry in ``CHECKS``;
+  a command without an entry fails, so a new example comes with its check.
+* Filters quoted in the text (```arg0 > 5```) are traced on the demo program.
+* ``python`` blocks run as scripts (or, when they start with ``# test_*.py``, under pytest); what a
+  ``print(...)  # [...]`` comment or a following "It prints" block shows must be printed.
+* Outputs the README quotes (``usdtkit doctor``'s, the pytest plugin's failure message) are compared
+  with the real ones.
+"""
 from __future__ import annotations
 
+import json
+import operator
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable, Dict, List, Tuple
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+import cli_examples  # noqa: E402
+
+ROOT = cli_examples.ROOT
 README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, re.S)
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+BLOCKS: List[Tuple[str, str]] = re.findall(r"```(\w+)\n(.*?)```", README, re.S)
+ENV = cli_examples.ENV
+# python blocks, each with the text block that follows it under "It prints ...:" (or "")
+PYTHON: List[Tuple[str, str]] = re.findall(r"```python\n(.*?)```(?:\n\nIt prints[^\n]*:\n\n```text\n(.*?)```)?",
+                                           README, re.S)
+STATUS = re.compile(r"^(OK|WARN|FAIL|SKIP) +(\S+(?: \S+)?)  ")
 
 
-def shell_lines():
-    return [line for lang, body in BLOCKS if lang == "sh" for line in body.splitlines() if line.strip()]
+def commands() -> List[str]:
+    found = []
+    for lang, body in BLOCKS:
+        for line in body.splitlines():
+            words = shlex.split(line, comments=True) if line.strip() else []
+            if lang == "sh" and line.strip():
+                assert words and words[0] == "usdtkit", f"not a usdtkit command in a sh block: {line}"
+            if lang in ("sh", "text") and words and words[0] in ("usdtkit", "./dev.sh"):
+                found.append(line.split("  #")[0].strip())
+    return found
 
 
-def python_blocks():
-    return [body for lang, body in BLOCKS if lang == "python"]
+def python_blocks() -> List[str]:
+    return [code for code, _ in PYTHON]
 
 
-def test_readme_has_snippets():
-    assert len(shell_lines()) >= 8 and len(python_blocks()) >= 3
+# --------------------------------------------------------------------------- what each command shows
+def _rows(out: str) -> List[List[str]]:
+    """The rows of a count table, without its header."""
+    return [line.split() for line in out.splitlines()[1:] if line.strip()]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def hello():
-    """The README's demo program, built like `make setup` builds it."""
-    out = ROOT / "demo_apps" / "build" / "hello_usdt"
-    out.parent.mkdir(exist_ok=True)
-    subprocess.run(["gcc", "-O2", "-g", "-o", str(out), str(ROOT / "demo_apps" / "hello_usdt.c")], check=True)
+def _log2_buckets(values: List[int]) -> Dict[str, int]:
+    buckets: Dict[str, int] = {}
+    for v in values:
+        label = f"[{1 << (v.bit_length() - 1)}, {1 << v.bit_length()})"
+        buckets[label] = buckets.get(label, 0) + 1
+    return buckets
+
+
+def _hist(out: str) -> Dict[str, int]:
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\[[^)]*\)) +(\d+) \|", out, re.M) if m.group(2) != "0"}
+
+
+def _list_python(out: str) -> None:
+    assert re.search(r"^  python:function__entry +1 ", out, re.M) and "python:function__return" in out
+
+
+def _list_postgres(out: str) -> None:
+    assert "2 USDT probes" in out and "postgresql:checkpoint__start" in out and "postgresql:checkpoint__done" in out
+
+
+def _list_malloc(out: str) -> None:
+    names = [line.split()[-1] for line in out.splitlines()[2:]]
+    assert "malloc@GLIBC_2.2.5" in names and all(n.startswith("mallo") for n in names)
+
+
+def _list_json(out: str) -> None:
+    assert {(p["provider"], p["name"]) for p in json.loads(out)["probes"]} == {("hello", "greet"), ("hello", "tick")}
+
+
+def _trace_greet(out: str) -> None:
+    assert [line.split()[-3:] for line in out.splitlines()] == [["hello:greet", str(i), '"reader"'] for i in (1, 2, 3)]
+
+
+def _trace_json(out: str) -> None:
+    assert [json.loads(line)["args"] for line in out.splitlines()] == [[1, 1], [2, 4]]
+
+
+def _count_filtered(out: str) -> None:
+    assert sorted(_rows(out)) == sorted([["hello:tick", str(i * i), "1"] for i in range(3, 6)])
+
+
+def _count_python(out: str) -> None:
+    rows = _rows(out)
+    assert rows and all(row[0] == "python:function__entry" and int(row[-1]) > 0 for row in rows)
+
+
+def _hist_squares(out: str) -> None:
+    assert "hello:tick arg1: 20 values" in out
+    assert _hist(out) == _log2_buckets([i * i for i in range(1, 21)])
+
+
+def _latency_nanosleep(out: str) -> None:
+    assert "nanosleep latency (ns): 5 values" in out
+    assert all(label.startswith(("[16M", "[32M", "[64M")) for label in _hist(out))  # 20 ms sleeps
+
+
+def _latency_routes(out: str) -> None:
+    # three requests per route (fixtures/cli_examples.py), each matched start to done
+    for route in ("/", "/items", "/slow", "other"):
+        assert f"[str(arg2)={route}] latency (ns): 3 values" in out, route
+
+
+def _dev_demo(out: str) -> None:
+    assert "\ntracing works\n" in out
+    assert re.search(r"^(\d+) requests traced; matches the \1 requests sent; 0 records lost\.$", out, re.M)
+
+
+CHECKS: Dict[str, Callable[[str], None]] = {
+    "usdtkit list /usr/bin/python3.11 'python:function__*'": _list_python,
+    "usdtkit list --usdt /usr/lib/postgresql/15/bin/postgres 'postgresql:checkpoint*'": _list_postgres,
+    "usdtkit list --functions libc 'mallo*'": _list_malloc,
+    "usdtkit list --json --usdt demo_apps/build/hello_usdt": _list_json,
+    "usdtkit trace -s arg1 -c 'demo_apps/build/hello_usdt 3 reader' 'usdt::hello:greet'": _trace_greet,
+    "usdtkit trace --json -c 'demo_apps/build/hello_usdt 2' 'usdt::hello:tick'": _trace_json,
+    "usdtkit count --by arg1 -f 'arg0 > 2' -c 'demo_apps/build/hello_usdt 5' 'usdt::hello:tick'": _count_filtered,
+    "usdtkit count --by 'str(arg1)' -c '/usr/bin/python3.11 -c pass' 'usdt::python:function__entry'": _count_python,
+    "usdtkit hist -v arg1 -c 'demo_apps/build/hello_usdt 20' 'usdt::hello:tick'": _hist_squares,
+    "usdtkit latency -c 'demo_apps/build/hello_usdt 5' 'uprobe:libc:nanosleep'": _latency_nanosleep,
+    "usdtkit latency -p PID --key arg0 --by 'str(arg2)' usdt::demo_httpd:request__start "
+    "usdt::demo_httpd:request__done": _latency_routes,
+    "./dev.sh demo": _dev_demo,
+}
+# Runs the whole suite, this file included: CI runs it (.ci/run), so it is checked to be that command.
+RUN_BY_CI = "./dev.sh test"
+
+
+def test_readme_has_examples():
+    assert len(commands()) >= 12 and len(python_blocks()) >= 3
+
+
+def test_every_command_has_a_check():
+    assert sorted(commands()) == sorted([*CHECKS, RUN_BY_CI])
+
+
+def test_the_test_command_is_what_ci_runs():
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci[-1] == RUN_BY_CI
+
+
+@pytest.fixture(scope="module")
+def targets():
+    found = cli_examples.Targets()
+    cli_examples.build_hello()
+    yield found
+    found.close()
 
 
 @pytest.mark.bpf
-@pytest.mark.parametrize("line", shell_lines())
-def test_shell_snippet(line):
-    argv = shlex.split(line)
-    assert argv[0] == "usdtkit"
-    result = subprocess.run([sys.executable, "-m", "usdtkit.cli.main", *argv[1:]], cwd=ROOT, env=ENV,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip(), "the snippet printed nothing"
+@pytest.mark.parametrize("line", sorted(CHECKS), ids=[line[:60] for line in sorted(CHECKS)])
+def test_command(targets, line):
+    ran = cli_examples.run_once(line, targets)
+    cli_examples.check(ran)
+    CHECKS[line](ran.stdout)
+
+
+# --------------------------------------------------------------------------- filters quoted in the text
+OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+INLINE_FILTER = re.compile(r"`((?:arg\d+|retval|pid|tid|cpu|comm) (?:==|!=|<=|>=|<|>) [^`\s]+)`")
+
+
+def test_readme_quotes_filters():
+    assert len(INLINE_FILTER.findall(README)) >= 3
 
 
 @pytest.mark.bpf
-@pytest.mark.parametrize("index", range(len(python_blocks())))
-def test_python_snippet(index, tmp_path):
-    code = python_blocks()[index]
+@pytest.mark.parametrize("expr", INLINE_FILTER.findall(README))
+def test_quoted_filter_runs(expr, tmp_path):
+    """Traced on the demo program, the filter keeps exactly the ticks it holds for, as an unfiltered
+    session on the same run says.  The program is a private copy, traced by path before it starts, so
+    no other process fires these probes and none of its hits is missed."""
+    from usdtkit.tracing.api import trace
+
+    hello = tmp_path / "hello_usdt"
+    hello.write_bytes(Path(cli_examples.build_hello()).read_bytes())
+    hello.chmod(0o700)
+    probe = f"usdt:{hello}:hello:tick"
+    with trace(probe) as everything, trace(probe, filters=[expr]) as kept:
+        subprocess.run([str(hello), "4"], check=True, stdout=subprocess.DEVNULL, timeout=20)
+        everything.drain()
+        kept.drain()
+        events, kept_events = list(everything.events), list(kept.events)
+    assert [e.args for e in events] == [(i, i * i) for i in range(1, 5)]
+    field, op, value = expr.split()
+    values = {"comm": lambda e: e.comm, "pid": lambda e: e.pid, "tid": lambda e: e.tid,
+              "cpu": lambda e: e.cpu, "retval": lambda e: e.retval}
+    read = values.get(field) or (lambda e: e.args[int(field[3:])])
+    wanted = value if field == "comm" else int(value, 0)
+    predicted = [e.args for e in events if OPS[op](read(e), wanted)]
+    assert [e.args for e in kept_events] == predicted
+
+
+# --------------------------------------------------------------------------- python blocks
+def printed_after(index: int) -> List[str]:
+    """The lines of the ``text`` block that follows python block ``index`` under "It prints"."""
+    return PYTHON[index][1].splitlines()
+
+
+def test_every_python_block_shows_what_it_does():
+    for index, code in enumerate(python_blocks()):
+        assert (re.fullmatch(r"# (test_\w+\.py)", code.splitlines()[0]) or printed_after(index)
+                or re.search(r"print\(.*\)\s+# (\[.*\])$", code, re.M)), f"python block {index} shows no output"
+
+
+def _run_python(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
     first = code.splitlines()[0]
     if re.fullmatch(r"# (test_\w+\.py)", first):
         path = tmp_path / first[2:]
@@ -61,7 +233,62 @@ def test_python_snippet(index, tmp_path):
         path = tmp_path / "snippet.py"
         path.write_text(code)
         cmd = [sys.executable, str(path)]
-    result = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("index", range(len(python_blocks())))
+def test_python_block(index, tmp_path):
+    cli_examples.build_hello()
+    code = python_blocks()[index]
+    result = _run_python(code, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    if code.startswith("# test_"):
+        assert re.search(r"^\d+ passed", result.stdout, re.M), result.stdout
     for expected in re.findall(r"print\(.*\)\s+# (\[.*\])$", code, re.M):
         assert expected in result.stdout  # the output the README promises
+    lines = iter(result.stdout.splitlines())
+    for expected in printed_after(index):
+        assert any(line == expected for line in lines), f"{expected!r} not printed, in order:\n{result.stdout}"
+
+
+@pytest.mark.bpf
+def test_the_plugin_failure_message_is_the_one_shown(tmp_path):
+    """The README quotes the message of the pytest example when the count is wrong."""
+    shown = re.search(r"When it fails, the message says what was seen:\n`([^`]+)`", README).group(1)
+    (code,) = [c for c in python_blocks() if c.startswith("# test_")]
+    assert "fired(times=3)" in code
+    result = _run_python(code.replace("fired(times=3)", "fired(times=4)"), tmp_path)
+    assert result.returncode == 1 and shown in result.stdout, result.stdout
+
+
+# --------------------------------------------------------------------------- usdtkit doctor's output
+def doctor_blocks() -> List[List[str]]:
+    return [body.splitlines() for lang, body in BLOCKS if lang == "text" and STATUS.match(body)]
+
+
+@pytest.mark.bpf
+def test_doctor_output_is_the_one_shown():
+    """Same checks in the same order, and the same verdict, as the README's `usdtkit doctor` output
+    (details such as paths and versions are this machine's)."""
+    shown = doctor_blocks()[0]
+    ran = subprocess.run([sys.executable, "-m", "usdtkit.cli.main", "doctor"], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    names = [m.group(2) for m in map(STATUS.match, ran.stdout.splitlines()) if m]
+    assert names == [m.group(2) for m in map(STATUS.match, shown) if m]
+    assert ran.stdout.splitlines()[-1] == shown[-1] == "tracing works"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to drop it")
+def test_doctor_output_without_privileges_is_the_one_shown(tmp_path):
+    shown = doctor_blocks()[1]
+    os.chmod(tmp_path, 0o777)
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+           sys.executable, "-m", "usdtkit.cli.main", "doctor"]
+    env = dict(ENV, HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    ran = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 1
+    lines = iter(ran.stdout.splitlines())
+    for expected in shown:
+        assert any(line == expected for line in lines), f"{expected!r} not printed, in order:\n{ran.stdout}"

@@ -163,7 +163,7 @@ def _arg_signed(probe: ResolvedProbe, index: int) -> Optional[bool]:
 
 
 def _predicate(pred: Predicate, probe: ResolvedProbe) -> str:
-    """A C condition that is true when the event must be dropped."""
+    """A parenthesised C condition, true when the event must be dropped (``if COND return 0;``)."""
     name = pred.field.name
     negate = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}[pred.op]
     if name == "comm":

@@ -12,6 +12,7 @@ from typing import Dict, List
 from typing import TYPE_CHECKING
 
 from ..errors import EnvironmentProblem
+from .examples import HelpFormatter, epilog
 
 if TYPE_CHECKING:  # pragma: no cover
     from .. import demo_services
@@ -33,7 +34,9 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
         "demo", help="trace the bundled demo services and show real data",
         description="Start the demo services (C and Python, on loopback), list their probes, trace them "
         "while driving load, print per-route latency histograms, status counts and a uretprobe latency, "
-        "then stop everything it started.")
+        "then stop everything it started.",
+        epilog=epilog("usdtkit demo --requests 5"),
+        formatter_class=HelpFormatter)
     parser.add_argument("-n", "--requests", type=_positive, default=25,
                         help="requests per route and service (25)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON document")

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from .examples import HelpFormatter, epilog
+
 
 def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     parser = subparsers.add_parser(
@@ -13,6 +15,8 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
         description="Check kernel config, privileges, bcc, kernel headers, the uprobe PMU, semaphore "
         "refcounts, tracefs and the native library, then attach a real uprobe as a self-test. "
         "Exit status 0 only when tracing works.",
+        epilog=epilog("usdtkit doctor", "usdtkit doctor --json --no-self-test"),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--no-self-test", action="store_true", help="skip the live uprobe self-test")

@@ -33,8 +33,8 @@ examples:
   usdtkit list /usr/lib/postgresql/15/bin/postgres 'postgresql:checkpoint*'
   usdtkit list --usdt libc
   usdtkit list --functions libstdc++ '_ZNSt6thread*' --demangle
-  usdtkit list -p 1234 'python:*'
-  usdtkit list --json /usr/bin/python3.11 > probes.json
+  usdtkit list -p PID 'hello:*'
+  usdtkit list --json --usdt /usr/bin/python3.11
 
 JSON: {"probes": [...], "functions": [...]} (only the kinds listed); a probe has provider, name,
 binary, semaphore and locations (address, base, semaphore, arguments, file_offset, args, ...), plus

@@ -13,6 +13,8 @@ import importlib
 import math
 from typing import Any, Callable
 
+from .examples import HelpFormatter, epilog
+
 
 def _runner(name: str) -> Callable[[argparse.Namespace], int]:
     """The command's implementation in :mod:`usdtkit.cli.trace_run`, imported when it runs."""
@@ -70,54 +72,90 @@ def _common(parser: argparse.ArgumentParser) -> None:
                        "argument; its standard output goes to stderr)")
     parser.add_argument("-d", "--duration", type=_positive(float), help="stop after this many seconds")
     parser.add_argument("-f", "--filter", action="append", default=[], metavar="EXPR",
-                        help="keep hits where EXPR holds: 'arg0 > 5', 'comm == nginx', 'tid != 7' (repeatable)")
+                        help="keep hits where EXPR holds: argN, retval, pid, tid or cpu compared with an "
+                        "integer (== != < <= > >=), or comm == or != a name, e.g. 'arg0 > 5', 'comm == nginx', "
+                        "'tid != 7' (repeatable: all must hold)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--unsafe", action="store_true",
                         help="allow uprobes at FUNC+OFFSET or addresses usdtkit cannot verify to start an "
                         "instruction (a wrong one corrupts the traced program)")
 
 
+TRACE_EXAMPLES = epilog(
+    "usdtkit trace -s arg1 -c 'demo_apps/build/hello_usdt 3 reader' usdt::hello:greet",
+    "usdtkit trace -p PID -n 5 -f 'tid != 7' usdt::hello:tick",
+    "usdtkit trace --json -c 'demo_apps/build/hello_usdt 2' uretprobe:libc:nanosleep",
+)
+COUNT_EXAMPLES = epilog(
+    "usdtkit count -c 'demo_apps/build/hello_usdt 5' usdt::hello:greet usdt::hello:tick",
+    "usdtkit count --by arg1 -f 'arg0 > 5' -c 'demo_apps/build/hello_usdt 8' usdt::hello:tick",
+    "usdtkit count --by 'str(arg1)' -c '/usr/bin/python3.11 -c pass' usdt::python:function__entry",
+    "usdtkit count -p PID -d 1 --by comm,tid -f 'comm == nginx' uprobe:libc:nanosleep",
+)
+HIST_EXAMPLES = epilog(
+    "usdtkit hist -v arg1 -c 'demo_apps/build/hello_usdt 20' usdt::hello:tick",
+    "usdtkit hist -v retval -c 'demo_apps/build/hello_usdt 3' uretprobe:libc:nanosleep",
+    "usdtkit hist -p PID -d 1 -v arg4 --by 'str(arg2)' usdt::demo_httpd:request__done",
+    "usdtkit hist -p PID -d 1 -v arg3 --linear 0,2000,250 --by arg1 usdt::demo_httpd:request__done",
+)
+LATENCY_EXAMPLES = epilog(
+    "usdtkit latency -c 'demo_apps/build/hello_usdt 5' uprobe:libc:nanosleep",
+    "usdtkit latency --key arg0 -c 'demo_apps/build/hello_usdt 5' usdt::hello:greet usdt::hello:tick",
+    "usdtkit latency -p PID --key arg0 --by 'str(arg2)' usdt::demo_httpd:request__start "
+    "usdt::demo_httpd:request__done",
+)
+
+
+def _subcommand(subparsers: "argparse._SubParsersAction", name: str, examples: str,
+                **kwargs: Any) -> argparse.ArgumentParser:
+    return subparsers.add_parser(name, epilog=examples, formatter_class=HelpFormatter, **kwargs)
+
+
 def add_parser(subparsers: "argparse._SubParsersAction") -> None:
-    trace = subparsers.add_parser("trace", help="print every hit with its arguments",
-                                  description="Print one line per probe hit with its arguments.")
+    trace = _subcommand(subparsers, "trace", TRACE_EXAMPLES, help="print every hit with its arguments",
+                        description="Print one line per probe hit with its arguments.")
     _common(trace)
     trace.add_argument("-s", "--string", action="append", default=[], metavar="argN",
-                       help="read this pointer argument as a NUL-terminated string (repeatable)")
+                       help="read this pointer argument as a NUL-terminated string (repeatable), e.g. 'arg1'")
     _string_size(trace, "string argument")
     trace.add_argument("-n", "--max-events", type=_positive(int), help="stop after this many events")
     trace.set_defaults(func=_runner("run_trace"))
 
-    count = subparsers.add_parser("count", help="count hits by probe and by fields, in the kernel",
-                                  description="Count hits in the kernel, keyed by probe and optional fields.")
+    count = _subcommand(subparsers, "count", COUNT_EXAMPLES, help="count hits by probe and by fields, in the kernel",
+                        description="Count hits in the kernel, keyed by probe and optional fields.")
     _common(count)
     count.add_argument("-b", "--by", default="", metavar="FIELDS",
-                       help="comma-separated key fields: pid, tid, comm, cpu, arg0..arg11, str(argN), retval, ustack")
+                       help="comma-separated key fields among pid, tid, comm, cpu, arg0..arg11, str(argN), "
+                       "retval, ustack, e.g. 'comm,tid', 'str(arg1)', 'arg1'")
     count.add_argument("--top", type=int, default=50, metavar="N",
                        help="show the N largest counts (default 50; 0: all); the rest are counted and said")
     _string_size(count, "str(argN) key")
     _interval(count)
     count.set_defaults(func=_runner("run_count"))
 
-    hist = subparsers.add_parser("hist", help="histogram of an argument or return value",
-                                 description="A log2 (default) or linear histogram, built in the kernel.")
+    hist = _subcommand(subparsers, "hist", HIST_EXAMPLES, help="histogram of an argument or return value",
+                       description="A log2 (default) or linear histogram, built in the kernel.")
     _common(hist)
-    hist.add_argument("-v", "--value", default="arg0", help="the field: arg0..arg11 or retval (arg0)")
-    hist.add_argument("--linear", metavar="LOW,HIGH,STEP", help="linear buckets instead of log2")
-    hist.add_argument("--by", metavar="FIELD", help="one histogram per value of FIELD (e.g. str(arg2), arg1)")
+    hist.add_argument("-v", "--value", default="arg0",
+                      help="the field: arg0..arg11 or retval (default arg0), e.g. 'arg1', 'retval'")
+    hist.add_argument("--linear", metavar="LOW,HIGH,STEP", help="linear buckets instead of log2, e.g. '0,2000,250'")
+    hist.add_argument("--by", metavar="FIELD", help="one histogram per value of FIELD, e.g. 'str(arg2)', 'arg1'")
     _string_size(hist, "str(argN) key")
     _interval(hist)
     hist.set_defaults(func=_runner("run_hist"))
 
-    latency = subparsers.add_parser(
-        "latency", help="latency of a function, or between two USDT probes",
+    latency = _subcommand(
+        subparsers, "latency", LATENCY_EXAMPLES, help="latency of a function, or between two USDT probes",
         description="With one uprobe:BINARY:FUNCTION, time every call (entry to return, per thread, "
         "recursion-safe). With two USDT probes START DONE, time start to done, matched by thread or by "
-        "--key (e.g. --key arg0 or --key arg0,arg1).")
+        "--key.")
     _common(latency)
-    latency.add_argument("-k", "--key", help="match start and done by these arguments (START[,DONE])")
+    latency.add_argument("-k", "--key", metavar="ARG[,ARG]",
+                         help="match START and DONE by an argument of both, or by one of START and one of DONE "
+                         "(START_ARG,DONE_ARG), e.g. 'arg0'")
     latency.add_argument("--linear", metavar="LOW,HIGH,STEP", help="linear buckets (ns) instead of log2")
     latency.add_argument("--by", metavar="FIELD",
-                         help="one histogram per value of FIELD of the done probe (e.g. str(arg2))")
+                         help="one histogram per value of FIELD of the DONE probe, e.g. 'str(arg2)'")
     _string_size(latency, "str(argN) key")
     _interval(latency)
     latency.set_defaults(func=_runner("run_latency"))
