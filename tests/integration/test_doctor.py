@@ -105,7 +105,7 @@ def test_tracing_without_privileges_fails_in_one_clear_line(tmp_path):
 
 @pytest.mark.bpf
 def test_compiler_errors_name_their_location():
-    from usdtkit.bpf.backend import Program
+    from usdtkit.bpf.bcc_backend import Program
     from usdtkit.errors import AttachError
 
     with pytest.raises(AttachError) as caught:
