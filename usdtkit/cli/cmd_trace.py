@@ -47,6 +47,16 @@ def _positive(kind: type, minimum: float = 0.0) -> Callable[[str], object]:
     return parse
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
 _MIN_INTERVAL = 0.01
 
 
@@ -127,8 +137,9 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     count.add_argument("-b", "--by", default="", metavar="FIELDS",
                        help="comma-separated key fields among pid, tid, comm, cpu, arg0..arg11, str(argN), "
                        "retval, ustack, e.g. 'comm,tid', 'str(arg1)', 'arg1'")
-    count.add_argument("--top", type=int, default=50, metavar="N",
-                       help="show the N largest counts (default 50; 0: all); the rest are counted and said")
+    count.add_argument("--top", type=_count, metavar="N",
+                       help="show the N largest counts (default: 50 in text, all in JSON; 0: all); how many "
+                       "more there are is said")
     _string_size(count, "str(argN) key")
     _interval(count)
     count.set_defaults(func=_runner("run_count"))

@@ -170,21 +170,23 @@ def run_count(args: argparse.Namespace) -> int:
     session = _session(args, events=False, count_by=fields)
     totals = _Totals()
 
+    top = args.top if args.top is not None else (0 if args.json else 50)
+
     def show(final: bool) -> None:
         counts, _, stats = _interval_view(session, args, totals, final)
+        omitted = len(counts) - top if counts is not None and top and len(counts) > top else 0
         if args.json:
             doc = {"counts": counts.to_json() if counts else None, "stats": _report_losses(session, stats)}
-            if counts is not None and args.top and len(counts) > args.top:
-                doc["counts"]["counts"] = doc["counts"]["counts"][:args.top]  # type: ignore[index]
-                doc["counts"]["omitted"] = len(counts) - args.top  # type: ignore[index]
+            if omitted:
+                doc["counts"]["counts"] = doc["counts"]["counts"][:top]  # type: ignore[index]
+                doc["counts"]["omitted"] = omitted  # type: ignore[index]
             sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
         else:
             if args.interval:
                 print(time.strftime("%H:%M:%S"))
-            print(render_counts(counts, args.top or None) if counts is not None else "(no counts)")
-            if counts is not None and args.top and len(counts) > args.top:
-                print(f"... {len(counts) - args.top} more rows (--top 0 shows all, --json gives every row "
-                      "with --top 0)")
+            print(render_counts(counts, top or None) if counts is not None else "(no counts)")
+            if omitted:
+                print(f"... and {omitted} more rows ({len(counts)} in all; --top 0 shows every row)")
             _report_losses(session, stats)
         sys.stdout.flush()
 
