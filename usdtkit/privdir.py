@@ -97,6 +97,13 @@ def _refuse(path: str, st: os.stat_result, expected: str) -> UnsafePath:
     return UnsafePath(f"{path} is {describe(st)}; usdtkit only uses {expected}")
 
 
+def require_private(path: str, st: os.stat_result) -> None:
+    """Raise :class:`UnsafePath` unless ``st`` (from ``lstat(path)``) is a folder only we can write."""
+    problem = _private_rule(st)
+    if problem is not None:
+        raise _refuse(path, st, problem)
+
+
 def _components(path: str) -> List[str]:
     """``/a/b`` -> ``['/', '/a', '/a/b']``."""
     parts = [p for p in path.split(os.sep) if p]
@@ -241,10 +248,7 @@ def publish(directory: str, name: str, write: Callable[[int], None], mode: int =
     ``directory`` must be a private folder (see :func:`private_dir`).  Returns the final path.
     """
     _plain_name(name)
-    st = os.lstat(directory)
-    problem = _private_rule(st)
-    if problem is not None:
-        raise _refuse(directory, st, problem)
+    require_private(directory, os.lstat(directory))
     final = os.path.join(directory, name)
     temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
