@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .bpf.kernel_headers import cache_root
+from .privdir import cache_root
 from .errors import EnvironmentProblem, TargetError
 
 ROUTES = ("/", "/items/40", "/slow", "/missing")
