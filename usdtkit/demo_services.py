@@ -7,7 +7,10 @@ Two small HTTP services on loopback, both instrumented with USDT probes:
 * ``demo_pyservice`` (Python, ``demo_apps/pyservice.py``): probes declared with :mod:`usdtkit.provider`.
 
 Used by ``usdtkit demo`` and by the pytest plugin's tests; everything started here is stopped by
-:meth:`DemoService.stop` (also on errors), and the C service is compiled once into usdtkit's cache.
+:meth:`DemoService.stop` (also on errors).  The C service is compiled once (per source content) into
+usdtkit's private cache (:mod:`usdtkit.privdir`).  A binary found there runs only if no one but us (or
+root) could have written it; anything else is rebuilt over, never run.  It is started from the checked
+descriptor, so what runs is the file that was checked even if its path names another file by then.
 """
 from __future__ import annotations
 
@@ -16,15 +19,16 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .bpf.kernel_headers import cache_root
-from .errors import EnvironmentProblem, TargetError
+from . import privdir
+from .errors import EnvironmentProblem, TargetError, UnsafePath
 
 ROUTES = ("/", "/items/40", "/slow", "/missing")
 ROUTE_NAMES = {"/": "/", "/items/40": "/items", "/slow": "/slow", "/missing": "other"}
@@ -39,25 +43,50 @@ def demo_apps_dir() -> Path:
     return path
 
 
-def build_httpd(cache: Optional[str] = None) -> str:
-    """Compile ``httpd.c`` once (per content) into the cache and return the binary's path."""
-    source = demo_apps_dir() / "httpd.c"
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    out_dir = Path(cache or cache_root()) / "demo"
-    binary = out_dir / f"demo_httpd-{digest}"
-    if binary.is_file():
-        return str(binary)
+def _compile(source: Path, out_dir: str, name: str) -> None:
+    """Compile ``source`` in a private build folder and publish the binary as ``out_dir/name``."""
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         raise EnvironmentProblem("no C compiler to build the demo (apt-get install gcc)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    partial = out_dir / f".{binary.name}.{os.getpid()}"
-    result = subprocess.run([compiler, "-O2", "-g", "-o", str(partial), str(source)], capture_output=True, text=True)
-    if result.returncode != 0:
-        message = (result.stderr.strip().splitlines() or ["compiler failed"])[-1]
-        raise EnvironmentProblem(f"cannot build the demo service: {message} (is systemtap-sdt-dev installed?)")
-    os.replace(partial, binary)
-    return str(binary)
+    work = tempfile.mkdtemp(prefix=".build-", dir=out_dir)
+    try:
+        built = os.path.join(work, name)
+        result = subprocess.run([compiler, "-O2", "-g", "-o", built, str(source)], capture_output=True, text=True)
+        if result.returncode != 0:
+            message = (result.stderr.strip().splitlines() or ["compiler failed"])[-1]
+            raise EnvironmentProblem(f"cannot build the demo service: {message} (is systemtap-sdt-dev installed?)")
+
+        def copy(fd: int) -> None:
+            with open(built, "rb") as src, open(fd, "wb", closefd=False) as dst:
+                shutil.copyfileobj(src, dst)
+
+        privdir.publish(out_dir, name, copy, mode=0o755)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _open_httpd(cache: Optional[str] = None) -> Tuple[str, int]:
+    """The compiled service as its path and a descriptor checked by :func:`privdir.open_trusted`."""
+    source = demo_apps_dir() / "httpd.c"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    out_dir = privdir.private_dir("demo", root=cache)
+    binary = os.path.join(out_dir, f"demo_httpd-{digest}")
+    try:
+        return binary, privdir.open_trusted(binary, root=cache)
+    except (FileNotFoundError, UnsafePath):
+        pass  # not built yet, or possibly not built by us: build it over whatever is there
+    _compile(source, out_dir, os.path.basename(binary))
+    return binary, privdir.open_trusted(binary, root=cache)
+
+
+def build_httpd(cache: Optional[str] = None) -> str:
+    """Compile ``httpd.c`` once (per content) into the private cache and return the checked binary's path.
+
+    ``cache`` names the cache root (by default the usual one, or its per-user fallback).
+    """
+    binary, fd = _open_httpd(cache)
+    os.close(fd)
+    return binary
 
 
 @dataclass
@@ -97,8 +126,8 @@ class DemoService:
                 stream.close()
 
 
-def _start(name: str, argv: List[str], env: Optional[Dict[str, str]] = None) -> DemoService:
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+def _start(name: str, argv: List[str], binary: str, **popen: Any) -> DemoService:
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **popen)
     lines = []
     try:
         for _ in range(3):
@@ -115,17 +144,20 @@ def _start(name: str, argv: List[str], env: Optional[Dict[str, str]] = None) -> 
         process.kill()
         process.wait()
         raise
-    return DemoService(name, process, port, argv[0])
+    return DemoService(name, process, port, binary)
 
 
 def start_httpd(fail_every: int = 0, requests: int = 0) -> DemoService:
-    binary = build_httpd()
+    binary, fd = _open_httpd()
     argv = [binary, "--port", "0"]
     if fail_every:
         argv += ["--fail-every", str(fail_every)]
     if requests:
         argv += ["--requests", str(requests)]
-    return _start("demo_httpd", argv)
+    try:
+        return _start("demo_httpd", privdir.fd_exec_argv(fd, argv), binary, pass_fds=(fd,))
+    finally:
+        os.close(fd)
 
 
 def start_pyservice(fail_every: int = 0, requests: int = 0) -> DemoService:
@@ -138,7 +170,7 @@ def start_pyservice(fail_every: int = 0, requests: int = 0) -> DemoService:
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    service = _start("demo_pyservice", argv, env)
+    service = _start("demo_pyservice", argv, argv[0], env=env)
     probes_line = service.process.stdout.readline().strip()
     if probes_line.startswith("probes in "):
         service.extra["provider_path"] = probes_line[len("probes in "):]

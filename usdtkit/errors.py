@@ -48,6 +48,17 @@ class EnvironmentProblem(UsdtkitError):
         super().__init__(message)
 
 
+class UnsafePath(EnvironmentProblem):
+    """A cached folder or file that someone other than this user could have made or changed: not used.
+
+    ``reason`` is the one-line explanation without the pointer to ``usdtkit doctor``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class AttachError(UsdtkitError):
     """The kernel refused to attach a probe or load a program."""
 

@@ -41,6 +41,8 @@ class Capabilities:
     retprobe_bit: Optional[int]
     ref_ctr_shift: Optional[int]
     tracefs: Optional[str]
+    has_ringbuf: bool
+    has_uprobe_multi: bool
 
     @property
     def has_uprobe_pmu(self) -> bool:
@@ -49,18 +51,6 @@ class Capabilities:
     @property
     def has_sema_refcnt(self) -> bool:
         return self.ref_ctr_shift is not None
-
-    @property
-    def has_uprobe_multi(self) -> bool:
-        if os.environ.get("USDTKIT_NO_UPROBE_MULTI") == "1":
-            return False
-        return kernel_version(self.kernel_release) >= (6, 6)
-
-    @property
-    def has_ringbuf(self) -> bool:
-        if os.environ.get("USDTKIT_NO_RINGBUF") == "1":
-            return False
-        return kernel_version(self.kernel_release) >= (5, 8)
 
 
 def kernel_version(release: str) -> Tuple[int, int]:
@@ -94,13 +84,20 @@ def find_tracefs() -> Optional[str]:
 
 @functools.lru_cache(maxsize=None)
 def detect() -> Capabilities:
-    """Detect the capabilities of this kernel (cached for the process)."""
+    """Detect the capabilities of this kernel (cached for the process).
+
+    The ``USDTKIT_NO_*`` switches are read here too, once: every later decision sees the same answer.
+    """
+    release = platform.release()
+    version = kernel_version(release)
     pmu_type = _read(os.path.join(_UPROBE_PMU, "type"))
     return Capabilities(
-        kernel_release=platform.release(),
+        kernel_release=release,
         uprobe_pmu_type=int(pmu_type) if pmu_type and pmu_type.isdigit() else None,
         retprobe_bit=_config_bit(_read(os.path.join(_UPROBE_PMU, "format", "retprobe"))),
         ref_ctr_shift=None if os.environ.get("USDTKIT_NO_SEMA_REFCNT") == "1"
         else _config_bit(_read(os.path.join(_UPROBE_PMU, "format", "ref_ctr_offset"))),
         tracefs=find_tracefs(),
+        has_ringbuf=os.environ.get("USDTKIT_NO_RINGBUF") != "1" and version >= (5, 8),
+        has_uprobe_multi=os.environ.get("USDTKIT_NO_UPROBE_MULTI") != "1" and version >= (6, 6),
     )

@@ -10,9 +10,12 @@ halves:
 * ``/usr/src/linux-headers-VER-FLAVOUR``: the configured part (``include/generated``, ``include/config``,
   ``arch/x86/include/generated``, ``.config``).
 
-Neither half compiles alone.  usdtkit overlays them into one tree of symlinks in its own cache folder
-(``$XDG_CACHE_HOME/usdtkit/kernel-headers/``), and sets ``BCC_KERNEL_SOURCE`` to it only around its own
-compilations (:func:`bcc_environment`).  Programs that read ``struct pt_regs`` (all uprobe programs) are
+Neither half compiles alone.  usdtkit overlays them into one tree of symlinks in its private cache
+folder (``kernel-headers/`` under :func:`usdtkit.privdir.private_dir`), and sets ``BCC_KERNEL_SOURCE`` to
+it only around its own compilations (:func:`bcc_environment`).  Root compiles against that tree, so a
+tree found there is used only if it is exactly what usdtkit makes: folders ours alone, holding nothing
+but symlinks into the two halves (themselves owned by root or us and writable by no one else).  Anything
+else is moved aside and rebuilt.  Programs that read ``struct pt_regs`` (all uprobe programs) are
 independent of the exact kernel version, so headers of another version work for what usdtkit compiles.
 Nothing is ever written under ``/lib/modules``.
 """
@@ -23,9 +26,13 @@ import os
 import platform
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from ..errors import UnsafePath
+from ..privdir import check_trusted, describe, private_dir, require_private
 
 #: Files a usable tree must contain (relative to its root); checked for found and assembled trees.
 _REQUIRED = ("include/linux/kconfig.h", "include/generated/autoconf.h")
@@ -51,12 +58,6 @@ class KernelHeaders:
 
 class HeadersNotFound(Exception):
     """No kernel headers could be found or assembled; the message says what to install."""
-
-
-def cache_root() -> str:
-    """usdtkit's cache folder (``$XDG_CACHE_HOME/usdtkit`` or ``~/.cache/usdtkit``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "usdtkit")
 
 
 def _is_complete(tree: str) -> bool:
@@ -97,7 +98,7 @@ def find_debian_pairs(src_root: str = "/usr/src") -> List[Tuple[str, str, str]]:
 
 def _merge(dst: str, sources: List[str]) -> None:
     """Fill ``dst`` with symlinks so it reads as the union of ``sources`` (later sources win)."""
-    os.makedirs(dst, exist_ok=True)
+    os.mkdir(dst, 0o700)
     entries: Dict[str, List[str]] = {}
     for src in sources:
         for name in sorted(os.listdir(src)):
@@ -108,52 +109,66 @@ def _merge(dst: str, sources: List[str]) -> None:
         if len(paths) > 1 and len(real_dirs) == len(paths):
             _merge(target, paths)
         else:
-            os.symlink(os.path.realpath(paths[-1]), target)
+            # The link names the entry in the package, so whatever it leads to further (Debian's
+            # scripts -> ../../lib/linux-kbuild-*) is decided by the package's own, root-owned links.
+            os.symlink(paths[-1], target)
 
 
-def _private_tmp_cache() -> str:
-    """A per-user cache under the temp folder, for users whose home is not writable."""
-    path = os.path.join(tempfile.gettempdir(), f"usdtkit-{os.getuid()}")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    info = os.lstat(path)
-    if not os.path.isdir(path) or os.path.islink(path) or info.st_uid != os.getuid() or info.st_mode & 0o022:
-        raise OSError(f"{path} is not a private folder of this user")
-    return path
+def _foreign(tree: str, sources: Sequence[str]) -> Optional[str]:
+    """Why ``tree`` is not an overlay of ``sources`` made by us (None when it is one)."""
+    inside = tuple(source + os.sep for source in sources)
+    pending = [tree]
+    while pending:
+        folder = pending.pop()
+        try:
+            require_private(folder, os.lstat(folder))
+        except UnsafePath as exc:
+            return exc.reason
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    pending.append(entry.path)
+                elif not stat.S_ISLNK(info.st_mode):
+                    return f"{entry.path} is {describe(info)}, not a link into the headers"
+                else:
+                    target = os.readlink(entry.path)
+                    if not target.startswith(inside) or os.path.normpath(target) != target:  # no "..", no "//"
+                        return f"{entry.path} links to {target}, outside {' and '.join(sources)}"
+    return None
+
+
+def _usable(tree: str, sources: Sequence[str]) -> bool:
+    return os.path.lexists(tree) and _foreign(tree, sources) is None and _is_complete(tree)
 
 
 def assemble_overlay(common: str, flavour: str, cache: Optional[str] = None) -> str:
-    """Build (once) the overlay of ``common`` and ``flavour`` in the cache and return its path.
+    """Build (once) the overlay of ``common`` and ``flavour`` in the private cache and return its path.
 
-    The tree is built in a temporary folder next to its final place and renamed into place, so a
-    concurrent or interrupted build never leaves a half tree behind.
+    ``cache`` names the cache root (no fallback then).  The tree is built in a temporary folder next to
+    its final place and renamed into place, so a concurrent or interrupted build never leaves a half
+    tree behind; a tree already there that is not exactly ours is moved aside and removed first.
     """
-    root = os.path.join(cache or cache_root(), "kernel-headers")
+    sources = [os.path.realpath(common), os.path.realpath(flavour)]
+    for source in sources:
+        check_trusted(source)
+    root = private_dir("kernel-headers", root=cache)
     final = os.path.join(root, os.path.basename(flavour))
-    if _is_complete(final):
+    if _usable(final, sources):
         return final
-    try:
-        os.makedirs(root, mode=0o700, exist_ok=True)
-    except OSError:
-        if cache is not None:
-            raise
-        root = os.path.join(_private_tmp_cache(), "kernel-headers")
-        final = os.path.join(root, os.path.basename(flavour))
-        if _is_complete(final):
-            return final
-        os.makedirs(root, mode=0o700, exist_ok=True)
     work = tempfile.mkdtemp(prefix=".build-", dir=root)
     try:
-        _merge(os.path.join(work, "tree"), [common, flavour])
-        if os.path.isdir(final):  # stale or incomplete: replace it
-            shutil.rmtree(final, ignore_errors=True)
+        _merge(os.path.join(work, "tree"), sources)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(final, os.path.join(work, "replaced"))  # stale, incomplete or foreign: removed below
         try:
             os.rename(os.path.join(work, "tree"), final)
         except OSError:
-            if not _is_complete(final):  # another process won the race with a good tree: fine
+            if not _usable(final, sources):  # another process won the race with a good tree: fine
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if not _is_complete(final):
+    if not _usable(final, sources):
         raise HeadersNotFound(f"assembled header tree {final} is incomplete")
     return final
 
@@ -172,6 +187,9 @@ def locate(release: Optional[str] = None, src_root: str = "/usr/src", cache: Opt
     for version, common, flavour in pairs:
         try:
             tree = assemble_overlay(common, flavour, cache)
+        except UnsafePath as exc:
+            errors.append(f"{flavour}: {exc.reason}")
+            continue
         except (OSError, HeadersNotFound) as exc:
             errors.append(f"{flavour}: {exc}")
             continue
