@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from usdtkit.errors import TargetError
 from usdtkit.tracing.api import trace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -200,3 +201,113 @@ def test_semaphore_fallback_writes_and_restores(waiting_target, monkeypatch):
     finally:
         monkeypatch.delenv("USDTKIT_NO_SEMA_REFCNT")
         capabilities.detect.cache_clear()
+
+
+# --------------------------------------------------------------------------- commands started under trace
+@pytest.fixture(scope="module")
+def hello(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hello") / "hello_usdt"
+    subprocess.run(["gcc", "-O2", "-o", str(out), os.path.join(ROOT, "demo_apps", "hello_usdt.c")], check=True)
+    return str(out)
+
+
+def usdtkit_link_ids() -> set:
+    """IDs of BPF links that hold a usdtkit program no other live process holds."""
+    out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.fail(f"bpftool cannot list links: {out.stderr.strip()}")
+    programs = usdtkit_program_ids()
+    return {link["id"] for link in json.loads(out.stdout or "[]") if link.get("prog_id") in programs}
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state of a process ('' when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def wait_for(condition, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.mark.bpf
+def test_a_command_dead_before_release_is_an_error_and_leaks_nothing(hello, programs_before):
+    links_before = usdtkit_link_ids()
+    fds_before, bpf_before = open_fds(), bpf_fds_of_this_process()
+    for _ in range(3):
+        session = trace("usdt::hello:tick", command=[hello, "3"])
+        os.kill(session.command.pid, signal.SIGKILL)
+        assert wait_for(lambda: process_state(session.command.pid) in ("", "Z"))
+        expected = r"^command .*hello_usdt exited \(killed by SIGKILL\) before tracing started$"
+        with pytest.raises(TargetError, match=expected):
+            with session:
+                pytest.fail("attached to a command that had exited")
+        assert not session.attached
+    assert open_fds() == fds_before
+    assert bpf_fds_of_this_process() == bpf_before
+    assert_no_new_programs(programs_before)
+    assert not usdtkit_link_ids() - links_before
+
+
+def gated_command_of(tracer: subprocess.Popen) -> int:
+    """The command a ``usdtkit -c`` process started, while it still waits for the tracer (not exec'd yet,
+    blocked reading its gate pipe); 0 when there is none (yet)."""
+    python = os.path.realpath(sys.executable)
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    for pid in parents:
+        ancestor = parents.get(pid)
+        while ancestor not in (None, 0, 1, tracer.pid):
+            ancestor = parents.get(ancestor)
+        if ancestor != tracer.pid:
+            continue
+        try:
+            with open(f"/proc/{pid}/wchan") as handle:
+                blocked_on_pipe = "pipe_read" in handle.read()
+            exe = os.path.realpath(f"/proc/{pid}/exe")
+        except OSError:
+            continue
+        if blocked_on_pipe and exe == python:
+            return pid
+    return 0
+
+
+@pytest.mark.bpf
+def test_cli_command_dead_before_release_is_one_line_and_nonzero(hello):
+    tracer = subprocess.Popen(
+        [sys.executable, "-m", "usdtkit.cli.main", "count", "-c", f"{hello} 3", "usdt::hello:tick"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=ROOT), text=True)
+    try:
+        command = wait_for(lambda: gated_command_of(tracer), timeout=30)
+        assert command, "the gated command never showed up"
+        tracer.send_signal(signal.SIGSTOP)  # cannot release the command while it is being killed
+        try:
+            assert gated_command_of(tracer) == command, "the command was released before the test could kill it"
+            os.kill(command, signal.SIGKILL)
+            assert wait_for(lambda: process_state(command) in ("", "Z"))
+        finally:
+            tracer.send_signal(signal.SIGCONT)
+        out, err = tracer.communicate(timeout=60)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.communicate()
+    assert tracer.returncode == 1, err
+    assert err.splitlines() == [f"usdtkit: error: command {hello} exited (killed by SIGKILL) before tracing started"]
+    assert out == ""

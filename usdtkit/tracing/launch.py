@@ -25,6 +25,16 @@ _PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child must not dlopen
 
 
+def describe_exit(code: int) -> str:
+    """``status 3`` or ``killed by SIGKILL``."""
+    if code >= 0:
+        return f"status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 def die_with_parent() -> None:
     """In a child before exec: get SIGKILL when the tracer dies, however it dies."""
     _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
@@ -77,6 +87,7 @@ class GatedCommand:
         executable = shutil.which(argv[0])
         if executable is None:
             raise TargetError(f"{argv[0]}: command not found")
+        self.name = argv[0]
         self.executable = os.path.realpath(executable)
         gate_read, self._gate = os.pipe()
         out_read = out_write = None
@@ -105,13 +116,17 @@ class GatedCommand:
         return self.process.pid
 
     def release(self) -> None:
-        """Let the command run (idempotent)."""
-        if self._gate is not None:
-            try:
-                os.write(self._gate, b"\n")
-            finally:
-                os.close(self._gate)
-                self._gate = None
+        """Let the command run (idempotent).  Raises :class:`TargetError` if it exited before."""
+        if self._gate is None:
+            return
+        gate, self._gate = self._gate, None
+        try:
+            os.write(gate, b"\n")
+        except BrokenPipeError:  # its end of the gate is closed: it has exited or is exiting
+            code = self.process.wait()
+            raise TargetError(f"command {self.name} exited ({describe_exit(code)}) before tracing started") from None
+        finally:
+            os.close(gate)
 
     def wait(self, timeout: Optional[float] = None) -> int:
         return self.process.wait(timeout)

@@ -135,12 +135,12 @@ class Session:
             elif self.spec.events:
                 program.open_perf_buffer("events", self._on_raw_event, self._on_perf_lost,
                                          pages=_power_of_two(max(8, self.spec.ring_pages // (os.cpu_count() or 1))))
+            if self.command is not None:
+                self.command.release()
         except BaseException:
             self.close()
             raise
         self.attach_seconds = time.monotonic() - started
-        if self.command is not None:
-            self.command.release()
         return self
 
     def _write_semaphore(self, site: "Site") -> None:
