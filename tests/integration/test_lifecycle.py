@@ -1,5 +1,6 @@
 """Nothing leaks: semaphores go back to their value, no uprobe, program or fd stays behind, after
-detach, after the target exits, and after the tracer is killed with SIGKILL."""
+detach, after the target exits, and after the tracer is killed with SIGKILL; a command started under
+trace, and everything it starts, lives exactly as long as its session."""
 from __future__ import annotations
 
 import json
@@ -7,12 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from usdtkit.errors import TargetError
 from usdtkit.tracing.api import trace
+from usdtkit.tracing.keeper import GRACE_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -204,6 +207,12 @@ def test_semaphore_fallback_writes_and_restores(waiting_target, monkeypatch):
 
 
 # --------------------------------------------------------------------------- commands started under trace
+# A command given with -c / command= lives exactly as long as its session: not less (a thread that
+# ends is not the tracer ending), not more (its children go with it, even when the tracer is killed).
+
+TREE = "(setsid sleep 100 &); sleep 100 & sleep 100"  # two children of sh, and one daemonised away from it
+
+
 @pytest.fixture(scope="module")
 def hello(tmp_path_factory):
     out = tmp_path_factory.mktemp("hello") / "hello_usdt"
@@ -229,6 +238,25 @@ def process_state(pid: int) -> str:
         return ""
 
 
+def marked_sleepers(marker: str) -> list:
+    """Live ``sleep`` processes whose environment carries ``marker``: the tree of one test, wherever
+    its processes were reparented."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[0] == b"sleep" and marker.encode() in environ and process_state(int(entry)) not in ("", "Z"):
+            found.append(int(entry))
+    return found
+
+
 def wait_for(condition, timeout: float = 15.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -237,6 +265,16 @@ def wait_for(condition, timeout: float = 15.0):
             return value
         time.sleep(0.02)
     return condition()
+
+
+@pytest.fixture
+def tree_marker(monkeypatch):
+    """An environment variable only this test's command tree carries; whatever survives is killed after."""
+    marker = f"USDTKIT_TEST_TREE={os.getpid()}.{time.monotonic_ns()}"
+    monkeypatch.setenv(*marker.split("=", 1))
+    yield marker
+    for pid in marked_sleepers(marker):
+        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.bpf
@@ -311,3 +349,66 @@ def test_cli_command_dead_before_release_is_one_line_and_nonzero(hello):
     assert tracer.returncode == 1, err
     assert err.splitlines() == [f"usdtkit: error: command {hello} exited (killed by SIGKILL) before tracing started"]
     assert out == ""
+
+
+@pytest.mark.bpf
+def test_a_command_started_from_a_thread_outlives_the_thread(hello):
+    made = {}
+
+    def handler() -> None:  # what a worker of a thread pool or a web server would do
+        made["session"] = trace("usdt::hello:tick", command=[hello, "50"])
+        made["session"].attach()
+
+    worker = threading.Thread(target=handler)
+    worker.start()
+    worker.join()
+    session = made["session"]
+    try:
+        time.sleep(0.2)  # the thread has ended: the command must not have gone with it
+        assert session.command.process.poll() is None
+        session.run(duration=60)
+        assert session.target_exited
+        assert session.command.wait(timeout=10) == 0
+        assert session.stats()["hello:tick"].hits == 50
+    finally:
+        session.close()
+
+
+@pytest.mark.bpf
+def test_closing_the_session_stops_the_whole_tree_and_nothing_else(processes, tree_marker):
+    name = tree_marker.split("=", 1)[0]
+    bystander = processes(["sleep", "100"], env={k: v for k, v in os.environ.items() if k != name})  # not of the tree
+    with trace("uprobe:libc:nanosleep", command=["sh", "-c", TREE], events=False) as session:
+        assert wait_for(lambda: len(marked_sleepers(tree_marker)) == 3), marked_sleepers(tree_marker)
+    assert marked_sleepers(tree_marker) == []
+    assert bystander.poll() is None
+    assert session.command.process.poll() is not None
+
+
+@pytest.mark.bpf
+def test_a_tree_that_ignores_sigterm_gets_sigkill_after_the_grace_period(tree_marker):
+    with trace("uprobe:libc:nanosleep", command=["sh", "-c", "trap '' TERM; " + TREE], events=False):
+        assert wait_for(lambda: len(marked_sleepers(tree_marker)) == 3), marked_sleepers(tree_marker)
+        closing = time.monotonic()
+    took = time.monotonic() - closing
+    assert marked_sleepers(tree_marker) == []
+    assert GRACE_SECONDS <= took < GRACE_SECONDS + 5
+
+
+@pytest.mark.bpf
+def test_a_killed_tracer_takes_the_whole_tree_with_it(tree_marker):
+    tracer = subprocess.Popen([sys.executable, "-m", "usdtkit.cli.main", "count", "-c", f"sh -c '{TREE}'",
+                               "uprobe:libc:nanosleep"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT), text=True)
+    try:
+        line = tracer.stderr.readline()
+        assert line.startswith("Attached"), line
+        assert wait_for(lambda: len(marked_sleepers(tree_marker)) == 3), marked_sleepers(tree_marker)
+        tracer.kill()
+        tracer.wait(timeout=10)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+        tracer.stderr.close()
+    assert wait_for(lambda: not marked_sleepers(tree_marker), timeout=10), marked_sleepers(tree_marker)
