@@ -17,8 +17,9 @@ Markers and options: a test marked ``@pytest.mark.bpf`` (or using one of the fix
 root (or CAP_BPF+CAP_PERFMON), bcc, kernel headers and the uprobe PMU.  Where those are missing it is
 skipped with the reason, except under CI (``CI`` set), ``USDTKIT_REQUIRE_BPF=1`` or
 ``--usdtkit-require-bpf``: there it fails instead, so a green run always means real probes attached.
-Processes started by ``traced_process`` die with the test process (``PR_SET_PDEATHSIG``), so even a
-test killed by a timeout leaves none behind; its probes go with it (they are file descriptors).
+Processes started by ``traced_process``, and everything they start, end with their test and die with
+the test process (see :mod:`usdtkit.tracing.launch`), so even a test killed by a timeout leaves none
+behind; its probes go with it (they are file descriptors).
 """
 from __future__ import annotations
 

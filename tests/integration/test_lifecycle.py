@@ -1,5 +1,6 @@
 """Nothing leaks: semaphores go back to their value, no uprobe, program or fd stays behind, after
-detach, after the target exits, and after the tracer is killed with SIGKILL."""
+detach, after the target exits, and after the tracer is killed with SIGKILL; a command started under
+trace, and everything it starts, lives exactly as long as its session."""
 from __future__ import annotations
 
 import json
@@ -7,11 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
+from usdtkit.errors import TargetError
 from usdtkit.tracing.api import trace
+from usdtkit.tracing.keeper import GRACE_SECONDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -200,3 +204,211 @@ def test_semaphore_fallback_writes_and_restores(waiting_target, monkeypatch):
     finally:
         monkeypatch.delenv("USDTKIT_NO_SEMA_REFCNT")
         capabilities.detect.cache_clear()
+
+
+# --------------------------------------------------------------------------- commands started under trace
+# A command given with -c / command= lives exactly as long as its session: not less (a thread that
+# ends is not the tracer ending), not more (its children go with it, even when the tracer is killed).
+
+TREE = "(setsid sleep 100 &); sleep 100 & sleep 100"  # two children of sh, and one daemonised away from it
+
+
+@pytest.fixture(scope="module")
+def hello(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hello") / "hello_usdt"
+    subprocess.run(["gcc", "-O2", "-o", str(out), os.path.join(ROOT, "demo_apps", "hello_usdt.c")], check=True)
+    return str(out)
+
+
+def usdtkit_link_ids() -> set:
+    """IDs of BPF links that hold a usdtkit program no other live process holds."""
+    out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.fail(f"bpftool cannot list links: {out.stderr.strip()}")
+    programs = usdtkit_program_ids()
+    return {link["id"] for link in json.loads(out.stdout or "[]") if link.get("prog_id") in programs}
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state of a process ('' when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def marked_sleepers(marker: str) -> list:
+    """Live ``sleep`` processes whose environment carries ``marker``: the tree of one test, wherever
+    its processes were reparented."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[0] == b"sleep" and marker.encode() in environ and process_state(int(entry)) not in ("", "Z"):
+            found.append(int(entry))
+    return found
+
+
+def wait_for(condition, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.fixture
+def tree_marker(monkeypatch):
+    """An environment variable only this test's command tree carries; whatever survives is killed after."""
+    marker = f"USDTKIT_TEST_TREE={os.getpid()}.{time.monotonic_ns()}"
+    monkeypatch.setenv(*marker.split("=", 1))
+    yield marker
+    for pid in marked_sleepers(marker):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.bpf
+def test_a_command_dead_before_release_is_an_error_and_leaks_nothing(hello, programs_before):
+    links_before = usdtkit_link_ids()
+    fds_before, bpf_before = open_fds(), bpf_fds_of_this_process()
+    for _ in range(3):
+        session = trace("usdt::hello:tick", command=[hello, "3"])
+        os.kill(session.command.pid, signal.SIGKILL)
+        assert wait_for(lambda: process_state(session.command.pid) in ("", "Z"))
+        expected = r"^command .*hello_usdt exited \(killed by SIGKILL\) before tracing started$"
+        with pytest.raises(TargetError, match=expected):
+            with session:
+                pytest.fail("attached to a command that had exited")
+        assert not session.attached
+    assert open_fds() == fds_before
+    assert bpf_fds_of_this_process() == bpf_before
+    assert_no_new_programs(programs_before)
+    assert not usdtkit_link_ids() - links_before
+
+
+def gated_command_of(tracer: subprocess.Popen) -> int:
+    """The command a ``usdtkit -c`` process started, while it still waits for the tracer (not exec'd yet,
+    blocked reading its gate pipe); 0 when there is none (yet)."""
+    python = os.path.realpath(sys.executable)
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    for pid in parents:
+        ancestor = parents.get(pid)
+        while ancestor not in (None, 0, 1, tracer.pid):
+            ancestor = parents.get(ancestor)
+        if ancestor != tracer.pid:
+            continue
+        try:
+            with open(f"/proc/{pid}/wchan") as handle:
+                blocked_on_pipe = "pipe_read" in handle.read()
+            exe = os.path.realpath(f"/proc/{pid}/exe")
+        except OSError:
+            continue
+        if blocked_on_pipe and exe == python:
+            return pid
+    return 0
+
+
+@pytest.mark.bpf
+def test_cli_command_dead_before_release_is_one_line_and_nonzero(hello):
+    tracer = subprocess.Popen(
+        [sys.executable, "-m", "usdtkit.cli.main", "count", "-c", f"{hello} 3", "usdt::hello:tick"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=ROOT), text=True)
+    try:
+        command = wait_for(lambda: gated_command_of(tracer), timeout=30)
+        assert command, "the gated command never showed up"
+        tracer.send_signal(signal.SIGSTOP)  # cannot release the command while it is being killed
+        try:
+            assert gated_command_of(tracer) == command, "the command was released before the test could kill it"
+            os.kill(command, signal.SIGKILL)
+            assert wait_for(lambda: process_state(command) in ("", "Z"))
+        finally:
+            tracer.send_signal(signal.SIGCONT)
+        out, err = tracer.communicate(timeout=60)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.communicate()
+    assert tracer.returncode == 1, err
+    assert err.splitlines() == [f"usdtkit: error: command {hello} exited (killed by SIGKILL) before tracing started"]
+    assert out == ""
+
+
+@pytest.mark.bpf
+def test_a_command_started_from_a_thread_outlives_the_thread(hello):
+    made = {}
+
+    def handler() -> None:  # what a worker of a thread pool or a web server would do
+        made["session"] = trace("usdt::hello:tick", command=[hello, "50"])
+        made["session"].attach()
+
+    worker = threading.Thread(target=handler)
+    worker.start()
+    worker.join()
+    session = made["session"]
+    try:
+        time.sleep(0.2)  # the thread has ended: the command must not have gone with it
+        assert session.command.process.poll() is None
+        session.run(duration=60)
+        assert session.target_exited
+        assert session.command.wait(timeout=10) == 0
+        assert session.stats()["hello:tick"].hits == 50
+    finally:
+        session.close()
+
+
+@pytest.mark.bpf
+def test_closing_the_session_stops_the_whole_tree_and_nothing_else(processes, tree_marker):
+    name = tree_marker.split("=", 1)[0]
+    bystander = processes(["sleep", "100"], env={k: v for k, v in os.environ.items() if k != name})  # not of the tree
+    with trace("uprobe:libc:nanosleep", command=["sh", "-c", TREE], events=False) as session:
+        assert wait_for(lambda: len(marked_sleepers(tree_marker)) == 3), marked_sleepers(tree_marker)
+    assert marked_sleepers(tree_marker) == []
+    assert bystander.poll() is None
+    assert session.command.process.poll() is not None
+
+
+@pytest.mark.bpf
+def test_a_tree_that_ignores_sigterm_gets_sigkill_after_the_grace_period(tree_marker):
+    with trace("uprobe:libc:nanosleep", command=["sh", "-c", "trap '' TERM; " + TREE], events=False):
+        assert wait_for(lambda: len(marked_sleepers(tree_marker)) == 3), marked_sleepers(tree_marker)
+        closing = time.monotonic()
+    took = time.monotonic() - closing
+    assert marked_sleepers(tree_marker) == []
+    assert GRACE_SECONDS <= took < GRACE_SECONDS + 5
+
+
+@pytest.mark.bpf
+def test_a_killed_tracer_takes_the_whole_tree_with_it(tree_marker):
+    tracer = subprocess.Popen([sys.executable, "-m", "usdtkit.cli.main", "count", "-c", f"sh -c '{TREE}'",
+                               "uprobe:libc:nanosleep"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT), text=True)
+    try:
+        line = tracer.stderr.readline()
+        assert line.startswith("Attached"), line
+        assert wait_for(lambda: len(marked_sleepers(tree_marker)) == 3), marked_sleepers(tree_marker)
+        tracer.kill()
+        tracer.wait(timeout=10)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+        tracer.stderr.close()
+    assert wait_for(lambda: not marked_sleepers(tree_marker), timeout=10), marked_sleepers(tree_marker)
