@@ -144,3 +144,39 @@ def test_intervals_print_what_changed_and_cumulative_prints_totals():
     docs = [json.loads(line) for line in total.stdout.splitlines()]
     running = [sum(r["count"] for r in d["counts"]["counts"]) if d["counts"] else 0 for d in docs]
     assert running == sorted(running) and running[-1] == 40, running
+
+
+FORKING = """
+import os, sys, time
+def work():
+    return 1
+child = os.fork()
+if child == 0:
+    sys.stdin.readline()
+    end = time.monotonic() + 4
+    while time.monotonic() < end:
+        work()
+    os._exit(0)
+os.waitpid(child, 0)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3.11"), reason="needs Debian's python3.11")
+def test_a_parent_whose_children_do_the_work_gets_a_note():
+    """Like PostgreSQL's postmaster: the traced process waits while a forked child fires the probes."""
+    parent = subprocess.Popen(["/usr/bin/python3.11", "-c", FORKING], stdin=subprocess.PIPE)
+    try:
+        tracer = subprocess.Popen([sys.executable, "-m", "usdtkit.cli.main", "count", "-d", "1.5", "-p",
+                                   str(parent.pid), "usdt::python:function__return"], stderr=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+        assert tracer.stderr.readline().startswith("Attached")
+        parent.stdin.write(b"go\n")
+        parent.stdin.flush()
+        out, err = tracer.communicate(timeout=60)
+        assert tracer.returncode == 0, err
+        assert "(no hits)" in out
+        assert f"note: no hits in pid {parent.pid}; it has 1 child process(es)" in err
+        assert "not traced" in err
+    finally:
+        parent.kill()
+        parent.wait()
