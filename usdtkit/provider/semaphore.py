@@ -18,13 +18,22 @@ class Semaphore(ctypes.c_uint16):
     compare of the two bytes, so ``if probe.enabled:`` costs no Python call.  ``int()`` gives the
     count of attached tracer probes.  Read ``probe.enabled`` each time: a view kept across
     ``unload()`` points at unmapped memory.
+
+    Compared with an int (or another view) it is its count: ``probe.enabled == 2``.  Compared with
+    a bool it is its truth, as the name ``enabled`` reads: ``probe.enabled == True`` with 2 tracers.
     """
 
     def __int__(self) -> int:
         return self.value
 
     def __eq__(self, other: object) -> bool:
-        return bool(self) == other
+        if isinstance(other, bool):
+            return bool(self) is other
+        if isinstance(other, Semaphore):
+            return self.value == other.value
+        if isinstance(other, int):
+            return self.value == other
+        return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
 
