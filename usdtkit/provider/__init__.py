@@ -41,7 +41,10 @@ The API is built on the PyPI ``stapsdt`` package's ABI binding: its ``ArgTypes``
 here, and ``import stapsdt`` runs unmodified on our library.  Lifecycle and firing calls are bound
 here rather than through ``stapsdt.Provider``/``Probe`` because those report a successful load as
 False, hide the library's error message, and pass Python ints as 32-bit C ints (so 64-bit values
-would be truncated); unloading must also run with the GIL held (see above).
+would be truncated); unloading must also run with the GIL held (see above).  If the native library
+is missing or broken, importing this module still works and the first use (``Provider(...)``,
+``uint8``...) raises :class:`~usdtkit.errors.ProviderError` naming the library, what is wrong with it
+and how to fix it.
 
 Where the object lives: by default a file named by its content in a private runtime directory
 (``$XDG_RUNTIME_DIR/usdtkit``, ``/run/user/UID/usdtkit``, ``/run/usdtkit`` for root, else
@@ -52,9 +55,12 @@ attach by PID).
 """
 from __future__ import annotations
 
-from .abi import ArgTypes, SDTProbeStruct, SDTProviderStruct
+from typing import Any
+
+from ..errors import ProviderError
+from .abi import MAX_ARGS, SDTProbeStruct, SDTProviderStruct, arg_types
 from .abi import probe_semaphore as _probe_semaphore
-from .args import MAX_ARGS, MAX_NAME_LENGTH, MAX_STRING_BYTES
+from .args import MAX_NAME_LENGTH, MAX_STRING_BYTES
 from .provider import Probe, Provider
 from .semaphore import Semaphore
 from .spans import Span, SpanScope
@@ -79,11 +85,24 @@ __all__ = [
     "uint64",
 ]
 
-uint8 = ArgTypes.uint8
-int8 = ArgTypes.int8
-uint16 = ArgTypes.uint16
-int16 = ArgTypes.int16
-uint32 = ArgTypes.uint32
-int32 = ArgTypes.int32
-uint64 = ArgTypes.uint64
-int64 = ArgTypes.int64
+_WIDTHS = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64")
+
+
+def _native_names() -> dict:
+    """``ArgTypes`` and the fixed widths: ``stapsdt.ArgTypes`` needs the native library loaded."""
+    widths = arg_types()
+    return {"ArgTypes": widths, **{name: widths[name] for name in _WIDTHS}}
+
+
+try:
+    globals().update(_native_names())
+except ProviderError:  # unusable native library: raised again when one of these names is used
+    pass
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ArgTypes" or name in _WIDTHS:
+        names = _native_names()  # raises the ProviderError that says what is wrong
+        globals().update(names)
+        return names[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any, Optional
 
 from .. import _native
 from ..errors import ProviderError
 
-_cdll = _native.load_library()  # must precede `import stapsdt`: it resolves libstapsdt.so by name
-_pydll = ctypes.PyDLL(_native.library_path(), mode=os.RTLD_NOW | os.RTLD_GLOBAL)
-
-from stapsdt import ArgTypes  # noqa: E402  (PyPI stapsdt, running unmodified on our library)
+if TYPE_CHECKING:
+    from stapsdt import ArgTypes
 
 MAX_ARGS = 6  # MAX_ARGUMENTS in libstapsdt.h: the six SysV integer argument registers
 
@@ -63,14 +62,51 @@ def _bind(lib: ctypes.CDLL, name: str, restype: Any, *argtypes: Any) -> Any:
     return fn
 
 
-provider_init = _bind(_cdll, "providerInit", ProviderPtr, ctypes.c_char_p)
-provider_use_memfd = _bind(_cdll, "providerUseMemfd", ctypes.c_int, ProviderPtr, ctypes.c_int)
-provider_add_probe = _bind(_cdll, "providerAddProbe", ProbePtr, ProviderPtr, ctypes.c_char_p,
-                           ctypes.c_int)  # then `argCount` C ints (variadic)
-provider_load = _bind(_cdll, "providerLoad", ctypes.c_int, ProviderPtr)
-provider_unload = _bind(_pydll, "providerUnload", ctypes.c_int, ProviderPtr)
-provider_destroy = _bind(_pydll, "providerDestroy", None, ProviderPtr)
-probe_semaphore = _bind(_cdll, "probeSemaphore", ctypes.c_void_p, ProbePtr)
+class Library:
+    """The bound functions of the loaded library."""
+
+    def __init__(self, cdll: ctypes.CDLL) -> None:
+        pydll = ctypes.PyDLL(cdll._name, mode=os.RTLD_NOW | os.RTLD_GLOBAL)  # the same object
+        self.provider_init = _bind(cdll, "providerInit", ProviderPtr, ctypes.c_char_p)
+        self.provider_use_memfd = _bind(cdll, "providerUseMemfd", ctypes.c_int, ProviderPtr, ctypes.c_int)
+        self.provider_add_probe = _bind(cdll, "providerAddProbe", ProbePtr, ProviderPtr, ctypes.c_char_p,
+                                        ctypes.c_int)  # then `argCount` C ints (variadic)
+        self.provider_load = _bind(cdll, "providerLoad", ctypes.c_int, ProviderPtr)
+        self.provider_unload = _bind(pydll, "providerUnload", ctypes.c_int, ProviderPtr)
+        self.provider_destroy = _bind(pydll, "providerDestroy", None, ProviderPtr)
+        self.probe_semaphore = _bind(cdll, "probeSemaphore", ctypes.c_void_p, ProbePtr)
+
+
+_lock = threading.Lock()
+_library: Optional[Library] = None
+
+
+def library() -> Library:
+    """The library, loaded and bound on first use.  A missing or broken build raises
+    :class:`ProviderError` here, when the provider API is used, not when it is imported."""
+    global _library
+    if _library is None:
+        with _lock:
+            if _library is None:
+                _library = Library(_native.load_library())
+    return _library
+
+
+def arg_types() -> "type[ArgTypes]":
+    """``stapsdt.ArgTypes``: the PyPI package loads ``libstapsdt.so`` by name at import, so it
+    runs on our library only once that is loaded."""
+    library()
+    try:
+        from stapsdt import ArgTypes
+    except ImportError as exc:
+        raise ProviderError(f"the stapsdt package cannot be imported ({exc}); "
+                            "install it with `pip install stapsdt`") from exc
+    return ArgTypes
+
+
+def probe_semaphore(probe: Any) -> Optional[int]:
+    """Address of a loaded probe's semaphore (``probeSemaphore``), None if not loaded."""
+    return library().probe_semaphore(probe)
 
 
 def error_of(handle: Any, what: str) -> ProviderError:

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import ctypes
 import re
-from typing import Any, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
 
-from .abi import MAX_ARGS, ArgTypes
+from .abi import arg_types
+
+if TYPE_CHECKING:
+    from stapsdt import ArgTypes
 
 MAX_NAME_LENGTH = 64
 MAX_STRING_BYTES = 4096
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
-ArgType = Union[type, ArgTypes]
+ArgType = Union[type, "ArgTypes"]
 
 
 class Arg:
@@ -29,7 +32,7 @@ class Arg:
 
     __slots__ = ("declared", "code", "kind", "low", "high", "wide")
 
-    def __init__(self, declared: ArgType, code: ArgTypes, kind: str) -> None:
+    def __init__(self, declared: ArgType, code: "ArgTypes", kind: str) -> None:
         self.declared = declared
         self.code = code
         self.kind = kind  # "int", "bool" or "str"
@@ -51,13 +54,14 @@ class Arg:
 
 def resolve_arg(declared: Any) -> Arg:
     """The :class:`Arg` for a declared type: ``int``, ``bool``, ``str``, ``bytes`` or a fixed width."""
+    widths = arg_types()
     if declared is bool:
-        return Arg(bool, ArgTypes.uint8, "bool")
+        return Arg(bool, widths.uint8, "bool")
     if declared is int:
-        return Arg(int, ArgTypes.int64, "int")
+        return Arg(int, widths.int64, "int")
     if declared is str or declared is bytes:
-        return Arg(declared, ArgTypes.uint64, "str")
-    if isinstance(declared, ArgTypes) and declared is not ArgTypes.noarg:
+        return Arg(declared, widths.uint64, "str")
+    if isinstance(declared, widths) and declared is not widths.noarg:
         return Arg(declared, declared, "int")
     raise TypeError(
         f"unsupported probe argument type {declared!r}: use int, bool, str, bytes or a fixed "

@@ -7,13 +7,12 @@ import keyword
 import os
 import threading
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from ..errors import ProviderError
 from . import abi
-from .abi import ArgTypes
+from .abi import MAX_ARGS
 from .args import (
-    MAX_ARGS,
     NAME_RE,
     Arg,
     ArgType,
@@ -27,6 +26,9 @@ from .args import (
 from .firing import SITE_PROTOTYPE, Slot, fire_factory, noop
 from .semaphore import Semaphore
 from .spans import Span, wrap
+
+if TYPE_CHECKING:
+    from stapsdt import ArgTypes
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,7 +83,7 @@ class Probe:
         return self._slot.call is not noop
 
     @property
-    def argument_types(self) -> Tuple[ArgTypes, ...]:
+    def argument_types(self) -> Tuple["ArgTypes", ...]:
         """The native argument types (``stapsdt.ArgTypes``) this probe was declared with."""
         return tuple(resolve_arg(t).code for t in self.types)
 
@@ -111,7 +113,7 @@ class _NativeProvider:
         handle, self.handle = self.handle, None
         if handle:
             self.switch_off()
-            abi.provider_destroy(handle)  # unloads; runs with the GIL held
+            abi.library().provider_destroy(handle)  # unloads; runs with the GIL held
 
 
 class Provider:
@@ -124,12 +126,13 @@ class Provider:
 
     def __init__(self, name: str, *, memfd: bool = False) -> None:
         check_name(name, "provider")
-        handle = abi.provider_init(name.encode("ascii"))
+        lib = abi.library()  # a missing or broken native library is reported here
+        handle = lib.provider_init(name.encode("ascii"))
         if not handle:
             raise ProviderError(f"provider {name!r}: cannot create it (out of memory)")
         native = _NativeProvider(handle)
         self._finalizer = weakref.finalize(self, native.destroy)
-        if memfd and not abi.provider_use_memfd(handle, 1):
+        if memfd and not lib.provider_use_memfd(handle, 1):
             self._finalizer()
             raise ProviderError(f"provider {name!r}: memfd_create() is not available here")
         self._name = name
@@ -158,7 +161,7 @@ class Provider:
             handle = self._handle()
             if name in self._probes:
                 raise ValueError(f"probe {self._name}:{name} is already declared")
-            native = abi.provider_add_probe(handle, name.encode("ascii"), len(args),
+            native = abi.library().provider_add_probe(handle, name.encode("ascii"), len(args),
                                             *[int(a.code) for a in args])
             if not native:
                 raise abi.error_of(handle, f"cannot add probe {self._name}:{name}")
@@ -176,8 +179,9 @@ class Provider:
             span = self._spans.get(name)
             if span is None:
                 check_name(name, "span")
-                start = self.probe(f"{name}_start", ArgTypes.uint64)
-                done = self.probe(f"{name}_done", ArgTypes.uint64, ArgTypes.uint64, bool)
+                uint64 = abi.arg_types().uint64
+                start = self.probe(f"{name}_start", uint64)
+                done = self.probe(f"{name}_done", uint64, uint64, bool)
                 span = self._spans[name] = Span(name, start, done)
             return span
 
@@ -190,8 +194,9 @@ class Provider:
             base = name if name is not None else getattr(func, "__name__", "")
             if not isinstance(base, str) or not NAME_RE.match(base):
                 raise ValueError(f"cannot derive a probe name from {base!r}: pass traced(name=...)")
-            entry = self.probe(f"{base}_entry", ArgTypes.uint64)
-            ret = self.probe(f"{base}_return", ArgTypes.uint64, ArgTypes.uint64, bool)
+            uint64 = abi.arg_types().uint64
+            entry = self.probe(f"{base}_entry", uint64)
+            ret = self.probe(f"{base}_return", uint64, uint64, bool)
             return wrap(func, entry, ret)
 
         return decorate
@@ -207,7 +212,7 @@ class Provider:
                 if not self._pending:
                     return self
                 self._unload_locked()
-            if abi.provider_load(handle) != 0:
+            if abi.library().provider_load(handle) != 0:
                 raise abi.error_of(handle, f"cannot load provider {self._name!r}")
             try:
                 for probe in self._probes.values():
@@ -221,7 +226,7 @@ class Provider:
 
     def _bind(self, probe: Probe) -> None:
         site = probe._native.contents._fire
-        semaphore = abi.probe_semaphore(probe._native)
+        semaphore = abi.library().probe_semaphore(probe._native)
         if not site or not semaphore:
             raise ProviderError(f"probe {self._name}:{probe.name}: not resolved after load")
         slot = probe._slot
@@ -241,7 +246,7 @@ class Provider:
         self._native.switch_off()
         self._loaded = False
         handle = self._native.handle
-        if abi.provider_unload(handle) != 0:
+        if abi.library().provider_unload(handle) != 0:
             raise abi.error_of(handle, f"cannot unload provider {self._name!r}")
 
     def close(self) -> None:
