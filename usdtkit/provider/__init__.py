@@ -32,16 +32,18 @@ the probe is enabled: a disabled probe costs one attribute read and a compare.
 
 Probes added after :meth:`Provider.load` fire only after the next ``load()``, which then reloads
 the provider (tracers attached to the old object must attach again).  Firing is thread-safe;
-``unload()``/``close()`` while other threads fire is safe in CPython with the GIL (the probe state is
-swapped out before the object is unmapped, firing reads it afresh at each step, and both the probe
-call and the unmapping run with the GIL held); free-threaded builds are not supported.  A provider
-loaded before ``os.fork()`` keeps working in the child.  Providers are unloaded at interpreter exit.
+``unload()``/``close()`` while other threads fire is safe: the probe state is swapped out first and
+firing reads it afresh at each step, and whatever Python holds that points into the loaded object
+(an ``enabled`` view kept in a variable, a site a fire function is about to call) keeps the object
+mapped until it is dropped (:mod:`usdtkit.provider.mapping`), so no use of this API can touch
+unmapped memory.  Free-threaded builds are not supported.  A provider loaded before ``os.fork()``
+keeps working in the child.  Providers are unloaded at interpreter exit.
 
 The API is built on the PyPI ``stapsdt`` package's ABI binding: its ``ArgTypes`` are the fixed widths
 here, and ``import stapsdt`` runs unmodified on our library.  Lifecycle and firing calls are bound
 here rather than through ``stapsdt.Provider``/``Probe`` because those report a successful load as
 False, hide the library's error message, and pass Python ints as 32-bit C ints (so 64-bit values
-would be truncated); unloading must also run with the GIL held (see above).  If the native library
+would be truncated).  If the native library
 is missing or broken, importing this module still works and the first use (``Provider(...)``,
 ``uint8``...) raises :class:`~usdtkit.errors.ProviderError` naming the library, what is wrong with it
 and how to fix it.

@@ -7,11 +7,11 @@ calls the probe's site in the loaded object: a 5-byte NOP where tracers put thei
 
 Everything a fire function needs lives in its probe's :class:`Slot`, which loading fills in and
 unloading switches off.  The slot is read afresh at each step, never cached, so a concurrent
-unload is always seen.
+unload is always seen; and what it holds keeps the loaded object mapped (:mod:`.mapping`), so a
+fire function that read the site just before an unload still calls mapped code.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
@@ -21,17 +21,6 @@ from .semaphore import Semaphore
 
 if TYPE_CHECKING:
     from .provider import Probe
-
-# Probe functions are called through a prototype without argtypes: ctypes then passes a Python
-# int as a C int (libffi sign-extends it into the 64-bit register), bytes as a pointer to their
-# buffer and None as NULL, with none of the per-argument conversion objects argtypes would create
-# (about 85 ns per argument).  Values are range-checked beforehand, so a C int carries any 1-, 2- or
-# 4-byte argument exactly (the tracer reads only the low bytes); 8-byte arguments outside the C int
-# range are boxed in c_int64/c_uint64.  PYFUNCTYPE: the GIL stays held during the call (the site is a
-# NOP, or a uprobe handled synchronously by the kernel), which is cheaper than releasing it and is
-# what makes unloading safe against concurrent firing.
-SITE_PROTOTYPE = ctypes.PYFUNCTYPE(None)
-
 
 def noop(*args: Any) -> None:
     """Stands in for the probe function while the provider is not loaded."""

@@ -2,7 +2,6 @@
 unload, close, garbage collection, interpreter exit, fork)."""
 from __future__ import annotations
 
-import ctypes
 import keyword
 import os
 import threading
@@ -23,7 +22,8 @@ from .args import (
     str_arg,
     wide_arg,
 )
-from .firing import SITE_PROTOTYPE, Slot, fire_factory, noop
+from .firing import Slot, fire_factory, noop
+from .mapping import Mapping
 from .semaphore import Semaphore
 from .spans import Span, wrap
 
@@ -92,28 +92,53 @@ class Probe:
         return f"<Probe {self.provider.name}:{self.name}({types}) enabled={bool(self.enabled)}>"
 
 
-_live_providers: "weakref.WeakSet[Provider]" = weakref.WeakSet()
+_natives: "weakref.WeakSet[_NativeProvider]" = weakref.WeakSet()
+
+# How long the finalizer waits for an operation in progress on another thread (a load writes a
+# file and may wait for the runtime directory's lock) before leaving the object to process exit.
+_DESTROY_WAIT = 30.0
 
 
 class _NativeProvider:
-    """Owns the native handle.  Its :meth:`destroy` is the provider's finalizer (at close, garbage
-    collection or interpreter exit), so it must not reference the :class:`Provider` itself."""
+    """Owns the native handle, the mapping of the loaded object and the provider's lock.  Its
+    :meth:`destroy` is the provider's finalizer (at close, garbage collection or interpreter exit),
+    so it must not reference the :class:`Provider` itself."""
 
-    __slots__ = ("handle", "slots")
+    __slots__ = ("handle", "slots", "mapping", "lock", "closing", "__weakref__")
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
         self.slots: List[Slot] = []
+        self.mapping: Optional[Mapping] = None
+        self.lock = threading.RLock()
+        self.closing = False
+        _natives.add(self)
 
     def switch_off(self) -> None:
         for slot in self.slots:
             slot.switch_off()
 
+    def unload(self, handle: Any) -> int:
+        """Switch the probes off and unload; the object stays mapped while Python references it."""
+        self.switch_off()
+        mapping, self.mapping = self.mapping, None
+        if mapping is not None:
+            mapping.adopt_memfd(handle)
+        return abi.library().provider_unload(handle)
+
     def destroy(self) -> None:
-        handle, self.handle = self.handle, None
-        if handle:
-            self.switch_off()
-            abi.library().provider_destroy(handle)  # unloads; runs with the GIL held
+        # At interpreter exit this runs while daemon threads may still use the provider: from now
+        # on operations refuse to start, and the one in progress (holding the lock) finishes first.
+        self.closing = True
+        if not self.lock.acquire(timeout=_DESTROY_WAIT):
+            return
+        try:
+            handle, self.handle = self.handle, None
+            if handle:
+                self.unload(handle)
+                abi.library().provider_destroy(handle)
+        finally:
+            self.lock.release()
 
 
 class Provider:
@@ -140,10 +165,12 @@ class Provider:
         self._native = native
         self._probes: Dict[str, Probe] = {}
         self._spans: Dict[str, Span] = {}
-        self._lock = threading.RLock()
         self._loaded = False
         self._pending = False
-        _live_providers.add(self)
+
+    @property
+    def _lock(self) -> threading.RLock:
+        return self._native.lock
 
     # ---- declaration
 
@@ -215,8 +242,9 @@ class Provider:
             if abi.library().provider_load(handle) != 0:
                 raise abi.error_of(handle, f"cannot load provider {self._name!r}")
             try:
+                mapping = self._native.mapping = Mapping(handle)
                 for probe in self._probes.values():
-                    self._bind(probe)
+                    self._bind(probe, mapping)
             except BaseException:
                 self._unload_locked()
                 raise
@@ -224,15 +252,15 @@ class Provider:
             self._pending = False
         return self
 
-    def _bind(self, probe: Probe) -> None:
+    def _bind(self, probe: Probe, mapping: Mapping) -> None:
         site = probe._native.contents._fire
         semaphore = abi.library().probe_semaphore(probe._native)
         if not site or not semaphore:
             raise ProviderError(f"probe {self._name}:{probe.name}: not resolved after load")
         slot = probe._slot
-        slot.call = SITE_PROTOTYPE(site)  # before the semaphore: a fire that sees it enabled can call
-        slot.addr = site if isinstance(site, int) else ctypes.cast(site, ctypes.c_void_p).value or 0
-        view = Semaphore.from_address(semaphore)
+        slot.call = mapping.call(site)  # before the semaphore: a fire that sees it enabled can call
+        slot.addr = mapping.site(site)
+        view = mapping.semaphore(semaphore)
         slot.sem = view
         probe.enabled = view
 
@@ -243,10 +271,9 @@ class Provider:
                 self._unload_locked()
 
     def _unload_locked(self) -> None:
-        self._native.switch_off()
         self._loaded = False
         handle = self._native.handle
-        if abi.library().provider_unload(handle) != 0:
+        if self._native.unload(handle) != 0:
             raise abi.error_of(handle, f"cannot unload provider {self._name!r}")
 
     def close(self) -> None:
@@ -254,7 +281,6 @@ class Provider:
         with self._lock:
             self._loaded = False
             self._finalizer()
-        _live_providers.discard(self)
 
     def __enter__(self) -> "Provider":
         return self
@@ -264,7 +290,7 @@ class Provider:
 
     def _handle(self) -> Any:
         handle = self._native.handle
-        if handle is None:
+        if handle is None or self._native.closing:
             raise ProviderError(f"provider {self._name!r} is closed")
         return handle
 
@@ -318,8 +344,8 @@ class Provider:
 
 def _reset_locks_in_child() -> None:
     # A lock held by another thread at fork() time would stay locked forever in the child.
-    for provider in list(_live_providers):
-        provider._lock = threading.RLock()
+    for native in list(_natives):
+        native.lock = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_reset_locks_in_child)

@@ -16,8 +16,9 @@ class Semaphore(ctypes.c_uint16):
 
     Truthy while at least one tracer has the probe enabled; the truth test is ctypes' C-level
     compare of the two bytes, so ``if probe.enabled:`` costs no Python call.  ``int()`` gives the
-    count of attached tracer probes.  Read ``probe.enabled`` each time: a view kept across
-    ``unload()`` points at unmapped memory.
+    count of attached tracer probes.  Read ``probe.enabled`` each time: after ``unload()`` or
+    ``close()`` the probe holds a new, disabled view, while a view kept from before still reads the
+    old object's semaphore (it keeps that object mapped until it is dropped).
 
     Compared with an int (or another view) it is its count: ``probe.enabled == 2``.  Compared with
     a bool it is its truth, as the name ``enabled`` reads: ``probe.enabled == True`` with 2 tracers.
