@@ -53,7 +53,9 @@ Where the object lives: by default a file named by its content in a private runt
 ``/tmp/usdtkit-UID``; ``$USDTKIT_RUNTIME_DIR`` overrides), so every process of a service maps the
 same file and one tracer attached by :attr:`Provider.path` sees all of them, including workers
 started later.  ``Provider(name, memfd=True)`` keeps the object in a memfd instead (nothing on disk;
-attach by PID).
+attach by PID).  Files no process maps any more are removed: by :meth:`Provider.close` (unless
+another process still maps the file), and by any load once a few have accumulated (left by killed
+processes, or by definitions no longer loaded anywhere); see ``native/reclaim.c``.
 """
 from __future__ import annotations
 

@@ -5,13 +5,13 @@ prefix of their structs (laid out as the libstapsdt ABI documents).  Lifecycle c
 rather than through the PyPI ``stapsdt`` package's ``Provider``/``Probe``, which report a successful
 load as False, hide the library's error message and pass Python ints as 32-bit C ints.
 
-Two handles on the same library: calls through ``CDLL`` release the GIL (loading writes files),
-calls through ``PyDLL`` keep it (unloading must not interleave with a thread firing a probe).
+Every call releases the GIL: loading writes a file and closing may read every process's memory
+map (to tell whether the file is still in use), and neither touches Python objects.  Calls on one
+provider are serialised by its lock; firing never calls the library (see :mod:`.mapping`).
 """
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -66,14 +66,13 @@ class Library:
     """The bound functions of the loaded library."""
 
     def __init__(self, cdll: ctypes.CDLL) -> None:
-        pydll = ctypes.PyDLL(cdll._name, mode=os.RTLD_NOW | os.RTLD_GLOBAL)  # the same object
         self.provider_init = _bind(cdll, "providerInit", ProviderPtr, ctypes.c_char_p)
         self.provider_use_memfd = _bind(cdll, "providerUseMemfd", ctypes.c_int, ProviderPtr, ctypes.c_int)
         self.provider_add_probe = _bind(cdll, "providerAddProbe", ProbePtr, ProviderPtr, ctypes.c_char_p,
                                         ctypes.c_int)  # then `argCount` C ints (variadic)
         self.provider_load = _bind(cdll, "providerLoad", ctypes.c_int, ProviderPtr)
-        self.provider_unload = _bind(pydll, "providerUnload", ctypes.c_int, ProviderPtr)
-        self.provider_destroy = _bind(pydll, "providerDestroy", None, ProviderPtr)
+        self.provider_unload = _bind(cdll, "providerUnload", ctypes.c_int, ProviderPtr)
+        self.provider_destroy = _bind(cdll, "providerDestroy", None, ProviderPtr)
         self.probe_semaphore = _bind(cdll, "probeSemaphore", ctypes.c_void_p, ProbePtr)
 
 

@@ -277,7 +277,8 @@ class Provider:
             raise abi.error_of(handle, f"cannot unload provider {self._name!r}")
 
     def close(self) -> None:
-        """Unload and free the provider; its probes stay callable but never fire again."""
+        """Unload and free the provider; its probes stay callable but never fire again.  In file
+        mode its file is removed unless another process (or another provider) still maps it."""
         with self._lock:
             self._loaded = False
             self._finalizer()
