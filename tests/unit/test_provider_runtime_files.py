@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import List
 
-import pytest
-
 from usdtkit.provider import Provider
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -211,3 +209,27 @@ def test_concurrent_loaders_and_closers_never_lose_their_file(runtime_dir):
     for proc, (out, err) in zip(procs, results):
         assert proc.returncode == 0, err[-2000:]
         assert out.strip() == "0", (out, err[-2000:])
+
+
+def test_a_large_backlog_is_cleared_a_bounded_batch_per_load(runtime_dir):
+    """10,000 leftovers (as an old runtime directory may hold): each load examines at most 4,096
+    files, so the backlog goes in a few loads, each of bounded cost."""
+    runtime_dir.mkdir(mode=0o700)
+    for i in range(10_000):
+        (runtime_dir / f"left{i}-{i:016x}.so").write_bytes(b"\x7fELF")
+    providers, counts, times = [], [], []
+    try:
+        for n in range(4):
+            provider = Provider(f"batch{n}")
+            provider.probe("tick", int)
+            started = time.monotonic()
+            provider.load()
+            times.append(time.monotonic() - started)
+            providers.append(provider)
+            counts.append(len(objects(runtime_dir)))
+        assert counts[0] >= 10_001 - 4096 and counts[1] >= 10_002 - 2 * 4096, counts
+        assert counts[-1] == 4, counts  # only the four live providers' files are left
+        print(f"backlog per load: {counts}, load times {[round(t * 1e3) for t in times]} ms")
+    finally:
+        for provider in providers:
+            provider.close()
