@@ -137,10 +137,13 @@ SDT_API SDTProbe_t *providerAddProbe(SDTProvider_t *provider, const char *name,
 SDT_API int providerLoad(SDTProvider_t *provider);
 
 /* dlclose() the object and close the memfd; 0 on success (also when not
- * loaded), -1 on error.  The file of file mode stays: see usdtkit's docs. */
+ * loaded), -1 on error.  The file of file mode stays (other processes and
+ * tracers attached by path use it; reloading the same probes reuses it). */
 SDT_API int providerUnload(SDTProvider_t *provider);
 
-/* Unload if needed and free the provider and all its probes. */
+/* Unload if needed and free the provider and all its probes.  In file mode,
+ * also remove the last object loaded when no process maps it any more (the
+ * loads of any process remove such files too, see reclaim.c). */
 SDT_API void providerDestroy(SDTProvider_t *provider);
 
 /* Call the probe's site with `argCount` 64-bit values (pass each argument as

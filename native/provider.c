@@ -29,7 +29,12 @@ struct provider_impl {
   struct probe_node *tail;
   size_t probe_count;
   int error_is_static;
+  char *own_file; /* file mode: the last object loaded, for providerDestroy to reclaim */
 };
+
+/* How long providerDestroy waits for loads in progress before leaving its
+ * file to a later collection. */
+#define DESTROY_LOCK_WAIT_MS 500
 
 static char out_of_memory_message[] = "out of memory";
 
@@ -51,17 +56,18 @@ static int is_name_start(char c) {
 
 static int is_name_char(char c) { return is_name_start(c) || (c >= '0' && c <= '9'); }
 
-/* [A-Za-z_][A-Za-z0-9_]*, 1..SDT_MAX_NAME_LENGTH bytes. */
-static int valid_name(const char *name) {
-  if (!name)
-    return 0;
-  size_t len = strnlen(name, SDT_MAX_NAME_LENGTH + 1);
+int sdt_is_name(const char *name, size_t len) {
   if (len == 0 || len > SDT_MAX_NAME_LENGTH || !is_name_start(name[0]))
     return 0;
   for (size_t i = 1; i < len; i++)
     if (!is_name_char(name[i]))
       return 0;
   return 1;
+}
+
+/* [A-Za-z_][A-Za-z0-9_]*, 1..SDT_MAX_NAME_LENGTH bytes. */
+static int valid_name(const char *name) {
+  return name && sdt_is_name(name, strnlen(name, SDT_MAX_NAME_LENGTH + 1));
 }
 
 /* A printable, bounded rendering of a caller-supplied name for messages. */
@@ -283,7 +289,7 @@ SDT_API int providerLoad(SDTProvider_t *provider) {
   if (build_image(p, &image) != 0)
     return -1;
 
-  struct sdt_stored stored = {NULL, -1};
+  struct sdt_stored stored = {NULL, -1, -1};
   char err[1536] = "";
   int rc = provider->_use_memfd ? sdt_store_memfd(provider->name, &image, &stored, err, sizeof(err))
                                 : sdt_store_file(provider->name, &image, &stored, err, sizeof(err));
@@ -297,6 +303,7 @@ SDT_API int providerLoad(SDTProvider_t *provider) {
 
   dlerror();
   void *handle = dlopen(stored.path, RTLD_NOW | RTLD_LOCAL);
+  int seen = sdt_store_done(&stored, handle != NULL);
   if (!handle) {
     const char *msg = dlerror();
     set_error(p, sharedLibraryOpenError, "cannot dlopen %s: %s", stored.path,
@@ -329,6 +336,10 @@ SDT_API int providerLoad(SDTProvider_t *provider) {
   }
   provider->_handle = handle;
   sdt_image_free(&image);
+  if (!provider->_use_memfd) {
+    free(p->own_file);
+    p->own_file = seen ? strdup(stored.path) : NULL;
+  }
   return 0;
 }
 
@@ -364,6 +375,10 @@ SDT_API void providerDestroy(SDTProvider_t *provider) {
     return;
   struct provider_impl *p = impl_of(provider);
   providerUnload(provider);
+  if (p->own_file) {
+    sdt_reclaim_file(p->own_file, DESTROY_LOCK_WAIT_MS);
+    free(p->own_file);
+  }
   SDTProbeList_t *it = provider->probes;
   while (it) {
     SDTProbeList_t *next = it->next;

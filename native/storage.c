@@ -25,9 +25,10 @@
  * processes keep sharing one inode); an existing file is loaded only after
  * its bytes compare equal to the expected image, otherwise it is replaced.
  * The file stays after unload: other processes, later workers and tracers
- * attached by path use it; it is small, named by content (so the directory
- * holds one file per distinct definition) and the runtime directory is
- * normally on a tmpfs emptied at logout or reboot.
+ * attached by path use it.  Files no process maps any more are removed by
+ * reclaim.c, at providerDestroy and by later loads; from choosing its file
+ * until mapping it, a loader holds a shared lock on the directory, which
+ * reclaiming takes exclusively.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -37,12 +38,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "sdt_internal.h"
+
+/* How long a load waits for a collection in progress (reclaim.c), which holds
+ * the directory lock exclusively for a bounded scan. */
+#define LOAD_LOCK_WAIT_MS 10000
 
 #ifndef MFD_EXEC
 #define MFD_EXEC 0x0010U /* Linux 6.3+: ask for an executable memfd explicitly */
@@ -114,6 +120,7 @@ int sdt_store_memfd(const char *provider, const struct sdt_image *image,
     return -1;
   }
   out->memfd = fd;
+  out->dirfd = -1;
   return 0;
 }
 
@@ -336,18 +343,45 @@ int sdt_store_file(const char *provider, const struct sdt_image *image,
   int dfd = open_runtime_dir(dir, sizeof(dir), err, errlen);
   if (dfd < 0)
     return -1;
-  int rc = place_file(dfd, dir, name, image, err, errlen);
-  close(dfd);
-  if (rc != 0)
+  /* Where the filesystem has no flock(), collections cannot lock either, so
+   * they never run there and loading needs no lock. */
+  if (sdt_lock_dir(dfd, LOCK_SH, LOAD_LOCK_WAIT_MS) != 0 && errno == EWOULDBLOCK) {
+    format_error(err, errlen, "cannot lock %s: held by another process for too long", dir);
+    close(dfd);
     return -1;
-
+  }
   size_t path_len = strlen(dir) + 1 + strlen(name) + 1;
   out->path = malloc(path_len);
   if (!out->path) {
     format_error(err, errlen, "out of memory");
+    close(dfd);
     return -1;
   }
   snprintf(out->path, path_len, "%s/%s", dir, name);
+  if (place_file(dfd, dir, name, image, err, errlen) != 0) {
+    free(out->path);
+    out->path = NULL;
+    close(dfd); /* also releases the lock */
+    return -1;
+  }
   out->memfd = -1;
+  out->dirfd = dfd;
   return 0;
+}
+
+int sdt_store_done(struct sdt_stored *stored, int mapped) {
+  int dfd = stored->dirfd;
+  if (dfd < 0)
+    return 0;
+  stored->dirfd = -1;
+  flock(dfd, LOCK_UN);
+  int seen = 0;
+  const char *slash = strrchr(stored->path, '/');
+  if (mapped && slash && slash != stored->path) {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%.*s", (int)(slash - stored->path), stored->path);
+    seen = sdt_reclaim_after_load(dfd, dir, slash + 1);
+  }
+  close(dfd);
+  return seen;
 }

@@ -76,15 +76,15 @@ __all__ = [
     "UsdtkitError",
 ]
 
-# --- issue 4 (native library + provider API); appended by the provider work, see its note -----------
 # Preload usdtkit's libstapsdt.so with RTLD_GLOBAL so that the PyPI `stapsdt` package, which loads
 # "libstapsdt.so" by bare name, finds it (glibc matches the SONAME of loaded objects).  A missing or
-# broken build must not break the parts of usdtkit that do not need it: Provider raises then.
+# broken build must not break the parts of usdtkit that do not need it: usdtkit.provider raises the
+# same ProviderError, saying what is wrong and how to fix it, when the provider API is used.
 try:
     from ._native import load_library as _load_native_library
 
     _load_native_library()
-except Exception:  # noqa: BLE001  (reported by usdtkit.provider on first use)
+except ProviderError:
     pass
 
 _LAZY.update(

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "libstapsdt.h"
@@ -270,6 +271,47 @@ static void test_no_leaks(void) {
   }
 }
 
+/* File mode: providerDestroy removes the file unless another process maps it. */
+static void test_destroy_reclaims_the_file(void) {
+  char path[1024];
+  SDTProvider_t *p = providerInit("reclaimed");
+  providerAddProbe(p, "a", 0);
+  CHECK(providerLoad(p) == 0);
+  snprintf(path, sizeof(path), "%s", p->_filename);
+  CHECK(providerUnload(p) == 0 && access(path, F_OK) == 0); /* unload keeps it */
+  providerDestroy(p);
+  CHECK(access(path, F_OK) != 0 && errno == ENOENT);
+
+  int ready[2], release[2];
+  CHECK(pipe(ready) == 0 && pipe(release) == 0);
+  pid_t child = fork();
+  if (child == 0) { /* maps the same file (same definition) until released */
+    SDTProvider_t *c = providerInit("shared_file");
+    providerAddProbe(c, "a", 0);
+    char state = providerLoad(c) == 0 ? 'y' : 'n';
+    if (write(ready[1], &state, 1) != 1 || read(release[0], &state, 1) != 1)
+      _exit(2);
+    providerDestroy(c);
+    _exit(0);
+  }
+  char state = 0;
+  CHECK(read(ready[0], &state, 1) == 1 && state == 'y');
+  p = providerInit("shared_file");
+  providerAddProbe(p, "a", 0);
+  CHECK(providerLoad(p) == 0);
+  snprintf(path, sizeof(path), "%s", p->_filename);
+  providerDestroy(p);
+  CHECK(access(path, F_OK) == 0); /* the child still maps it */
+  int status = -1;
+  CHECK(write(release[1], "x", 1) == 1 && waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK(access(path, F_OK) != 0); /* the last one out removed it */
+  close(ready[0]);
+  close(ready[1]);
+  close(release[0]);
+  close(release[1]);
+}
+
 int main(void) {
   char root[] = "/tmp/usdtkit-ctest-XXXXXX";
   if (!mkdtemp(root)) {
@@ -286,6 +328,7 @@ int main(void) {
   test_load_fire_and_semaphores(1);
   test_determinism();
   test_no_leaks();
+  test_destroy_reclaims_the_file();
   test_storage_errors(root);
 
   char cmd[700];

@@ -148,6 +148,25 @@ def test_enabled_is_a_live_view_of_the_semaphore(app):
     assert probe.enabled is not view  # the view of unmapped memory was swapped out
 
 
+def test_semaphore_equals_its_count_and_bools_its_truth(app):
+    probe = app.probe("counted")
+    other = app.probe("other")
+    app.load()
+    probe.enabled.value = 3  # three tracer probes attached
+    try:
+        assert probe.enabled == 3 and 3 == probe.enabled and not probe.enabled != 3
+        assert probe.enabled != 1 and probe.enabled != 0 and probe.enabled != 2
+        assert probe.enabled == True and probe.enabled != False  # noqa: E712  (truth, not count)
+        assert probe.enabled != other.enabled and other.enabled == 0 and other.enabled == False  # noqa: E712
+        other.enabled.value = 3
+        assert probe.enabled == other.enabled  # same count
+        assert probe.enabled != "3" and probe.enabled != 3.5 and probe.enabled != None  # noqa: E711
+        with pytest.raises(TypeError):
+            hash(probe.enabled)  # a live count: no stable hash
+    finally:
+        probe.enabled.value = other.enabled.value = 0
+
+
 def test_enabled_reads_the_memory_the_library_reports(app):
     probe = app.probe("same_memory")
     app.load()
