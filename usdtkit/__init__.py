@@ -31,6 +31,7 @@ _LAZY = {
     "Session": ("usdtkit.tracing.session", "Session"),
     "TraceRequest": ("usdtkit.plan.request", "TraceRequest"),
     "make_request": ("usdtkit.plan.request", "make_request"),
+    "Target": ("usdtkit.plan.request", "Target"),
     "AttachPlan": ("usdtkit.plan.plan", "AttachPlan"),
     "make_plan": ("usdtkit.plan.plan", "make_plan"),
     "HistSpec": ("usdtkit.plan.request", "HistSpec"),

@@ -95,18 +95,21 @@ TRACE_EXAMPLES = epilog(
     "usdtkit trace -s arg1 -c 'demo_apps/build/hello_usdt 3 reader' usdt::hello:greet",
     "usdtkit trace -p PID -n 5 -f 'tid != 7' usdt::hello:tick",
     "usdtkit trace --json -c 'demo_apps/build/hello_usdt 2' uretprobe:libc:nanosleep",
+    "usdtkit trace --string-size 200 -s arg1 -c 'demo_apps/build/hello_usdt 1 reader' usdt::hello:greet",
 )
 COUNT_EXAMPLES = epilog(
     "usdtkit count -c 'demo_apps/build/hello_usdt 5' usdt::hello:greet usdt::hello:tick",
     "usdtkit count --by arg1 -f 'arg0 > 5' -c 'demo_apps/build/hello_usdt 8' usdt::hello:tick",
     "usdtkit count --by 'str(arg1)' -c '/usr/bin/python3.11 -c pass' usdt::python:function__entry",
     "usdtkit count -p PID -d 1 --by comm,tid -f 'comm == nginx' uprobe:libc:nanosleep",
+    "usdtkit count -i 0.2 --top 3 --by arg1 -c 'demo_apps/build/hello_usdt 20' usdt::hello:tick",
 )
 HIST_EXAMPLES = epilog(
     "usdtkit hist -v arg1 -c 'demo_apps/build/hello_usdt 20' usdt::hello:tick",
     "usdtkit hist -v retval -c 'demo_apps/build/hello_usdt 3' uretprobe:libc:nanosleep",
     "usdtkit hist -p PID -d 1 -v arg4 --by 'str(arg2)' usdt::demo_httpd:request__done",
     "usdtkit hist -p PID -d 1 -v arg3 --linear 0,2000,250 --by arg1 usdt::demo_httpd:request__done",
+    "usdtkit hist -i 0.2 --cumulative -v arg1 -c 'demo_apps/build/hello_usdt 20' usdt::hello:tick",
 )
 LATENCY_EXAMPLES = epilog(
     "usdtkit latency -c 'demo_apps/build/hello_usdt 5' uprobe:libc:nanosleep",
