@@ -330,7 +330,10 @@ def test_cli_command_dead_before_release_is_one_line_and_nonzero(hello):
     tracer = subprocess.Popen(
         [sys.executable, "-m", "usdtkit.cli.main", "count", "-c", f"{hello} 3", "usdt::hello:tick"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=dict(os.environ, PYTHONPATH=ROOT), text=True)
+        env=dict(os.environ, PYTHONPATH=ROOT), text=True,
+        # a group of its own, under this process: when the killed command leaves the group while the
+        # tracer is stopped, the group is not orphaned, so the kernel sends no SIGHUP to anyone
+        process_group=0)
     try:
         command = wait_for(lambda: gated_command_of(tracer), timeout=30)
         assert command, "the gated command never showed up"

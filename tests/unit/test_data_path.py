@@ -191,3 +191,28 @@ def test_the_program_text_names_a_shape_not_a_run():
     one = codegen.generate(AttachPlan(TraceRequest((probe.ref,), count_by=(Field("arg", 0),)), (probe,), 100))
     two = codegen.generate(AttachPlan(TraceRequest((probe.ref,), count_by=(Field("arg", 0),)), (probe,), 200))
     assert one.text == two.text
+
+
+def test_a_session_that_failed_to_attach_cannot_attach_again():
+    class Refusing(FakeBackend):
+        def load(self, layout):
+            raise RuntimeError("no program for you")
+
+    probe = usdt("tick", SIGNED)
+    session = Session(AttachPlan(TraceRequest((probe.ref,), count_by=()), (probe,)), backend=Refusing())
+    with pytest.raises(RuntimeError):
+        session.attach()
+    with pytest.raises(UsageError, match="has ended"):
+        session.attach()
+
+
+def test_a_stopped_session_returns_at_once():
+    session, program = session_of((usdt("tick", SIGNED),), events=True)
+    session.stop()
+    assert session.run(duration=30) == "stopped"
+
+
+def test_fields_outside_the_closed_set_cannot_be_made():
+    for bad in (("x; evil", -1), ("arg", -1), ("arg", 12), ("str", True), ("pid", 3)):
+        with pytest.raises(UsageError):
+            Field(*bad)

@@ -54,3 +54,63 @@ def test_a_request_is_resolved_again_from_scratch(tmp_path):
     with pytest.raises(TargetError):
         make_plan(request)
     assert request.probes[0].binary.endswith("later")
+
+
+def test_zero_is_not_quietly_a_default():
+    with pytest.raises(UsageError, match="string size"):
+        make_request([PROBE], strings=["arg1"], string_size=0)
+    with pytest.raises(UsageError, match="power of two"):
+        make_request([PROBE], ring_pages=0)
+
+
+def test_cumulative_without_an_interval_is_refused():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "usdtkit.cli.main", "count", "--cumulative", PROBE],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "--cumulative" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_an_object_a_site_uses_is_never_discarded(tmp_path):
+    import os
+
+    from usdtkit.plan.objects import ObjectTable
+
+    (tmp_path / "a").write_bytes(b"\x7fELF")
+    (tmp_path / "b").write_bytes(b"\x7fELF")
+    table = ObjectTable()
+    first = table.use(table.open(str(tmp_path / "a")))
+    again = table.open(str(tmp_path / "a"))  # a second probe searching the same file finds nothing there
+    assert again is first
+    table.discard(again)
+    assert os.readlink(first.proc_path) == str(tmp_path / "a")
+    other = table.open(str(tmp_path / "b"))
+    assert other.fd != first.fd
+    table.close()
+
+
+def test_resolutions_in_two_threads_keep_their_own_files(tmp_path):
+    import threading
+
+    from usdtkit.plan import resolve
+
+    tables = {}
+    ready = threading.Barrier(2)
+
+    def worker(name: str) -> None:
+        with resolve.resolving() as table:
+            ready.wait()
+            resolve._open(str(tmp_path / name))
+            ready.wait()
+            tables[name] = [o.path for o in table.objects]
+        table.close()
+
+    for name in ("a", "b"):
+        (tmp_path / name).write_bytes(b"x")
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert tables == {"a": [str(tmp_path / "a")], "b": [str(tmp_path / "b")]}

@@ -307,8 +307,14 @@ class Generator:
             return f"    {member} = (u64)(s64)stacks.get_stackid(ctx, BPF_F_USER_STACK);"
         if fld.name == "str":
             self._value_of(Field("arg", fld.index))  # validates the index
-            return (f"    if (bpf_probe_read_user_str(&{member}, sizeof({member}), (void *)args[{fld.index}]) < 0) "
+            failed = f"{{ {member}[0] = 0; key->errs |= {1 << bit}U; }}"
+            # A pointer that could not be read is not read through (its failure is counted once).
+            return (f"    if (errs & {1 << fld.index}U) {failed}\n"
+                    f"    else if (bpf_probe_read_user_str(&{member}, sizeof({member}), (void *)args[{fld.index}]) < 0) "
                     f"{{ {member}[0] = 0; key->errs |= {1 << bit}U; usdtkit_stat(probe, {STAT_READ_ERRORS}); }}")
+        if fld.name == "arg":
+            return (f"    {member} = {self._value_of(fld)};\n"
+                    f"    if (errs & {1 << fld.index}U) key->errs |= {1 << bit}U;")
         return f"    {member} = {self._value_of(fld)};"
 
     def _handler(self) -> None:
@@ -328,7 +334,9 @@ class Generator:
         if plan.hist is not None and self.hist_key is not None:
             hist = plan.hist
             value = self._value_of(hist.field)
-            out += ["    {", f"    u64 value = {value};", *self._key_start("hist", self.hist_key)]
+            # A value whose read failed is counted as a read error, never as a number in a bucket.
+            unread = f"(errs & {1 << hist.field.index}U)" if hist.field.name == "arg" else "0"
+            out += [f"    if (!{unread}) {{", f"    u64 value = {value};", *self._key_start("hist", self.hist_key)]
             if hist.by is not None:
                 out.append(self._key_fill(hist.by, 0))
             signed = self._field_signed(hist.field)

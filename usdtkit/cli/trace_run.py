@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 import time
 from typing import Callable, Dict, List, Optional
@@ -40,6 +41,8 @@ def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None
              **options: object) -> Session:
     """The session the command line describes; with ``-c`` it owns the command (gated until attached,
     its output on stderr so that stdout stays machine-readable, stopped when the session closes)."""
+    if getattr(args, "cumulative", False) and not getattr(args, "interval", None):
+        raise UsageError("--cumulative applies to what -i INTERVAL prints: give -i as well")
     if args.command is not None:
         try:
             argv = shlex.split(args.command)
@@ -65,9 +68,21 @@ class _Totals:
 
 
 def _collect(session: Session, args: argparse.Namespace, on_tick: Optional[Callable[[], None]] = None) -> str:
-    """Attach, collect until the end condition, detach.  Returns why it stopped, in words."""
+    """Attach, collect until the end condition, detach.  Returns why it stopped, in words.
+
+    SIGTERM is a flag from before attaching until the summary is printed, so a trace terminated while
+    it compiles or attaches still detaches cleanly and says what it collected."""
     for warning in session.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    terminated: List[int] = []
+
+    def on_term(signum: int, frame: object) -> None:
+        terminated.append(signum)
+        session.stop()
+
+    # Not restored: the command ends once its summary is printed, and a SIGTERM until then only
+    # shortens the trace.
+    signal.signal(signal.SIGTERM, on_term)
     loop = RunLoop(session, duration=args.duration, interval=getattr(args, "interval", None), on_tick=on_tick)
     try:
         session.attach()  # releases the -c command once every probe is in place
@@ -78,6 +93,8 @@ def _collect(session: Session, args: argparse.Namespace, on_tick: Optional[Calla
         reason = "interrupted"
     finally:
         session.close()  # detaches, and stops a -c command
+    if terminated:
+        reason = "terminated"
     return {"duration": "done", "detached": "done", "until": "done"}.get(reason, reason)
 
 

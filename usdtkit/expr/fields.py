@@ -30,6 +30,14 @@ class Field:
     name: str
     index: int = -1  # argument index for argN and str(argN)
 
+    def __post_init__(self) -> None:
+        # Fields name struct members and array slots in generated C: only the closed set is a Field.
+        if self.name in ("arg", "str"):
+            if isinstance(self.index, bool) or not isinstance(self.index, int) or not 0 <= self.index < MAX_ARGS:
+                raise UsageError(f"argument index {self.index!r} out of range (0..{MAX_ARGS - 1})")
+        elif self.name not in FIELD_NAMES or self.index != -1:
+            raise UsageError(f"unknown field {self.name!r}: use arg0..arg11, str(argN), " + ", ".join(FIELD_NAMES))
+
     @classmethod
     def parse(cls, text: str) -> "Field":
         text = text.strip() if isinstance(text, str) else text

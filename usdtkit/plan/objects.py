@@ -52,6 +52,7 @@ class ObjectTable:
     def __init__(self) -> None:
         self._by_key: Dict[Tuple[str, Optional[Tuple[int, int]]], ObjectFile] = {}
         self._all: List[ObjectFile] = []
+        self._used: set = set()  # ids of objects some resolved site refers to
 
     def open(self, path: str, open_path: Optional[str] = None,
              expect: Optional[Tuple[int, int]] = None) -> ObjectFile:
@@ -95,13 +96,20 @@ class ObjectTable:
                 _close(obj)
         self._all = [o for o in self._all if id(o) in keep]
         self._by_key = {k: o for k, o in self._by_key.items() if id(o) in keep}
+        self._used &= keep
+
+    def use(self, obj: ObjectFile) -> ObjectFile:
+        """Mark ``obj`` as referred to by a resolved site: :meth:`discard` leaves it open."""
+        self._used.add(id(obj))
+        return obj
 
     def discard(self, obj: ObjectFile) -> None:
-        """Close one object that turned out not to be needed."""
-        self.keep_only(o for o in self._all if o is not obj)
+        """Close one object that turned out not to be needed (unless a site uses it)."""
+        if id(obj) not in self._used:
+            self.keep_only(o for o in self._all if o is not obj)
 
     def close(self) -> None:
-        objects, self._all, self._by_key = self._all, [], {}
+        objects, self._all, self._by_key, self._used = self._all, [], {}, set()
         for obj in objects:
             _close(obj)
 

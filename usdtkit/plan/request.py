@@ -252,9 +252,9 @@ def make_request(
             count_fields = count_fields + (Field("pid"),)  # stacks are symbolised per process
     request = TraceRequest(
         probes=tuple(refs), target=target, filters=predicates, events=events,
-        event_strings=_strings(strings), string_size=string_size or DEFAULT_STRING_SIZE,
+        event_strings=_strings(strings), string_size=DEFAULT_STRING_SIZE if string_size is None else string_size,
         count_by=count_fields, hist=hist_spec, function_latency=function_latency, pair=pair,
-        stacks=stacks, ring_pages=ring_pages or 256, unsafe=unsafe)
+        stacks=stacks, ring_pages=256 if ring_pages is None else ring_pages, unsafe=unsafe)
     if string_size is not None and not request.reads_strings:
         raise UsageError("string_size applies to strings read (strings=, 'str(argN)' keys), and this "
                          "trace reads none")

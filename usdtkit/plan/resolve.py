@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Tuple, TypeVar
 
@@ -68,8 +69,14 @@ class ResolvedProbe:
         return f"{name}:return" if self.ref.is_return else name
 
 
-_cache: Optional[dict] = None
-_objects: Optional[ObjectTable] = None
+class _Resolution(threading.local):
+    """The state of the resolution in progress, per thread (two threads may resolve at once)."""
+
+    cache: Optional[dict] = None
+    objects: Optional[ObjectTable] = None
+
+
+_state = _Resolution()
 
 
 @contextlib.contextmanager
@@ -77,36 +84,53 @@ def resolving() -> Iterator[ObjectTable]:
     """Within the block, a process's mapped objects are read once (several probes of one trace resolve
     against the same snapshot) and every binary is opened once.  The yielded table holds the open
     files: the caller keeps it (and closes it when done); on an exception they are closed here."""
-    global _cache, _objects
-    previous = (_cache, _objects)
-    _cache, _objects = {}, ObjectTable()
-    table = _objects
+    previous = (_state.cache, _state.objects)
+    _state.cache, _state.objects = {}, ObjectTable()
+    table = _state.objects
     try:
         yield table
     except BaseException:
         table.close()
         raise
     finally:
-        _cache, _objects = previous
+        _state.cache, _state.objects = previous
+
+
+def _table() -> ObjectTable:
+    if _state.objects is None:
+        raise RuntimeError("resolve() runs inside resolving()")
+    return _state.objects
 
 
 def _open(path: str, open_path: Optional[str] = None, device: str = "", inode: int = 0) -> ObjectFile:
     """Open a binary for this resolution (checked against the device and inode a process maps)."""
-    if _objects is None:
-        raise RuntimeError("resolve() runs inside resolving()")
     dev = parse_device(device) if device else None
     expect = (dev, inode) if dev is not None and inode else None
-    return _objects.open(path, open_path, expect)
+    return _table().open(path, open_path, expect)
+
+
+def _open_mapped(mapped: "elf.MappedObject") -> ObjectFile:
+    """Open the file a process maps: by its path (through the process's root), else, where the two
+    disagree (replaced on disk, or a filesystem whose maps name another device), through the mapping
+    itself (``/proc/PID/map_files``), which always is the mapped file."""
+    try:
+        return _open(mapped.path, mapped.open_path, mapped.device, mapped.inode)
+    except TargetError:
+        if not mapped.mappings:
+            raise
+        first = mapped.mappings[0]
+        return _open(mapped.path, f"/proc/{mapped.pid}/map_files/{first.start:x}-{first.end:x}")
 
 
 def _pid_objects(pid: int) -> List["elf.MappedObject"]:
-    if _cache is not None and pid in _cache:
-        return _cache[pid]
+    cache = _state.cache
+    if cache is not None and pid in cache:
+        return cache[pid]
     if not os.path.exists(f"/proc/{pid}"):
         raise NoSuchProcess(pid)
     objects = elf.process_objects(pid)
-    if _cache is not None:
-        _cache[pid] = objects
+    if cache is not None:
+        cache[pid] = objects
     return objects
 
 
@@ -153,14 +177,22 @@ def _candidates(ref: ProbeRef, pid: Optional[int]) -> List[ObjectFile]:
     chosen = [o for o in objects if not ref.binary or _same_binary(ref.binary, o.path)]
     if ref.binary and not chosen:
         raise TargetError(f"pid {pid} does not map {ref.binary}")
-    return [_open(o.path, o.open_path, o.device, o.inode) for o in chosen]
+    opened = []
+    for mapped in chosen:
+        try:
+            opened.append(_open_mapped(mapped))
+        except TargetError:
+            if ref.binary:
+                raise
+            # searching every object: one that cannot be opened is not where the probe is
+    return opened
 
 
-def _check_args(probe: UsdtProbe) -> int:
+def _check_args(probe: UsdtProbe, shown: str) -> int:
     counts = {len(loc.args) for loc in probe.locations}
     if len(counts) > 1:
         raise ProbeNotFound(
-            f"{probe.binary}: {probe.qualified_name} has call sites with different argument counts "
+            f"{shown}: {probe.qualified_name} has call sites with different argument counts "
             f"{sorted(counts)}"
         )
     return counts.pop() if counts else 0
@@ -190,21 +222,23 @@ def _resolve_everywhere(ref: ProbeRef) -> ResolvedProbe:
     seen: List[UsdtProbe] = []
     for mapped, owner in _all_process_objects():
         try:
-            obj = _open(mapped.path, mapped.open_path, mapped.device, mapped.inode)
+            obj = _open_mapped(mapped)
         except UsdtkitError:
-            continue  # vanished or replaced: not a process to attach to
+            continue  # vanished: not a process to attach to
         found = False
         for probe in _probes_of(obj.proc_path):
             seen.append(probe)
             if probe.name == ref.name and probe.provider == ref.provider:
                 found = True
-                counts.add(_check_args(probe))
+                counts.add(_check_args(probe, mapped.path))
                 binary = binary or mapped.path
                 for loc in probe.locations:
                     sites.append(Site(mapped.path, loc.file_offset, loc.pc, loc.semaphore_offset or 0, loc.args,
                                       pid=owner, obj=obj))
-        if not found and _objects is not None:
-            _objects.discard(obj)  # thousands of objects are searched: keep only the fds in use
+        if found:
+            _table().use(obj)
+        else:
+            _table().discard(obj)  # thousands of objects are searched: keep only the fds in use
     if not sites:
         near = did_you_mean(near_probes(ref.provider, ref.name, seen))
         raise ProbeNotFound(f"no running process has USDT probe {ref.provider}:{ref.name} loaded{near}")
@@ -233,7 +267,8 @@ def _resolve_usdt(ref: ProbeRef, pid: Optional[int]) -> ResolvedProbe:
     sites: List[Site] = []
     arg_counts = set()
     for obj, probe in matches:
-        arg_counts.add(_check_args(probe))
+        _table().use(obj)
+        arg_counts.add(_check_args(probe, obj.path))
         for loc in probe.locations:
             sites.append(Site(obj.path, loc.file_offset, loc.pc, loc.semaphore_offset or 0, loc.args, obj=obj))
     if len(arg_counts) > 1:
@@ -284,7 +319,8 @@ def _resolve_function(ref: ProbeRef, pid: Optional[int], unsafe: bool = False) -
         except ProbeNotFound as exc:
             errors.append(str(exc))
             continue
-        return ResolvedProbe(ref, obj.path, (Site(obj.path, offset, pc, obj=obj),), 6 if ref.kind == "uprobe" else 0)
+        site = Site(obj.path, offset, pc, obj=_table().use(obj))
+        return ResolvedProbe(ref, obj.path, (site,), 6 if ref.kind == "uprobe" else 0)
     raise ProbeNotFound(errors[0] if errors else f"{ref}: not found")
 
 

@@ -16,7 +16,7 @@ from ..bpf.backend import Backend
 from ..errors import UsageError
 from ..plan.plan import AttachPlan, make_plan
 from ..plan.refs import ProbeRef
-from ..plan.request import Target, TraceRequest, make_request
+from ..plan.request import Target, make_request
 from .launch import GatedCommand
 from .session import EventCallback, Session
 
@@ -50,10 +50,13 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
         if command_stdout is not None:
             raise UsageError("command_stdout is where a started command writes: give command= as well")
         plan = build_plan(list(probes), pid=pid, **options)
-        return Session(plan, on_event=on_event, keep_events=keep_events, backend=backend)
+        try:
+            return Session(plan, on_event=on_event, keep_events=keep_events, backend=backend)
+        except BaseException:
+            plan.close()
+            raise
     if pid is not None:
         raise UsageError("give a command or a pid, not both")
-    request: Optional[TraceRequest] = None
     argv = [str(a) for a in command]
     if not argv:
         raise UsageError("empty command")
@@ -63,8 +66,12 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
     try:
         request = make_request(list(probes), target=Target(gated.pid, gated.executable),
                                **options)  # type: ignore[arg-type]
-        return Session(make_plan(request), on_event=on_event, keep_events=keep_events, command=gated,
-                       backend=backend)
+        plan = make_plan(request)
+        try:
+            return Session(plan, on_event=on_event, keep_events=keep_events, command=gated, backend=backend)
+        except BaseException:
+            plan.close()
+            raise
     except BaseException:
         gated.stop()
         raise

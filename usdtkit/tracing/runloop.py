@@ -16,6 +16,7 @@ It owns time and interruptions so the session does not have to:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
@@ -72,17 +73,28 @@ class RunLoop:
             pass
         return self.reason
 
-    def steps(self) -> Iterator[None]:
-        """The loop, yielding after every poll (a stream hands out its events there)."""
+    @contextlib.contextmanager
+    def _signals_as_flags(self) -> Iterator[None]:
+        """While the session polls, SIGINT and SIGTERM only set a flag (where they are still at their
+        defaults: an application's own handler stays in charge); outside, they act as usual."""
         installed = {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
-                current = signal.getsignal(signum)
-                # Replace only the defaults: an application's own handler stays in charge.
-                if current in (signal.default_int_handler, signal.SIG_DFL):
+                if signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL):
                     installed[signum] = signal.signal(signum, self._on_signal)
+        try:
+            yield
+        finally:
+            for signum, previous in installed.items():
+                signal.signal(signum, previous)
+
+    def steps(self) -> Iterator[None]:
+        """The loop, yielding after every poll (a stream hands out its events there)."""
         session = self.session
         was_stopped = session.stopped
+        if was_stopped:  # stopped before this loop began (a signal during attach, say): nothing to wait for
+            self.reason = "stopped"
+            return
         try:
             start = time.monotonic()
             deadline = None if self.duration is None else start + self.duration
@@ -96,7 +108,8 @@ class RunLoop:
                 for mark in (deadline, next_tick):
                     if mark is not None:
                         wait = min(wait, max(mark - now, 0.0))
-                session.poll(wait)
+                with self._signals_as_flags():
+                    session.poll(wait)
                 yield
                 if self._signals:
                     self.reason = "interrupted" if signal.SIGINT in self._signals else "terminated"
@@ -121,12 +134,11 @@ class RunLoop:
             if not self.reason:
                 self.reason = "detached"
             if not self._signals:
-                session.drain()
+                with self._signals_as_flags():
+                    session.drain()
                 yield
         finally:
-            for signum, previous in installed.items():
-                signal.signal(signum, previous)
-            if self._signals and not was_stopped:
+            if self._signals:
                 session._stop = False  # the flag served this loop; the session stays usable
         if self.raise_interrupt and signal.SIGINT in self._signals:
             raise KeyboardInterrupt

@@ -28,7 +28,7 @@ from ..collect.results import Counts, Event, Histogram, ProbeStats
 from ..collect.symbolize import Symbolizer
 from ..elf.ifunc import ifunc_warning
 from ..elf.known_issues import known_issues
-from ..errors import EnvironmentProblem, NoSuchProcess, UsageError
+from ..errors import AttachError, EnvironmentProblem, NoSuchProcess, UsageError
 from ..plan import site_cost
 from ..plan.plan import AttachPlan
 from ..plan.resolve import Site
@@ -83,6 +83,7 @@ class Session:
         self._backend = backend
         self._program: Optional[LoadedProgram] = None
         self._final: Dict[str, object] = {}
+        self._closed = False
         self._pidfd: Optional[int] = None
         self.target_exited = False
         self.attach_seconds = 0.0
@@ -137,8 +138,8 @@ class Session:
         everything attached so far is detached again (and a started command stopped)."""
         if self._program is not None:
             raise UsageError("this session is attached already")
-        if self._final:
-            raise UsageError("this session has ended; start a new one")
+        if self._closed:
+            raise UsageError("this session has ended (its files are closed); start a new one")
         started = time.monotonic()
         try:
             program = (self._backend or _default_backend()).load(self.layout)
@@ -179,8 +180,14 @@ class Session:
                                                    site_pid), ([], []))
             offsets.append(site.file_offset)
             ref_ctrs.append(ref_ctr)
+        shown = {s.attach_path: s.path for s in (a.site for a in self.layout.attachments)}
         for (function, path, retprobe, site_pid), (offsets, ref_ctrs) in groups.items():
-            program.attach(function, path, offsets, ref_ctrs, site_pid, retprobe)
+            try:
+                program.attach(function, path, offsets, ref_ctrs, site_pid, retprobe)
+            except (AttachError, EnvironmentProblem) as exc:
+                if path == shown.get(path, path):
+                    raise
+                raise type(exc)(str(exc).replace(path, shown[path])) from None
 
     def _write_semaphore(self, site: Site) -> None:
         """Fallback for kernels without ref_ctr_offset: raise the semaphore ourselves, once per site."""
@@ -193,13 +200,17 @@ class Session:
             return
         if self._semaphores is None:
             self._semaphores = SemaphoreWriter()
-        self._semaphores.acquire(pid, site.attach_path, site.ref_ctr_offset)
+        try:
+            self._semaphores.acquire(pid, site.attach_path, site.ref_ctr_offset)
+        except AttachError as exc:
+            raise AttachError(str(exc).replace(site.attach_path, site.path)) from None
         self._semaphores_done.add(key)
 
     def close(self) -> None:
         """Detach everything and release the program, the plan's files and a started command
         (idempotent).  Results stay readable."""
         program, self._program = self._program, None
+        self._closed = True
         try:
             if program is not None:
                 self._final = self._snapshot(program)
@@ -230,6 +241,8 @@ class Session:
     def _on_record(self, data: bytes) -> bool:
         """Each record from the backend; returns True to stop consuming.  An exception (a callback's,
         a Ctrl-C raised inside it) is kept and raised by :meth:`poll`, never lost in the backend."""
+        if self._stop or self._callback_error is not None:
+            return True  # left unread: counted by undelivered()
         self.delivered += 1
         try:
             event = self._records.decode(data)  # type: ignore[union-attr]
