@@ -104,6 +104,7 @@ def test_counts_by_probe_come_from_the_hit_counters():
 @pytest.mark.parametrize("hist, values, expected", [
     (HistSpec(Field("arg", 0)), {0: 1, 2: 2, 65: 3}, {0: 1, 2: 2, 65: 3}),
     (HistSpec(Field("arg", 0), "linear", -10, 10, 5), {0: 1, 1: 1, 5: 2}, {0: 1, 1: 1, 5: 2}),
+    (HistSpec(Field("arg", 0), "fixed", bounds=(-1, 4, 100)), {0: 2, 3: 1}, {0: 2, 3: 1}),
 ])
 def test_histograms_log2_and_linear(hist, values, expected):
     session, program = session_of((usdt("v", SIGNED),), hist=hist)
@@ -111,7 +112,7 @@ def test_histograms_log2_and_linear(hist, values, expected):
     for slot, count in values.items():
         program.add("hist", key(layout, probe=0, slot=slot), count)
     result = session.histograms()["app:v"]
-    assert result == Histogram(hist.kind, expected, hist.low, hist.high, hist.step)
+    assert result == Histogram(hist.kind, expected, hist.low, hist.high, hist.step, upper_bounds=hist.bounds)
     if hist.kind == "log2":
         assert result.bounds(65)[1] == 0  # the negative bucket lies below zero
 
@@ -216,3 +217,13 @@ def test_fields_outside_the_closed_set_cannot_be_made():
     for bad in (("x; evil", -1), ("arg", -1), ("arg", 12), ("str", True), ("pid", 3)):
         with pytest.raises(UsageError):
             Field(*bad)
+
+
+def test_forgotten_count_rows_leave_the_kernel_map():
+    probe = usdt("query", SIGNED, POINTER)
+    session, program = session_of((probe,), count_by=(Field("arg", 0),))
+    layout = program.layout.count_key
+    program.add("counts", key(layout, probe=0, k_arg0=1), 3)
+    program.add("counts", key(layout, probe=0, k_arg0=2), 4)
+    assert session.forget_counts([("app:query", 1)]) == 1
+    assert dict(session.counts()) == {("app:query", 2): 4}

@@ -51,3 +51,24 @@ def test_counts_mapping():
     assert counts.most_common(1) == [(("p", 2), 5)]
     assert counts.fields == ("probe", "arg0")
     assert dict(counts) == {("p", 1): 3, ("p", 2): 5}
+
+
+def test_fixed_buckets_hold_values_up_to_their_bound():
+    hist = Histogram("fixed", upper_bounds=(0, 10, 100))
+    for value, bucket in [(-5, 0), (0, 0), (1, 1), (10, 1), (11, 2), (100, 2), (101, 3)]:
+        assert hist.bucket_of(value) == bucket
+        lo, hi = hist.bounds(bucket)
+        assert lo <= value < hi
+    assert hist.bounds(1) == (1, 11) and hist.bounds(3)[0] == 101
+
+
+def test_fixed_bounds_are_checked():
+    from usdtkit.errors import UsageError
+    from usdtkit.expr.fields import Field
+    from usdtkit.plan.request import HistSpec
+
+    for bounds in ((), (3, 2), (1, 1), tuple(range(65)), (True,)):
+        with pytest.raises(UsageError):
+            HistSpec(Field("arg", 0), "fixed", bounds=bounds)
+    with pytest.raises(UsageError):
+        HistSpec(Field("arg", 0), bounds=(1, 2))

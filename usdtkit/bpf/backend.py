@@ -4,9 +4,9 @@ A :class:`Backend` turns a :class:`~usdtkit.bpf.layout.ProgramLayout` into a :cl
 everything above speaks only this interface and the layout, never bcc:
 
 * attach an entry function at call sites of one file (``attach``), detach everything (``detach_all``);
-* read a map as raw key and value bytes, per-CPU values summed (``read_map``), clear it, write a
-  ``config`` slot;
-* read a recorded stack (``stack``);
+* read a map as raw key and value bytes, per-CPU values summed (``read_map``), clear it or delete some
+  of its keys (a long-running reader forgets series that stopped changing), write a ``config`` slot;
+* read a recorded stack (``stack``) and the kernel's run-time counters of the programs (``run_stats``);
 * deliver event records as bytes (``open_events``) and consume them with a time budget (``consume``):
   a producer that never pauses cannot keep the consumer from returning.
 
@@ -37,7 +37,11 @@ class LoadedProgram(Protocol):
 
     def clear_map(self, name: str) -> None: ...
 
+    def delete_keys(self, name: str, keys: Sequence[bytes]) -> int: ...
+
     def stack(self, stack_id: int) -> List[int]: ...
+
+    def run_stats(self) -> Tuple[int, int]: ...
 
     def open_events(self, on_record: RecordCallback, on_lost: Optional[Callable[[int], None]] = None,
                     pages: int = 64) -> None: ...

@@ -190,6 +190,13 @@ class Program:
         except Exception:
             return []
 
+    def run_stats(self) -> Tuple[int, int]:
+        """``(run_time_ns, run_cnt)`` of this module's loaded programs (counted while run-time stats are
+        on: see :mod:`.prog_stats`)."""
+        from .prog_stats import run_stats
+
+        return run_stats(self._fds.values())
+
     def table(self, name: str) -> Any:
         return self._bpf.get_table(name.encode())
 
@@ -208,6 +215,18 @@ class Program:
 
     def clear_map(self, name: str) -> None:
         self.table(name).clear()
+
+    def delete_keys(self, name: str, keys: Sequence[bytes]) -> int:
+        """Delete these keys (as :meth:`read_map` gave them); returns how many were there."""
+        table = self.table(name)
+        deleted = 0
+        for raw in keys:
+            try:
+                del table[table.Key.from_buffer_copy(raw)]
+                deleted += 1
+            except (KeyError, ValueError):
+                continue  # already gone
+        return deleted
 
     def _record(self, _ctx: object, data: int, size: int) -> int:
         """Each ring buffer record: handed on as bytes.  A negative return ends this poll (the record

@@ -344,6 +344,13 @@ class Generator:
                 if signed:
                     out.append(f"    if ((s64)value < 0) key->slot = {LOG2_NEGATIVE}; else")
                 out.append("    key->slot = value ? bpf_log2l(value) : 0;")
+            elif hist.kind == "fixed":
+                kind = "s64" if signed or hist.bounds[0] < 0 else "u64"
+                out.append(f"    {kind} v = ({kind})value;")
+                for index, bound in enumerate(hist.bounds):
+                    keyword = "if" if index == 0 else "else if"
+                    out.append(f"    {keyword} (v <= ({kind}){_u64(bound)}) key->slot = {index};")
+                out.append(f"    else key->slot = {len(hist.bounds)};")
             else:
                 buckets = hist.buckets
                 kind = "s64" if signed or hist.low < 0 else "u64"

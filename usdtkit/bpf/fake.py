@@ -55,8 +55,15 @@ class FakeProgram:
     def clear_map(self, name: str) -> None:
         self.maps[name].clear()
 
+    def delete_keys(self, name: str, keys: Sequence[bytes]) -> int:
+        table = self.maps[name]
+        return sum(table.pop(key, None) is not None for key in keys)
+
     def stack(self, stack_id: int) -> List[int]:
         return list(self.stacks.get(stack_id, ()))
+
+    def run_stats(self) -> Tuple[int, int]:
+        return (0, 0)
 
     def open_events(self, on_record: RecordCallback, on_lost: Optional[Callable[[int], None]] = None,
                     pages: int = 64) -> None:

@@ -92,6 +92,11 @@ class MapReader:
             items[row] = items.get(row, 0) + value
         return Counts(fields, items)
 
+    def count_row(self, program: LoadedProgram, raw: bytes) -> List[object]:
+        """The ``Counts`` key of one raw count-map key."""
+        assert self.layout.count_key is not None
+        return self._key_row(program, self.layout.count_key, raw)
+
     def _key_row(self, program: LoadedProgram, layout: StructLayout, raw: bytes) -> List[object]:
         """The probe label, then each key field's value (in the order the fields were asked for)."""
         members = layout.unpack(raw)
@@ -161,7 +166,7 @@ class MapReader:
             members = layout.unpack(raw)
             row = self._key_row(program, layout, raw)
             label: object = row[0] if hist.by is None else (row[0], row[1])
-            h = out.setdefault(label, Histogram(hist.kind, {}, hist.low, hist.high, hist.step, unit))
+            h = out.setdefault(label, Histogram(hist.kind, {}, hist.low, hist.high, hist.step, unit, hist.bounds))
             slot = int(members["slot"])  # type: ignore[call-overload]
             h.buckets[slot] = h.buckets.get(slot, 0) + value
         return out

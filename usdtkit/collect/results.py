@@ -123,6 +123,7 @@ class Histogram:
     high: int = 0
     step: int = 1
     unit: str = ""
+    upper_bounds: Tuple[int, ...] = ()  # fixed histograms: the inclusive upper bound of each bucket
 
     def __getitem__(self, index: int) -> int:
         return self.buckets.get(index, 0)
@@ -137,11 +138,15 @@ class Histogram:
         """The half-open value range ``[lo, hi)`` of bucket ``index``."""
         if self.kind == "log2":
             return bucketing.log2_bounds(index)
+        if self.kind == "fixed":
+            return bucketing.fixed_bounds(index, self.upper_bounds)
         return bucketing.linear_bounds(index, self.low, self.high, self.step)
 
     def bucket_of(self, value: int) -> int:
         if self.kind == "log2":
             return bucketing.log2_bucket(value)
+        if self.kind == "fixed":
+            return bucketing.fixed_bucket(value, self.upper_bounds)
         return bucketing.linear_bucket(value, self.low, self.high, self.step)
 
     def ordered(self) -> List[int]:
@@ -167,7 +172,8 @@ class Histogram:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Histogram):
             return NotImplemented
-        return (self.kind, self.low, self.high, self.step) == (other.kind, other.low, other.high, other.step) and {
+        return (self.kind, self.low, self.high, self.step, self.upper_bounds) == (
+            other.kind, other.low, other.high, other.step, other.upper_bounds) and {
             k: v for k, v in self.buckets.items() if v} == {k: v for k, v in other.buckets.items() if v}
 
     def to_json(self) -> dict:

@@ -6,13 +6,17 @@ reads them back (one definition, so the two can never disagree).
 * linear from ``low`` to ``high`` by ``step``: bucket 0 holds values below ``low``, bucket ``k`` the values
   ``[low+(k-1)*step, low+k*step)`` (the last one cut at ``high``), bucket ``linear_count+1`` the values
   from ``high`` on.
+* fixed upper bounds ``b0 < b1 < ...`` (Prometheus' ``le``): bucket ``i`` holds the values ``<= b_i`` above
+  ``b_(i-1)``, bucket ``len(bounds)`` the values above the last bound.
 """
 from __future__ import annotations
 
-from typing import Tuple
+import bisect
+from typing import Sequence, Tuple
 
 LOG2_NEGATIVE = 65
 MAX_LINEAR_BUCKETS = 4096
+MAX_FIXED_BOUNDS = 64
 _MIN = -(1 << 63)
 _TOP = 1 << 64
 
@@ -47,3 +51,13 @@ def linear_bucket(value: int, low: int, high: int, step: int) -> int:
     if value >= high:
         return linear_count(low, high, step) + 1
     return 1 + (value - low) // step
+
+
+def fixed_bucket(value: int, bounds: Sequence[int]) -> int:
+    return bisect.bisect_left(bounds, value)
+
+
+def fixed_bounds(index: int, bounds: Sequence[int]) -> Tuple[int, int]:
+    lo = _MIN if index == 0 else bounds[index - 1] + 1
+    hi = _TOP if index >= len(bounds) else bounds[index] + 1
+    return (lo, hi)

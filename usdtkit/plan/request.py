@@ -35,14 +35,25 @@ class HistSpec:
     high: int = 0
     step: int = 1
     by: Optional[Field] = None
+    bounds: Tuple[int, ...] = ()  # fixed: inclusive upper bounds, increasing
 
     def __post_init__(self) -> None:
         if self.field.name in ("comm", "ustack", "probe", "str"):
             raise UsageError(f"cannot make a histogram of {self.field}")
         if self.by is not None and self.by.name in ("latency", "ustack", "probe"):
             raise UsageError(f"cannot split histograms by {self.by}")
-        if self.kind not in ("log2", "linear"):
-            raise UsageError(f"histogram kind {self.kind!r}: use log2 or linear")
+        if self.kind not in ("log2", "linear", "fixed"):
+            raise UsageError(f"histogram kind {self.kind!r}: use log2, linear or fixed")
+        if self.kind == "fixed":
+            limit = 1 << 63
+            values = self.bounds
+            if not (0 < len(values) <= buckets.MAX_FIXED_BOUNDS and all(
+                    isinstance(v, int) and not isinstance(v, bool) and -limit <= v < limit for v in values)
+                    and all(a < b for a, b in zip(values, values[1:]))):
+                raise UsageError(f"fixed histogram bounds must be 1 to {buckets.MAX_FIXED_BOUNDS} increasing "
+                                 "64-bit integers")
+        elif self.bounds:
+            raise UsageError("bounds are for fixed histograms (kind='fixed')")
         if self.kind == "linear":
             limit = 1 << 63
             if not all(isinstance(v, int) and -limit <= v < limit for v in (self.low, self.high, self.step)):

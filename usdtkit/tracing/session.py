@@ -18,7 +18,7 @@ import os
 import select
 import time
 from collections import deque
-from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..bpf import capabilities, codegen
 from ..bpf.backend import Backend, LoadedProgram
@@ -369,6 +369,22 @@ class Session:
                       "hist": self._reader.histograms, "per_probe": self._reader.per_probe}[name]
             return reader(self._program)
         return self._final.get(name)
+
+    def forget_counts(self, keys: Sequence[Tuple]) -> int:
+        """Delete these rows (``Counts`` keys) from the kernel's count map, so a long-running reader keeps
+        its memory flat when key values churn; a row seen again starts from zero.  Returns how many went."""
+        program = self._program
+        if program is None or self.layout.count_key is None or not keys:
+            return 0
+        wanted = set(keys)
+        raw = [key for key, _ in program.read_map("counts")
+               if tuple(self._reader.count_row(program, key)) in wanted]
+        return program.delete_keys("counts", raw)
+
+    def run_stats(self) -> Tuple[int, int]:
+        """``(run_time_ns, run_count)`` the kernel counted for this session's programs while run-time
+        statistics were on (:func:`usdtkit.bpf.prog_stats.enable_run_time_stats`); zeros once detached."""
+        return self._program.run_stats() if self._program is not None else (0, 0)
 
     def stats(self) -> Dict[str, ProbeStats]:
         """Per-probe kernel counters (hits, and every kind of loss: see :class:`ProbeStats`)."""

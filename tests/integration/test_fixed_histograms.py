@@ -1,0 +1,28 @@
+"""Histograms with fixed upper bounds (Prometheus' ``le``), filled in the kernel from a real probe."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from usdtkit.expr.fields import Field
+from usdtkit.plan.request import HistSpec
+from usdtkit.tracing.api import trace
+
+HELLO = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                     "demo_apps", "build", "hello_usdt")
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("bounds", [(1, 4, 10, 50), (-3, 0, 9, 16, 1000)])
+def test_fixed_buckets_count_each_value_under_its_bound(bounds):
+    # hello:tick carries (i, i*i) for i = 1..8: 1 4 9 16 25 36 49 64
+    with trace("usdt::hello:tick", command=[HELLO, "8"], events=False,
+               hist=HistSpec(Field("arg", 1), "fixed", bounds=bounds)) as session:
+        session.run(duration=30)
+    hist = session.histograms()["hello:tick"]
+    expected = {}
+    for i in range(1, 9):
+        slot = hist.bucket_of(i * i)
+        expected[slot] = expected.get(slot, 0) + 1
+    assert dict(hist.buckets) == expected and hist.total == 8
