@@ -50,7 +50,7 @@ def check(path: str) -> str:
         try:
             plan = make_plan(to_request(spec))
         except UsdtkitError as exc:
-            raise ConfigError(f"{path}:{spec.line}: metric {spec.name}: {exc}") from None
+            raise ConfigError(f"{path}:{spec.probe_line}: metric {spec.name}: {exc}") from None
         sites += sum(len(p.sites) for p in plan.probes)
         plan.close()
     return f"{path}: {len(config.metrics)} metrics, {sites} probe sites found"

@@ -22,7 +22,7 @@ import yaml
 from ..errors import ConfigError, UsdtkitError
 from ..expr.fields import Field, Predicate
 from ..plan.refs import parse_probe
-from .metrics import DEFAULT_SERIES_LIMIT, BucketSpec, MetricSpec, to_request
+from .metrics import BucketSpec, MetricSpec, kernel_buckets, to_request
 
 DEFAULT_RESOLVE_INTERVAL = 5.0
 MAX_CONFIG_BYTES = 1 << 20
@@ -186,8 +186,14 @@ def _metric(reader: _Reader, node: yaml.Node) -> MetricSpec:
     spec = replace(spec, probes=probes, start=text("start"), done=text("done"), key=text("key"),
                    latency=text("latency"), value=text("value"), labels=tuple(labels), filters=tuple(filters),
                    line=node.start_mark.line + 1)
+    source = fields[sources[0]][1]
+    spec = replace(spec, probe_line=source.start_mark.line + 1)
     if "buckets" in fields:
         spec = replace(spec, buckets=_buckets(reader, fields["buckets"][1], name))
+        try:
+            kernel_buckets(spec)
+        except UsdtkitError as exc:
+            raise reader.fail(fields["buckets"][1], str(exc), name) from None
     if "pid" in fields:
         pid = reader.scalar(fields["pid"][1], int, "pid", name)
         if pid <= 0:  # type: ignore[operator]

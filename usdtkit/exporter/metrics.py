@@ -58,7 +58,8 @@ class MetricSpec:
     buckets: BucketSpec = BucketSpec()
     pid: Optional[int] = None
     series_limit: int = DEFAULT_SERIES_LIMIT
-    line: int = field(default=0, compare=False)
+    line: int = field(default=0, compare=False)  # where the metric starts in its file
+    probe_line: int = field(default=0, compare=False)  # where its probes are named
 
     @property
     def measures_latency(self) -> bool:
