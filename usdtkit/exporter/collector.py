@@ -145,6 +145,8 @@ class ExporterCollector:
             for key, count in (counts or {}).items():
                 labels = tuple(_text(v) for v in key[1:])  # the probe label is first: summed over probes
                 rows[labels] = rows.get(labels, 0) + count
+            if not names:
+                rows.setdefault((), 0)  # one series that exists from the start, so rate() sees the first hits
             chosen, over = limit_series(rows, spec.series_limit, kept)
             for labels in sorted(chosen):
                 family.add_metric(list(labels), float(rows[labels]))

@@ -1,0 +1,284 @@
+"""`usdtkit exporter` as a service: a real Prometheus scrapes it while the demo service takes load, and
+what Prometheus stores equals the load; SIGHUP reloads, SIGTERM leaves nothing, replaced binaries are
+traced again."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import pytest
+
+from usdtkit import demo_services
+
+from test_lifecycle import assert_no_new_programs, usdtkit_link_ids, usdtkit_program_ids
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMETHEUS = "/usr/bin/prometheus"
+pytestmark = pytest.mark.bpf
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+class Exporter:
+    """A running ``usdtkit exporter``: its log lines as they come, its port, its /metrics."""
+
+    def __init__(self, config: Path) -> None:
+        self.lines: List[str] = []
+        self.proc = subprocess.Popen([sys.executable, "-m", "usdtkit.cli.main", "exporter", "--config", str(config),
+                                      "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        served = wait_for(lambda: [l for l in self.lines if "serving http://" in l] or self.proc.poll() is not None,
+                          60, "the exporter to serve")
+        assert self.proc.poll() is None, "\n".join(self.lines)
+        self.port = int(served[0].rsplit(":", 1)[1].split("/")[0])
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def said(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    def samples(self) -> Dict[str, float]:
+        """The exposition as ``{'name{labels}': value}``."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+        self.proc.stderr.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def exporters():
+    started: List[Exporter] = []
+
+    def start(config: Path) -> Exporter:
+        exporter = Exporter(config)
+        started.append(exporter)
+        return exporter
+
+    yield start
+    for exporter in started:
+        exporter.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def httpd():
+    service = demo_services.start_httpd()
+    yield service
+    service.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Prometheus:
+    """A real Prometheus server on loopback scraping one target every second, with temp storage."""
+
+    def __init__(self, target_port: int, workdir: Path) -> None:
+        if not os.path.exists(PROMETHEUS):
+            pytest.fail(f"{PROMETHEUS} is missing: ./dev.sh test installs Debian's prometheus")
+        config = workdir / "prometheus.yml"
+        config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+                          "scrape_configs:\n  - job_name: usdtkit\n    scrape_interval: 1s\n"
+                          f"    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n")
+        self.port = free_port()
+        self.log = open(workdir / "prometheus.log", "w")
+        self.proc = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+                                      f"--web.listen-address=127.0.0.1:{self.port}"],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(self._ready, 60, "prometheus to be ready")
+
+    def _ready(self) -> bool:
+        assert self.proc.poll() is None, "prometheus exited"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+
+    def query(self, promql: str) -> Dict[str, float]:
+        """An instant query: ``{label values joined by ',': value}``."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            doc = json.load(reply)
+        assert doc["status"] == "success", doc
+        return {",".join(v for k, v in sorted(r["metric"].items()) if k not in ("__name__", "instance", "job")):
+                float(r["value"][1]) for r in doc["data"]["result"]}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o644)
+    return path
+
+
+def demo_metrics(binary: str) -> str:
+    return f"""\
+metrics:
+  - name: demo_requests
+    help: Requests served, by route and status
+    type: counter
+    probe: usdt:{binary}:demo_httpd:request__done
+    labels: {{route: str(arg2), status: arg1}}
+  - name: demo_request_duration_seconds
+    help: Request latency by route
+    type: histogram
+    start: usdt:{binary}:demo_httpd:request__start
+    done: usdt:{binary}:demo_httpd:request__done
+    key: arg0
+    labels: {{route: str(arg2)}}
+"""
+
+
+def test_prometheus_stores_exactly_the_load(tmp_path, httpd, exporters):
+    exporter = exporters(write_config(tmp_path / "exporter.yaml", demo_metrics(httpd.binary)))
+    prometheus = Prometheus(exporter.port, tmp_path)
+    try:
+        wait_for(lambda: prometheus.query('up{job="usdtkit"}') == {"": 1.0}, 30, "a first scrape")
+        demo_services.drive([httpd], 7)
+        routes = {"/": "200", "/items": "200", "/slow": "200", "other": "404"}
+        want = {f"{route},{status}": 7.0 for route, status in routes.items()}
+        wait_for(lambda: prometheus.query("demo_requests_total") == want, 30, f"counts {want}")
+        counts = {route: 7.0 for route in routes}
+        wait_for(lambda: prometheus.query("demo_request_duration_seconds_count") == counts, 30, "latency counts")
+        p99 = prometheus.query('histogram_quantile(0.99, demo_request_duration_seconds_bucket)')
+        assert set(p99) == set(routes)
+        assert 0.005 < p99["/slow"] < 1.0, p99  # the demo's /slow route sleeps about 20 ms
+        assert 0 < p99["/"] < 0.005, p99
+        assert prometheus.query('usdtkit_exporter_metric_up') == {"demo_requests": 1.0,
+                                                                  "demo_request_duration_seconds": 1.0}
+        losses = prometheus.query('sum by (metric) (usdtkit_exporter_losses_total)')
+        assert losses == {"demo_requests": 0.0, "demo_request_duration_seconds": 0.0}
+    finally:
+        prometheus.stop()
+    assert exporter.stop() == 0
+
+
+def test_sighup_keeps_unchanged_values_adds_metrics_and_sigterm_leaves_nothing(tmp_path, httpd, exporters):
+    programs, links = usdtkit_program_ids(), usdtkit_link_ids()
+    config = write_config(tmp_path / "exporter.yaml", demo_metrics(httpd.binary))
+    exporter = exporters(config)
+    demo_services.drive([httpd], 3, routes=["/"])
+    key = 'demo_requests_total{route="/",status="200"}'
+    wait_for(lambda: exporter.samples().get(key) == 3.0, 10, "3 requests counted")
+    added = f"""\
+  - name: demo_accepts
+    type: counter
+    probe: usdt:{httpd.binary}:demo_httpd:conn__accept
+"""
+    write_config(config, demo_metrics(httpd.binary) + added)
+    exporter.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "demo_accepts_total" in exporter.samples(), 30, "the added metric")
+    assert exporter.samples()[key] == 3.0  # the unchanged metric kept its session and its count
+    assert exporter.said("metric demo_requests up") == 1
+    demo_services.drive([httpd], 2, routes=["/"])
+    wait_for(lambda: exporter.samples().get(key) == 5.0, 10, "5 requests counted")
+    assert exporter.samples()["demo_accepts_total"] == 2.0
+    write_config(config, demo_metrics(httpd.binary).replace("type: counter", "type: nonsense"))
+    exporter.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: exporter.said("reload refused"), 10, "the bad reload to be refused")
+    assert exporter.samples()[key] == 5.0
+    assert exporter.stop(signal.SIGTERM) == 0
+    assert not [line for line in exporter.lines if "Traceback" in line]
+    assert_no_new_programs(programs)
+    deadline = time.time() + 5
+    while usdtkit_link_ids() - links and time.time() < deadline:
+        time.sleep(0.05)
+    assert not usdtkit_link_ids() - links
+
+
+def start_from(binary: str) -> subprocess.Popen:
+    proc = subprocess.Popen([binary, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("listening on "), line
+    proc.port = int(line.split()[-1])  # type: ignore[attr-defined]
+    return proc
+
+
+def get(proc: subprocess.Popen, path: str, times: int) -> None:
+    for _ in range(times):
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.port}{path}", timeout=5) as reply:  # type: ignore[attr-defined]
+            reply.read()
+
+
+def test_a_binary_replaced_at_its_path_is_traced_again(httpd, exporters):
+    folder = tempfile.mkdtemp(prefix="usdtkit-upgrade-")  # root's own folder: no one else can swap the file
+    binary = os.path.join(folder, "demo_httpd")
+    shutil.copy(httpd.binary, binary)
+    old = start_from(binary)
+    new: Optional[subprocess.Popen] = None
+    try:
+        config = write_config(Path(folder) / "exporter.yaml", "resolve_interval: 1\n"
+                              + demo_metrics(binary).split("  - name: demo_request_duration")[0])
+        exporter = exporters(config)
+        get(old, "/", 2)
+        key = 'demo_requests_total{route="/",status="200"}'
+        wait_for(lambda: exporter.samples().get(key) == 2.0, 10, "the old binary's requests")
+        shutil.copy(httpd.binary, binary + ".new")
+        os.rename(binary + ".new", binary)  # an upgrade: a new inode at the same path
+        old.terminate()
+        old.wait(10)
+        new = start_from(binary)
+        wait_for(lambda: exporter.said("was replaced"), 15, "the replacement to be noticed")
+        wait_for(lambda: exporter.said("metric demo_requests up") == 2, 30, "the new file to be attached")
+        get(new, "/", 3)
+        wait_for(lambda: exporter.samples().get(key) == 3.0, 10, "the new binary's requests")
+        assert exporter.samples()['usdtkit_exporter_metric_up{metric="demo_requests"}'] == 1.0
+    finally:
+        for proc in (old, new):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+                proc.stdout.close()
+        shutil.rmtree(folder, ignore_errors=True)
