@@ -282,3 +282,40 @@ def test_a_binary_replaced_at_its_path_is_traced_again(httpd, exporters):
                 proc.wait()
                 proc.stdout.close()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_selected_pid_that_exits_marks_its_metric_down(tmp_path, exporters):
+    service = demo_services.start_httpd()
+    try:
+        config = write_config(tmp_path / "exporter.yaml", "resolve_interval: 1\n"
+                              + demo_metrics(service.binary).split("  - name: demo_request_duration")[0]
+                              + f"    pid: {service.pid}\n")
+        exporter = exporters(config)
+        demo_services.drive([service], 2, routes=["/"])
+        key = 'demo_requests_total{route="/",status="200"}'
+        wait_for(lambda: exporter.samples().get(key) == 2.0, 10, "2 requests counted")
+    finally:
+        service.stop()
+    up = 'usdtkit_exporter_metric_up{metric="demo_requests"}'
+    wait_for(lambda: exporter.samples().get(up) == 0.0, 15, "the metric to go down")
+    wait_for(lambda: exporter.said(f"metric demo_requests down: pid {service.pid} exited") == 1, 5, "the reason")
+    assert key not in exporter.samples()
+
+
+def test_series_over_the_limit_are_counted_not_merged(tmp_path, httpd, exporters):
+    config = write_config(tmp_path / "exporter.yaml", f"""\
+metrics:
+  - name: demo_requests_by_id
+    type: counter
+    probe: usdt:{httpd.binary}:demo_httpd:request__done
+    labels: {{id: arg0}}
+    series_limit: 3
+""")
+    exporter = exporters(config)
+    demo_services.drive([httpd], 10, routes=["/"])
+    dropped = 'usdtkit_exporter_series_dropped{metric="demo_requests_by_id"}'
+    samples = wait_for(lambda: (lambda s: s if s.get(dropped) == 7.0 else None)(exporter.samples()), 10,
+                       "7 series dropped")
+    kept = {k: v for k, v in samples.items() if k.startswith("demo_requests_by_id_total{")}
+    assert len(kept) == 3 and set(kept.values()) == {1.0}  # one request each: nothing merged into them
+    assert samples['usdtkit_exporter_probe_hits_total{metric="demo_requests_by_id"}'] == 10.0
