@@ -135,3 +135,26 @@ def test_series_over_the_limit_are_counted_and_the_kept_ones_stay():
     rows[("c",)] = 100  # a newcomer does not push out a series already exposed
     chosen, over = limit_series(rows, 2, chosen)
     assert chosen == {("a",), ("b",)} and over == 1
+
+
+def exporter(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "usdtkit.cli.main", "exporter", *args], capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_a_bad_or_taken_listen_address_is_one_line(tmp_path):
+    import socket
+
+    config = str(write(tmp_path, GOOD))
+    result = exporter("--config", config, "--listen", "nonsense")
+    assert result.returncode == 2 and "expected HOST:PORT" in result.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = exporter("--config", config, "--listen", f"127.0.0.1:{taken.getsockname()[1]}")
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "cannot serve on 127.0.0.1:" in result.stderr
+
+
+def test_help_says_loopback_by_default():
+    assert "127.0.0.1:9435: loopback only" in " ".join(exporter("--help").stdout.split())

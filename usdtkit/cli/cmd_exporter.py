@@ -72,5 +72,5 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return exporter.run(ready)
-    except OSError as exc:  # the listen address is taken or not ours
+    except OSError as exc:  # the listen address is taken, not ours, or not an address
         raise UsageError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None

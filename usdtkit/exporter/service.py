@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import start_wsgi_server
@@ -133,6 +133,8 @@ class Exporter:
                 state.session.close()
             _log.info("metric %s removed", name)
         for name, spec in wanted.items():
+            if self.stopping:
+                return  # attaching takes a while per metric: SIGTERM is not kept waiting for all of them
             state = self.metrics.get(name)
             if state is not None and state.spec.tracing_key() == spec.tracing_key():
                 with self.lock:
@@ -185,14 +187,18 @@ class Exporter:
     def _on_signal(self, signum: int, frame: object) -> None:
         self._flags.append(signum)
 
-    def run(self, ready: Optional[callable] = None) -> int:  # type: ignore[valid-type]
+    @property
+    def stopping(self) -> bool:
+        return signal.SIGTERM in self._flags or signal.SIGINT in self._flags
+
+    def run(self, ready: Optional[Callable[["Exporter"], None]] = None) -> int:
         """Attach, serve, follow signals and targets; returns the exit code (0 after SIGTERM/SIGINT)."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
         server = None
         try:
-            self.apply(self.config)
-            server, thread = start_wsgi_server(self.port, self.host, self.registry)
+            server, _ = start_wsgi_server(self.port, self.host, self.registry)  # a taken address fails first
             self.port = server.server_port
+            self.apply(self.config)
             if ready is not None:
                 ready(self)
             next_resolve = time.monotonic() + self.config.resolve_interval
