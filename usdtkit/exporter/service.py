@@ -153,7 +153,8 @@ class Exporter:
         for state in list(self.metrics.values()):
             session = state.session
             if session is not None and state.spec.pid is not None:
-                session.poll(0)
+                with self.lock:  # a scrape may be reading this session's maps
+                    session.poll(0)
                 if session.target_exited:
                     self._detach(state, f"pid {state.spec.pid} exited", final=True)
                     continue
