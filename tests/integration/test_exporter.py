@@ -182,7 +182,17 @@ metrics:
 
 
 def test_prometheus_stores_exactly_the_load(tmp_path, httpd, exporters):
-    exporter = exporters(write_config(tmp_path / "exporter.yaml", demo_metrics(httpd.binary)))
+    more = f"""\
+  - name: demo_render_seconds
+    type: histogram
+    latency: uprobe:{httpd.binary}:render_items
+  - name: demo_response_bytes
+    type: histogram
+    probe: usdt:{httpd.binary}:demo_httpd:request__done
+    value: arg3
+    buckets: {{linear: [0, 4096, 256]}}
+"""
+    exporter = exporters(write_config(tmp_path / "exporter.yaml", demo_metrics(httpd.binary) + more))
     prometheus = Prometheus(exporter.port, tmp_path)
     try:
         wait_for(lambda: prometheus.query('up{job="usdtkit"}') == {"": 1.0}, 30, "a first scrape")
@@ -192,14 +202,18 @@ def test_prometheus_stores_exactly_the_load(tmp_path, httpd, exporters):
         wait_for(lambda: prometheus.query("demo_requests_total") == want, 30, f"counts {want}")
         counts = {route: 7.0 for route in routes}
         wait_for(lambda: prometheus.query("demo_request_duration_seconds_count") == counts, 30, "latency counts")
+        wait_for(lambda: prometheus.query("demo_render_seconds_count") == {"": 7.0}, 30, "render_items calls")
+        wait_for(lambda: prometheus.query("demo_response_bytes_count") == {"": 28.0}, 30, "response sizes")
+        sizes = prometheus.query('demo_response_bytes_bucket{le="4095.0"}')
+        assert sizes == {"4095.0": 28.0}  # every demo response is smaller than 4 KiB
         p99 = prometheus.query('histogram_quantile(0.99, demo_request_duration_seconds_bucket)')
         assert set(p99) == set(routes)
         assert 0.005 < p99["/slow"] < 1.0, p99  # the demo's /slow route sleeps about 20 ms
         assert 0 < p99["/"] < 0.005, p99
-        assert prometheus.query('usdtkit_exporter_metric_up') == {"demo_requests": 1.0,
-                                                                  "demo_request_duration_seconds": 1.0}
+        names = ("demo_requests", "demo_request_duration_seconds", "demo_render_seconds", "demo_response_bytes")
+        assert prometheus.query('usdtkit_exporter_metric_up') == {name: 1.0 for name in names}
         losses = prometheus.query('sum by (metric) (usdtkit_exporter_losses_total)')
-        assert losses == {"demo_requests": 0.0, "demo_request_duration_seconds": 0.0}
+        assert losses == {name: 0.0 for name in names}
     finally:
         prometheus.stop()
     assert exporter.stop() == 0
