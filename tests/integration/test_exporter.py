@@ -210,6 +210,22 @@ def test_prometheus_stores_exactly_the_load(tmp_path, httpd, exporters):
         assert set(p99) == set(routes)
         assert 0.005 < p99["/slow"] < 1.0, p99  # the demo's /slow route sleeps about 20 ms
         assert 0 < p99["/"] < 0.005, p99
+        demo_services.drive([httpd], 7)  # a second round, so every rate in the dashboard has an increase
+        wait_for(lambda: prometheus.query("demo_requests_total") == {k: 14.0 for k in want}, 30, "the second round")
+        wait_for(lambda: prometheus.query("demo_response_bytes_count") == {"": 56.0}, 30, "the second round's sizes")
+        time.sleep(2)  # a scrape after the last increase for rate() to see it
+        board = subprocess.run([sys.executable, "-m", "usdtkit.cli.main", "exporter", "--config",
+                                str(tmp_path / "exporter.yaml"), "--grafana-dashboard"], capture_output=True,
+                               text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+        assert board.returncode == 0, board.stderr
+        panels = json.loads(board.stdout)["panels"]
+        assert [p["type"] for p in panels] == ["timeseries", "heatmap", "timeseries", "heatmap", "timeseries",
+                                               "heatmap", "timeseries"]
+        for panel in panels:
+            for target in panel["targets"]:
+                result = prometheus.query(target["expr"])
+                assert result and all(v == v and v >= 0 for v in result.values()), (target["expr"], result)
+                assert any(v > 0 for v in result.values()), (target["expr"], result)
         names = ("demo_requests", "demo_request_duration_seconds", "demo_render_seconds", "demo_response_bytes")
         assert prometheus.query('usdtkit_exporter_metric_up') == {name: 1.0 for name in names}
         losses = prometheus.query('sum by (metric) (usdtkit_exporter_losses_total)')

@@ -26,7 +26,8 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
         description="Attach the probes a YAML file describes and serve counters and histograms at "
         "http://HOST:PORT/metrics, read from the kernel at each scrape. SIGHUP reloads the file "
         "(unchanged metrics keep their values); SIGTERM or SIGINT detaches everything and exits 0.",
-        epilog=epilog(f"usdtkit exporter --config {EXAMPLE_CONFIG} --check"),
+        epilog=epilog(f"usdtkit exporter --config {EXAMPLE_CONFIG} --check",
+                      f"usdtkit exporter --config {EXAMPLE_CONFIG} --grafana-dashboard"),
         formatter_class=HelpFormatter)
     parser.add_argument("--config", required=True, metavar="FILE",
                         help="the metrics to export (YAML; see README, section Exporter)")
@@ -35,6 +36,8 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
                         "0.0.0.0:PORT to serve other hosts)")
     parser.add_argument("--check", action="store_true",
                         help="validate the file and find every probe, attach nothing, and exit")
+    parser.add_argument("--grafana-dashboard", action="store_true",
+                        help="print a Grafana dashboard (JSON to import) with panels for every metric, and exit")
     parser.set_defaults(func=run)
 
 
@@ -57,8 +60,16 @@ def check(path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.check and args.grafana_dashboard:
+        raise UsageError("give --check or --grafana-dashboard, not both")
     if args.check:
         print(check(args.config))
+        return 0
+    if args.grafana_dashboard:
+        from ..exporter.config import load_config
+        from ..exporter.dashboard import render
+
+        print(render(load_config(args.config)))
         return 0
     from ..exporter.config import load_config
     from ..exporter.service import Exporter
