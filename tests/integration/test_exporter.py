@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,6 @@ from usdtkit import demo_services
 from test_lifecycle import assert_no_new_programs, usdtkit_link_ids, usdtkit_program_ids
 
 ROOT = Path(__file__).resolve().parents[2]
-PROMETHEUS = "/usr/bin/prometheus"
 pytestmark = pytest.mark.bpf
 
 
@@ -107,54 +105,10 @@ def httpd():
     service.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Prometheus:
-    """A real Prometheus server on loopback scraping one target every second, with temp storage."""
-
-    def __init__(self, target_port: int, workdir: Path) -> None:
-        if not os.path.exists(PROMETHEUS):
-            pytest.fail(f"{PROMETHEUS} is missing: ./dev.sh test installs Debian's prometheus")
-        config = workdir / "prometheus.yml"
-        config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-                          "scrape_configs:\n  - job_name: usdtkit\n    scrape_interval: 1s\n"
-                          f"    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n")
-        self.port = free_port()
-        self.log = open(workdir / "prometheus.log", "w")
-        self.proc = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-                                      f"--web.listen-address=127.0.0.1:{self.port}"],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(self._ready, 60, "prometheus to be ready")
-
-    def _ready(self) -> bool:
-        assert self.proc.poll() is None, "prometheus exited"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as reply:
-                return reply.status == 200
-        except OSError:
-            return False
-
-    def query(self, promql: str) -> Dict[str, float]:
-        """An instant query: ``{label values joined by ',': value}``."""
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(url, timeout=10) as reply:
-            doc = json.load(reply)
-        assert doc["status"] == "success", doc
-        return {",".join(v for k, v in sorted(r["metric"].items()) if k not in ("__name__", "instance", "job")):
-                float(r["value"][1]) for r in doc["data"]["result"]}
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+def start_prometheus(target_port: int, workdir: Path) -> demo_services.PrometheusServer:
+    if not os.path.exists(demo_services.PROMETHEUS):
+        pytest.fail(f"{demo_services.PROMETHEUS} is missing: ./dev.sh test installs Debian's prometheus")
+    return demo_services.PrometheusServer(f"127.0.0.1:{target_port}", str(workdir))
 
 
 def write_config(path: Path, text: str) -> Path:
@@ -193,7 +147,7 @@ def test_prometheus_stores_exactly_the_load(tmp_path, httpd, exporters):
     buckets: {{linear: [0, 4096, 256]}}
 """
     exporter = exporters(write_config(tmp_path / "exporter.yaml", demo_metrics(httpd.binary) + more))
-    prometheus = Prometheus(exporter.port, tmp_path)
+    prometheus = start_prometheus(exporter.port, tmp_path)
     try:
         wait_for(lambda: prometheus.query('up{job="usdtkit"}') == {"": 1.0}, 30, "a first scrape")
         demo_services.drive([httpd], 7)
@@ -349,3 +303,15 @@ metrics:
     kept = {k: v for k, v in samples.items() if k.startswith("demo_requests_by_id_total{")}
     assert len(kept) == 3 and set(kept.values()) == {1.0}  # one request each: nothing merged into them
     assert samples['usdtkit_exporter_probe_hits_total{metric="demo_requests_by_id"}'] == 10.0
+
+
+def test_demo_with_prometheus_prints_promql_answers_that_match_the_load():
+    result = subprocess.run([sys.executable, "-m", "usdtkit.cli.main", "demo", "--prometheus", "--requests", "4"],
+                            capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 0, result.stderr
+    assert "32 requests in Prometheus; matches the 32 requests sent." in result.stdout
+    rates = result.stdout.split("request rate by route (per second):")[1].split("p99 latency")[0]
+    assert all(float(line.split()[-1]) > 0 for line in rates.splitlines()[2:] if line.strip())
+    p99 = result.stdout.split("p99 latency by route:")[1].split("requests by route")[0]
+    slow = [line for line in p99.splitlines() if line.split()[:1] == ["/slow"]]
+    assert slow and 5 < float(slow[0].split()[-2]) < 1000, p99  # /slow sleeps about 20 ms
