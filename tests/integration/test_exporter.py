@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -315,3 +316,87 @@ def test_demo_with_prometheus_prints_promql_answers_that_match_the_load():
     p99 = result.stdout.split("p99 latency by route:")[1].split("requests by route")[0]
     slow = [line for line in p99.splitlines() if line.split()[:1] == ["/slow"]]
     assert slow and 5 < float(slow[0].split()[-2]) < 1000, p99  # /slow sleeps about 20 ms
+
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+@pytest.fixture
+def postgres_cluster():
+    """A throwaway PostgreSQL 15 cluster run by the postgres user, reachable only by its socket folder."""
+    if not os.path.exists(f"{PG_BIN}/postgres"):
+        pytest.fail("postgresql-15 is missing: ./dev.sh test installs it")
+    folder = tempfile.mkdtemp(prefix="usdtkit-pg-")
+    shutil.chown(folder, "postgres", "postgres")
+    data = os.path.join(folder, "data")
+    run_as = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]  # exec: signals reach postgres
+    subprocess.run([*run_as, f"{PG_BIN}/initdb", "-D", data, "-A", "trust"], check=True, capture_output=True)
+    port = str(free_port())
+    server = subprocess.Popen([*run_as, f"{PG_BIN}/postgres", "-D", data, "-p", port, "-k", folder, "-c",
+                               "listen_addresses="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: subprocess.run([f"{PG_BIN}/pg_isready", "-h", folder, "-p", port],
+                                        capture_output=True).returncode == 0, 60, "postgres to accept connections")
+
+        def psql(*queries: str) -> None:
+            argv = [*run_as, "psql", "-h", folder, "-p", port, "-X", "-q"]
+            for query in queries:
+                argv += ["-c", query]
+            subprocess.run(argv, check=True, capture_output=True)
+
+        yield psql
+    finally:
+        server.send_signal(signal.SIGINT)  # fast shutdown
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_postgres_queries_through_the_issue_config(tmp_path, postgres_cluster, exporters):
+    postgres = f"{PG_BIN}/postgres"
+    config = write_config(tmp_path / "exporter.yaml", f"""\
+metrics:
+  - name: pg_commits
+    help: Transactions committed
+    type: counter
+    probe: usdt:{postgres}:postgresql:transaction__commit
+    labels: {{comm: comm}}
+  - name: pg_query_duration_seconds
+    help: Query latency by query text
+    type: histogram
+    start: usdt:{postgres}:postgresql:query__start
+    done: usdt:{postgres}:postgresql:query__done
+    key: arg0
+    labels: {{query: str(arg0)}}
+  - name: pg_queries
+    type: counter
+    probe: usdt:{postgres}:postgresql:query__start
+    labels: {{query: str(arg0)}}
+""")
+    exporter = exporters(config)
+    prometheus = start_prometheus(exporter.port, tmp_path)
+    try:
+        wait_for(lambda: prometheus.query('up{job="usdtkit"}') == {"": 1.0}, 30, "a first scrape")
+        marker = "select 17 as usdtkit_marker"
+        postgres_cluster(*[marker] * 6, "select pg_sleep(0.05)")
+        wait_for(lambda: prometheus.query(f'pg_queries_total{{query="{marker}"}}') == {marker: 6.0}, 30,
+                 "6 marker queries")
+        wait_for(lambda: prometheus.query(f'pg_query_duration_seconds_count{{query="{marker}"}}') == {marker: 6.0},
+                 30, "6 marker latencies")
+        sleep = prometheus.query('histogram_quantile(0.5, pg_query_duration_seconds_bucket'
+                                 '{query="select pg_sleep(0.05)"})')
+        assert 0.04 < sleep["select pg_sleep(0.05)"] < 0.5, sleep
+        commits = prometheus.query("sum(pg_commits_total)")
+        assert commits[""] >= 7, commits  # each query is a transaction (other backends may commit too)
+    finally:
+        prometheus.stop()
+    assert exporter.stop() == 0
