@@ -2,7 +2,7 @@
 
 1. ``scrape``: wall time of one ``/metrics`` scrape with 10,000 series (a counter by request id of the
    demo service after 10,000 requests), and the exporter's own ``scrape_duration_seconds``;
-2. ``idle``: the exporter's CPU time over 20 s without load (``process_cpu_seconds_total``);
+2. ``idle``: the exporter's CPU time over 20 s without load or scrapes (from ``/proc/PID/stat``);
 3. ``per_hit``: ns per iteration of ``sdt_bench loop N`` (a tight loop over one USDT site): untraced,
    counted by an exporter counter, and counted by ``bpftrace`` in the same run; each tracer's count
    must equal N.
@@ -58,6 +58,13 @@ class Exporter:
         self.proc.stderr.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def write(folder: str, text: str) -> str:
     path = os.path.join(folder, "exporter.yaml")
     with open(path, "w") as handle:
@@ -75,6 +82,7 @@ def scrape_and_idle(folder: str, series: int, idle_s: float) -> Dict[str, float]
     probe: usdt:{httpd.binary}:demo_httpd:request__done
     labels: {{id: arg0}}
     series_limit: {series * 2}
+    pid: {httpd.pid}
 """))
         demo_services.drive([httpd], series // 4, routes=["/", "/items/40", "/missing", "/"])
         walls: List[float] = []
@@ -84,9 +92,9 @@ def scrape_and_idle(folder: str, series: int, idle_s: float) -> Dict[str, float]
             walls.append(time.monotonic() - started)
         found = len(re.findall(r"^requests_by_id_total\{", text, re.M))
         assert found == series, (found, series)
-        before = exporter.value(exporter.scrape(), "process_cpu_seconds_total")
+        before = cpu_seconds(exporter.proc.pid)  # read from /proc: a scrape would add its own cost
         time.sleep(idle_s)
-        after = exporter.value(exporter.scrape(), "process_cpu_seconds_total")
+        after = cpu_seconds(exporter.proc.pid)
         return {"series": found, "scrape_ms": statistics.median(walls) * 1000,
                 "collect_ms": exporter.value(text, "usdtkit_exporter_scrape_duration_seconds") * 1000,
                 "body_kib": len(text) / 1024, "idle_cpu_percent": (after - before) / idle_s * 100}

@@ -118,8 +118,10 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
-def demo_metrics(binary: str) -> str:
-    return f"""\
+def demo_metrics(binary: str, pid: Optional[int] = None) -> str:
+    """Demo metrics; with ``pid``, of that process only (other tests may run demo services of the same
+    binary at the same time, and a binary given by path is traced in every process)."""
+    text = f"""\
 metrics:
   - name: demo_requests
     help: Requests served, by route and status
@@ -134,6 +136,7 @@ metrics:
     key: arg0
     labels: {{route: str(arg2)}}
 """
+    return text if pid is None else text.replace("    type: ", f"    pid: {pid}\n    type: ")
 
 
 def test_prometheus_stores_exactly_the_load(tmp_path, httpd, exporters):
@@ -141,13 +144,15 @@ def test_prometheus_stores_exactly_the_load(tmp_path, httpd, exporters):
   - name: demo_render_seconds
     type: histogram
     latency: uprobe:{httpd.binary}:render_items
+    pid: {httpd.pid}
   - name: demo_response_bytes
     type: histogram
     probe: usdt:{httpd.binary}:demo_httpd:request__done
     value: arg3
     buckets: {{linear: [0, 4096, 256]}}
+    pid: {httpd.pid}
 """
-    exporter = exporters(write_config(tmp_path / "exporter.yaml", demo_metrics(httpd.binary) + more))
+    exporter = exporters(write_config(tmp_path / "exporter.yaml", demo_metrics(httpd.binary, httpd.pid) + more))
     prometheus = start_prometheus(exporter.port, tmp_path)
     try:
         wait_for(lambda: prometheus.query('up{job="usdtkit"}') == {"": 1.0}, 30, "a first scrape")
@@ -192,7 +197,7 @@ def test_prometheus_stores_exactly_the_load(tmp_path, httpd, exporters):
 
 def test_sighup_keeps_unchanged_values_adds_metrics_and_sigterm_leaves_nothing(tmp_path, httpd, exporters):
     programs, links = usdtkit_program_ids(), usdtkit_link_ids()
-    config = write_config(tmp_path / "exporter.yaml", demo_metrics(httpd.binary))
+    config = write_config(tmp_path / "exporter.yaml", demo_metrics(httpd.binary, httpd.pid))
     exporter = exporters(config)
     demo_services.drive([httpd], 3, routes=["/"])
     key = 'demo_requests_total{route="/",status="200"}'
@@ -201,8 +206,9 @@ def test_sighup_keeps_unchanged_values_adds_metrics_and_sigterm_leaves_nothing(t
   - name: demo_accepts
     type: counter
     probe: usdt:{httpd.binary}:demo_httpd:conn__accept
+    pid: {httpd.pid}
 """
-    write_config(config, demo_metrics(httpd.binary) + added)
+    write_config(config, demo_metrics(httpd.binary, httpd.pid) + added)
     exporter.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "demo_accepts_total" in exporter.samples(), 30, "the added metric")
     assert exporter.samples()[key] == 3.0  # the unchanged metric kept its session and its count
@@ -210,7 +216,14 @@ def test_sighup_keeps_unchanged_values_adds_metrics_and_sigterm_leaves_nothing(t
     demo_services.drive([httpd], 2, routes=["/"])
     wait_for(lambda: exporter.samples().get(key) == 5.0, 10, "5 requests counted")
     assert exporter.samples()["demo_accepts_total"] == 2.0
-    write_config(config, demo_metrics(httpd.binary).replace("type: counter", "type: nonsense"))
+    held = programs_held(exporter.proc.pid)
+    write_config(config, demo_metrics(httpd.binary, httpd.pid).split("  - name: demo_request_duration")[0] + added)
+    exporter.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: exporter.said("metric demo_request_duration_seconds removed"), 30, "the removed metric")
+    assert 'usdtkit_exporter_metric_up{metric="demo_request_duration_seconds"}' not in exporter.samples()
+    assert len(programs_held(exporter.proc.pid)) < len(held)  # its programs were detached and closed
+    assert exporter.samples()[key] == 5.0
+    write_config(config, demo_metrics(httpd.binary, httpd.pid).replace("type: counter", "type: nonsense"))
     exporter.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: exporter.said("reload refused"), 10, "the bad reload to be refused")
     assert exporter.samples()[key] == 5.0
@@ -221,6 +234,18 @@ def test_sighup_keeps_unchanged_values_adds_metrics_and_sigterm_leaves_nothing(t
     while usdtkit_link_ids() - links and time.time() < deadline:
         time.sleep(0.05)
     assert not usdtkit_link_ids() - links
+
+
+def programs_held(pid: int) -> set:
+    """IDs of the BPF programs process ``pid`` holds through its fds."""
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                held |= {int(line.split()[1]) for line in info if line.startswith("prog_id:")}
+        except OSError:
+            continue
+    return held
 
 
 def start_from(binary: str) -> subprocess.Popen:
@@ -295,6 +320,7 @@ metrics:
     probe: usdt:{httpd.binary}:demo_httpd:request__done
     labels: {{id: arg0}}
     series_limit: 3
+    pid: {httpd.pid}
 """)
     exporter = exporters(config)
     demo_services.drive([httpd], 10, routes=["/"])

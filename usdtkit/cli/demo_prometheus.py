@@ -29,7 +29,9 @@ QUERIES = (
 )
 
 
-def config_text(binary: str) -> str:
+def config_text(binary: str, pid: int) -> str:
+    """The demo's metrics, of its own process only (a binary given by path is traced in every process
+    that runs it, and other demo services may be running)."""
     return f"""\
 metrics:
   - name: demo_requests
@@ -37,6 +39,7 @@ metrics:
     type: counter
     probe: usdt:{binary}:demo_httpd:request__done
     labels: {{route: str(arg2), status: arg1}}
+    pid: {pid}
   - name: demo_request_duration_seconds
     help: demo_httpd request latency by route
     type: histogram
@@ -44,6 +47,7 @@ metrics:
     done: usdt:{binary}:demo_httpd:request__done
     key: arg0
     labels: {{route: str(arg2)}}
+    pid: {pid}
 """
 
 
@@ -93,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         stack.callback(httpd.stop)
         config = os.path.join(workdir, "exporter.yaml")
         with open(config, "w") as handle:
-            handle.write(config_text(httpd.binary))
+            handle.write(config_text(httpd.binary, httpd.pid))
         port = _start_exporter(config, stack)
         prometheus = demo_services.PrometheusServer(f"127.0.0.1:{port}", workdir)
         stack.callback(prometheus.stop)

@@ -137,7 +137,10 @@ def _metric(reader: _Reader, node: yaml.Node) -> MetricSpec:
     kind = reader.scalar(type_node, str, "type", name)
     if kind not in ("counter", "histogram"):
         raise reader.fail(type_node, f"type {kind!r}: use counter or histogram", name)
-    text = lambda key: reader.scalar(fields[key][1], str, key, name) if key in fields else None  # noqa: E731
+
+    def text(key: str) -> Optional[str]:
+        return str(reader.scalar(fields[key][1], str, key, name)) if key in fields else None
+
     spec = MetricSpec(name=name, type=str(kind), help=str(text("help") or ""))
     if kind == "counter":
         for key in _HISTOGRAM_ONLY:
