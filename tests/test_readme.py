@@ -127,6 +127,15 @@ def _dev_demo(out: str) -> None:
     assert re.search(r"^(\d+) requests traced; matches the \1 requests sent; 0 records lost\.$", out, re.M)
 
 
+def _exporter_check(out: str) -> None:
+    assert out.strip() == "demo_apps/exporter.yaml: 2 metrics, 2 probe sites found"
+
+
+def test_the_exporter_config_shown_is_the_file_checked():
+    (shown,) = [body for lang, body in BLOCKS if lang == "yaml"]
+    assert shown == (ROOT / "demo_apps" / "exporter.yaml").read_text()
+
+
 CHECKS: Dict[str, Callable[[str], None]] = {
     "usdtkit list /usr/bin/python3.11 'python:function__*'": _list_python,
     "usdtkit list --usdt /usr/lib/postgresql/15/bin/postgres 'postgresql:checkpoint*'": _list_postgres,
@@ -141,6 +150,7 @@ CHECKS: Dict[str, Callable[[str], None]] = {
     "usdtkit latency -p PID --key arg0 --by 'str(arg2)' usdt::demo_httpd:request__start "
     "usdt::demo_httpd:request__done": _latency_routes,
     "./dev.sh demo": _dev_demo,
+    "usdtkit exporter --config demo_apps/exporter.yaml --check": _exporter_check,
 }
 # Runs the whole suite, this file included: CI runs it (.ci/run), so it is checked to be that command.
 RUN_BY_CI = "./dev.sh test"

@@ -15,13 +15,17 @@ descriptor, so what runs is the file that was checked even if its path names ano
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,3 +205,61 @@ def drive(services: Sequence[DemoService], per_route: int, routes: Sequence[str]
     for thread in threads:
         thread.join()
     return seen
+
+
+PROMETHEUS = "/usr/bin/prometheus"
+
+
+class PrometheusServer:
+    """A real Prometheus server on loopback (Debian's ``prometheus``) scraping one target every second,
+    with its configuration and storage in ``workdir``; :meth:`query` asks its HTTP API."""
+
+    def __init__(self, target: str, workdir: str, timeout: float = 60.0) -> None:
+        if not os.path.exists(PROMETHEUS):
+            raise EnvironmentProblem(f"{PROMETHEUS} is missing (apt-get install prometheus)")
+        config = os.path.join(workdir, "prometheus.yml")
+        with open(config, "w") as handle:
+            handle.write("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+                         "scrape_configs:\n  - job_name: usdtkit\n"
+                         f"    static_configs: [{{targets: ['{target}']}}]\n")
+        with socket.socket() as sock:  # a free port; Prometheus binds it right after
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.log_path = os.path.join(workdir, "prometheus.log")
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={os.path.join(workdir, 'data')}",
+                 f"--web.listen-address=127.0.0.1:{self.port}"], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise EnvironmentProblem(f"prometheus did not start (its log: {self.log_path})")
+            time.sleep(0.2)
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+
+    def query(self, promql: str) -> Dict[str, float]:
+        """An instant query: each series' label values (sorted by label name, without ``instance`` and
+        ``job``) joined by ``,`` mapped to its value."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            doc = json.load(reply)
+        if doc.get("status") != "success":
+            raise TargetError(f"prometheus refused {promql!r}: {doc.get('error')}")
+        return {",".join(v for k, v in sorted(r["metric"].items()) if k not in ("__name__", "instance", "job")):
+                float(r["value"][1]) for r in doc["data"]["result"]}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -65,3 +65,8 @@ class AttachError(UsdtkitError):
 
 class ProviderError(UsdtkitError):
     """A runtime USDT provider could not be created, loaded or unloaded."""
+
+
+class ConfigError(UsageError):
+    """A configuration file is unreadable, unsafe or says something invalid; the message names the
+    file and the line (``exporter.yaml:12: metric pg_commits: unknown field 'lables'``)."""

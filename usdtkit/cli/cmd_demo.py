@@ -11,7 +11,7 @@ from typing import Dict, List
 
 from typing import TYPE_CHECKING
 
-from ..errors import EnvironmentProblem
+from ..errors import EnvironmentProblem, UsageError
 from .examples import HelpFormatter, epilog
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,11 +35,14 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
         description="Start the demo services (C and Python, on loopback), list their probes, trace them "
         "while driving load, print per-route latency histograms, status counts and a uretprobe latency, "
         "then stop everything it started.",
-        epilog=epilog("usdtkit demo --requests 5"),
+        epilog=epilog("usdtkit demo --requests 5", "usdtkit demo --prometheus --requests 3"),
         formatter_class=HelpFormatter)
     parser.add_argument("-n", "--requests", type=_positive, default=25,
                         help="requests per route and service (25)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON document")
+    parser.add_argument("--prometheus", action="store_true",
+                        help="instead: run the demo service, usdtkit exporter and a real Prometheus "
+                        "server (Debian's prometheus) and print PromQL answers")
     parser.set_defaults(func=run)
 
 
@@ -97,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
     from .. import demo_services
 
     _preflight()
+    if args.prometheus:
+        if args.json:
+            raise UsageError("--prometheus prints PromQL answers as text; leave out --json")
+        from . import demo_prometheus
+
+        return demo_prometheus.run(args)
     _say(args, "usdtkit demo: two small HTTP services with USDT probes, traced with eBPF\n")
     _say(args, "building and starting the demo services ...")
     with contextlib.ExitStack() as stack:
