@@ -330,6 +330,9 @@ metrics:
     kept = {k: v for k, v in samples.items() if k.startswith("demo_requests_by_id_total{")}
     assert len(kept) == 3 and set(kept.values()) == {1.0}  # one request each: nothing merged into them
     assert samples['usdtkit_exporter_probe_hits_total{metric="demo_requests_by_id"}'] == 10.0
+    # the kernel's own accounting of the metric's program: it ran once per request, and took some time
+    assert samples['usdtkit_exporter_bpf_program_runs_total{metric="demo_requests_by_id"}'] == 10.0
+    assert samples['usdtkit_exporter_bpf_program_run_time_seconds_total{metric="demo_requests_by_id"}'] > 0
 
 
 def test_demo_with_prometheus_prints_promql_answers_that_match_the_load():

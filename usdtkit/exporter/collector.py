@@ -105,6 +105,11 @@ class ExporterCollector:
                                      + ", ".join(LOSS_KINDS), labels=["metric", "kind"])
         dropped = GaugeMetricFamily(f"{SELF_PREFIX}series_dropped", "Label sets over the metric's series "
                                     "limit, left out of this scrape (never merged)", labels=["metric"])
+        run_time = CounterMetricFamily(f"{SELF_PREFIX}bpf_program_run_time_seconds", "Time the kernel spent in "
+                                       "the metric's BPF programs (the kernel's run-time statistics)",
+                                       labels=["metric"])
+        runs = CounterMetricFamily(f"{SELF_PREFIX}bpf_program_runs", "Runs of the metric's BPF programs",
+                                   labels=["metric"])
         with self._lock:
             states = list(self._states())
             live = {s.spec.name for s in states}
@@ -129,7 +134,10 @@ class ExporterCollector:
                 for kind in LOSS_KINDS:
                     losses.add_metric([name, kind], float(sum(getattr(s, kind) for s in stats.values())))
                 dropped.add_metric([name], float(over))
-        yield from (up, sites, hits, losses, dropped)
+                run_ns, run_count = state.session.run_stats()  # type: ignore[attr-defined]
+                run_time.add_metric([name], run_ns / 1e9)
+                runs.add_metric([name], float(run_count))
+        yield from (up, sites, hits, losses, dropped, run_time, runs)
         yield GaugeMetricFamily(f"{SELF_PREFIX}scrape_duration_seconds",
                                 "Time this scrape spent reading the kernel maps", value=time.monotonic() - started)
 

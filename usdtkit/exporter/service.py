@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import start_wsgi_server
 from prometheus_client.process_collector import ProcessCollector
 
+from ..bpf.prog_stats import close_stats, enable_run_time_stats
 from ..errors import UsdtkitError
 from ..plan.plan import make_plan
 from ..tracing.session import Session
@@ -196,6 +197,9 @@ class Exporter:
         """Attach, serve, follow signals and targets; returns the exit code (0 after SIGTERM/SIGINT)."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
         server = None
+        # The kernel counts the programs' run time only while someone asks (reference counted, so it
+        # goes off again when the exporter ends, however it ends).
+        run_time_stats = enable_run_time_stats()
         try:
             server, _ = start_wsgi_server(self.port, self.host, self.registry)  # a taken address fails first
             self.port = server.server_port
@@ -218,5 +222,6 @@ class Exporter:
                 server.shutdown()
                 server.server_close()
             self.close()
+            close_stats(run_time_stats)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
