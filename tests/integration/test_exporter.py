@@ -429,3 +429,26 @@ metrics:
     finally:
         prometheus.stop()
     assert exporter.stop() == 0
+
+
+def test_series_that_stop_changing_are_forgotten_in_the_kernel_too(tmp_path, httpd, exporters):
+    config = write_config(tmp_path / "exporter.yaml", f"""\
+metrics:
+  - name: demo_requests_by_id
+    type: counter
+    probe: usdt:{httpd.binary}:demo_httpd:request__done
+    labels: {{id: arg0}}
+    series_ttl: 1
+    pid: {httpd.pid}
+""")
+    exporter = exporters(config)
+    demo_services.drive([httpd], 5, routes=["/"])
+    forgotten = 'usdtkit_exporter_series_forgotten_total{metric="demo_requests_by_id"}'
+    samples = wait_for(lambda: (lambda s: s if s.get(forgotten) == 5.0 else None)(exporter.samples()), 15,
+                       "5 series forgotten")
+    assert not [k for k in samples if k.startswith("demo_requests_by_id_total{")]
+    demo_services.drive([httpd], 2, routes=["/"])  # new ids make new series, counted from zero
+    samples = wait_for(lambda: (lambda s: s if len([k for k in s if k.startswith("demo_requests_by_id_total{")]) == 2
+                                else None)(exporter.samples()), 10, "2 new series")
+    assert samples['usdtkit_exporter_probe_hits_total{metric="demo_requests_by_id"}'] == 7.0
+    assert samples['usdtkit_exporter_losses_total{kind="lost_keys",metric="demo_requests_by_id"}'] == 0.0

@@ -69,6 +69,8 @@ def test_the_example_config_checks(tmp_path):
     ("[0.000001, 0.000005, 0.00001]", "[0.000001, 0.000002, 1]", 16, "linear buckets to stay exact"),
     ("latency: uprobe:libc:malloc", "latency: uprobe:libc:no_such_function_here", 15, "metric malloc_seconds:"),
     ("name: malloc_seconds", "name: malloc_calls", 13, "used twice (first on line 2)"),
+    ("filter: 'arg0 > 0'", "filter: 'arg0 > 0'\n    series_ttl: -1", 8, "series_ttl must be between 0"),
+    ("value: arg0", "value: arg0\n    series_ttl: 60", 12, "series_ttl applies to counters"),
     ("series_limit", "series_limit", 1, None),
 ])
 def test_each_bad_config_is_one_line_with_file_and_line(tmp_path, old, new, line, says):

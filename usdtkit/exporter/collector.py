@@ -85,10 +85,15 @@ def cumulative(hist: Histogram, les: Sequence[int]) -> List[Tuple[object, float]
 class ExporterCollector:
     """Yields every configured metric and the exporter's own metrics, under ``lock``."""
 
-    def __init__(self, states: Callable[[], Iterable[MetricState]], lock: threading.Lock) -> None:
+    def __init__(self, states: Callable[[], Iterable[MetricState]], lock: threading.Lock,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._states = states
         self._lock = lock
+        self._clock = clock
         self._kept: Dict[str, Set[Tuple[str, ...]]] = {}
+        # per metric: a count row -> (its value, when it last changed), to forget rows that stopped changing
+        self._changed: Dict[str, Dict[Tuple, Tuple[int, float]]] = {}
+        self.forgotten: Dict[str, int] = {}
 
     def describe(self) -> List[Metric]:
         return []  # families depend on the configuration of the moment: never checked at register time
@@ -105,6 +110,8 @@ class ExporterCollector:
                                      + ", ".join(LOSS_KINDS), labels=["metric", "kind"])
         dropped = GaugeMetricFamily(f"{SELF_PREFIX}series_dropped", "Label sets over the metric's series "
                                     "limit, left out of this scrape (never merged)", labels=["metric"])
+        forgotten = CounterMetricFamily(f"{SELF_PREFIX}series_forgotten", "Counter series forgotten after "
+                                        "series_ttl seconds without a change", labels=["metric"])
         run_time = CounterMetricFamily(f"{SELF_PREFIX}bpf_program_run_time_seconds", "Time the kernel spent in "
                                        "the metric's BPF programs (the kernel's run-time statistics)",
                                        labels=["metric"])
@@ -116,6 +123,10 @@ class ExporterCollector:
             for name in list(self._kept):
                 if name not in live:
                     del self._kept[name]
+            for name in list(self._changed):
+                if name not in live:
+                    del self._changed[name]
+                    self.forgotten.pop(name, None)
             for state in states:
                 name = state.spec.name
                 up.add_metric([name], 1.0 if state.up else 0.0)
@@ -134,12 +145,37 @@ class ExporterCollector:
                 for kind in LOSS_KINDS:
                     losses.add_metric([name, kind], float(sum(getattr(s, kind) for s in stats.values())))
                 dropped.add_metric([name], float(over))
+                forgotten.add_metric([name], float(self.forgotten.get(name, 0)))
                 run_ns, run_count = state.session.run_stats()  # type: ignore[attr-defined]
                 run_time.add_metric([name], run_ns / 1e9)
                 runs.add_metric([name], float(run_count))
-        yield from (up, sites, hits, losses, dropped, run_time, runs)
+        yield from (up, sites, hits, losses, dropped, forgotten, run_time, runs)
         yield GaugeMetricFamily(f"{SELF_PREFIX}scrape_duration_seconds",
                                 "Time this scrape spent reading the kernel maps", value=time.monotonic() - started)
+
+    def _stale(self, spec: MetricSpec, session: object, counts: Dict[Tuple, int]) -> List[Tuple]:
+        """Rows unchanged for ``series_ttl`` seconds, forgotten in the kernel map as well: with label
+        values that keep changing (ids, pids), the map and the exposition stay bounded.  A forgotten row
+        that counts again starts from zero, which Prometheus reads as a counter reset."""
+        if not spec.series_ttl or not spec.labels:
+            return []
+        now = self._clock()
+        changed = self._changed.setdefault(spec.name, {})
+        stale = []
+        for key, count in counts.items():
+            before = changed.get(key)
+            if before is None or before[0] != count:
+                changed[key] = (count, now)
+            elif now - before[1] >= spec.series_ttl:
+                stale.append(key)
+        for key in [k for k in changed if k not in counts]:
+            del changed[key]
+        if stale:
+            session.forget_counts(stale)  # type: ignore[attr-defined]
+            for key in stale:
+                changed.pop(key, None)
+            self.forgotten[spec.name] = self.forgotten.get(spec.name, 0) + len(stale)
+        return stale
 
     def _family(self, state: MetricState) -> Tuple[Metric, int]:
         spec, session = state.spec, state.session
@@ -148,9 +184,11 @@ class ExporterCollector:
         kept = self._kept.setdefault(spec.name, set())
         if spec.type == "counter":
             family = CounterMetricFamily(spec.name, help_text, labels=names)
-            counts = session.counts()  # type: ignore[attr-defined]
+            counts = dict(session.counts() or {})  # type: ignore[attr-defined]
+            for key in self._stale(spec, session, counts):
+                del counts[key]
             rows: Dict[Tuple[str, ...], int] = {}
-            for key, count in (counts or {}).items():
+            for key, count in counts.items():
                 labels = tuple(_text(v) for v in key[1:])  # the probe label is first: summed over probes
                 rows[labels] = rows.get(labels, 0) + count
             if not names:

@@ -31,7 +31,7 @@ _METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _TOP_FIELDS = ("metrics", "resolve_interval")
 _METRIC_FIELDS = ("name", "help", "type", "probe", "start", "done", "key", "latency", "value", "labels",
-                  "filter", "buckets", "pid", "series_limit")
+                  "filter", "buckets", "pid", "series_limit", "series_ttl")
 _HISTOGRAM_ONLY = ("start", "done", "key", "latency", "value", "buckets")
 
 
@@ -207,6 +207,14 @@ def _metric(reader: _Reader, node: yaml.Node) -> MetricSpec:
         if not 1 <= limit <= 1_000_000:  # type: ignore[operator]
             raise reader.fail(fields["series_limit"][1], "series_limit must be between 1 and 1000000", name)
         spec = replace(spec, series_limit=limit)
+    if "series_ttl" in fields:
+        ttl = reader.scalar(fields["series_ttl"][1], int, "series_ttl", name)
+        if not 0 <= ttl <= 31_536_000:  # type: ignore[operator]
+            raise reader.fail(fields["series_ttl"][1], "series_ttl must be between 0 (never) and 31536000 "
+                              "seconds", name)
+        if spec.type != "counter" and ttl:
+            raise reader.fail(fields["series_ttl"][1], "series_ttl applies to counters", name)
+        spec = replace(spec, series_ttl=ttl)
     try:
         to_request(spec)
     except UsdtkitError as exc:

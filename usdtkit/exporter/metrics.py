@@ -24,6 +24,7 @@ from ..plan.request import HistSpec, Target, TraceRequest, make_request
 
 NS_PER_SECOND = 1_000_000_000
 DEFAULT_SERIES_LIMIT = 1000
+DEFAULT_SERIES_TTL = 3600  # seconds a counter series may stay unchanged before it is forgotten
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class MetricSpec:
     buckets: BucketSpec = BucketSpec()
     pid: Optional[int] = None
     series_limit: int = DEFAULT_SERIES_LIMIT
+    series_ttl: int = DEFAULT_SERIES_TTL  # counters: 0 keeps every series for the metric's life
     line: int = field(default=0, compare=False)  # where the metric starts in its file
     probe_line: int = field(default=0, compare=False)  # where its probes are named
 
