@@ -166,6 +166,10 @@ def test_prometheus_stores_exactly_the_load(tmp_path, httpd, exporters):
         wait_for(lambda: prometheus.query("demo_response_bytes_count") == {"": 28.0}, 30, "response sizes")
         sizes = prometheus.query('demo_response_bytes_bucket{le="4095.0"}')
         assert sizes == {"4095.0": 28.0}  # every demo response is smaller than 4 KiB
+        (total_bytes,) = prometheus.query("demo_response_bytes_sum").values()
+        assert 28 <= total_bytes < 28 * 4096  # the sum of the 28 sizes, each above 0 and below 4 KiB
+        means = prometheus.query("demo_request_duration_seconds_sum / demo_request_duration_seconds_count")
+        assert 0.005 < means["/slow"] < 1.0 and means["/"] < means["/slow"], means
         p99 = prometheus.query('histogram_quantile(0.99, demo_request_duration_seconds_bucket)')
         assert set(p99) == set(routes)
         assert 0.005 < p99["/slow"] < 1.0, p99  # the demo's /slow route sleeps about 20 ms

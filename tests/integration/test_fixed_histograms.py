@@ -26,3 +26,13 @@ def test_fixed_buckets_count_each_value_under_its_bound(bounds):
         slot = hist.bucket_of(i * i)
         expected[slot] = expected.get(slot, 0) + 1
     assert dict(hist.buckets) == expected and hist.total == 8
+
+
+@pytest.mark.bpf
+def test_a_histogram_can_keep_the_sum_of_its_values():
+    with trace("usdt::hello:tick", command=[HELLO, "8"], events=False,
+               hist=HistSpec(Field("arg", 1), sum=True)) as session:
+        session.run(duration=30)
+    hist = session.histograms()["hello:tick"]
+    assert hist.total == 8 and hist.sum == sum(i * i for i in range(1, 9))
+    assert hist.to_json()["sum"] == 204

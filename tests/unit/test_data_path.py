@@ -227,3 +227,14 @@ def test_forgotten_count_rows_leave_the_kernel_map():
     program.add("counts", key(layout, probe=0, k_arg0=2), 4)
     assert session.forget_counts([("app:query", 1)]) == 1
     assert dict(session.counts()) == {("app:query", 2): 4}
+
+
+def test_a_histogram_sum_is_read_back_signed():
+    from usdtkit.plan.buckets import SUM_SLOT
+
+    session, program = session_of((usdt("v", SIGNED),), hist=HistSpec(Field("arg", 0), sum=True))
+    layout = program.layout.hist_key
+    program.add("hist", key(layout, probe=0, slot=65), 2)
+    program.add("hist", key(layout, probe=0, slot=SUM_SLOT), (1 << 64) - 7)  # -3 + -4, as the kernel adds
+    hist = session.histograms()["app:v"]
+    assert hist.sum == -7 and hist.total == 2 and SUM_SLOT not in hist.buckets

@@ -37,7 +37,7 @@ from typing import Dict, FrozenSet, List, Optional, Tuple
 from ..elf.model import Arg, Constant, Memory, Register, RegisterValue, SymbolRelative, Unsupported
 from ..errors import TargetError, UsageError
 from ..expr.fields import COMM_LEN, Field, Predicate
-from ..plan.buckets import LOG2_NEGATIVE
+from ..plan.buckets import LOG2_NEGATIVE, SUM_SLOT
 from ..plan.plan import AttachPlan, pointer_like
 from ..plan.resolve import ResolvedProbe, Site
 from .layout import (STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_READ_ERRORS, STAT_UNMATCHED, STATS_PER_PROBE,
@@ -359,8 +359,12 @@ class Generator:
                         f"    else if (v >= ({kind}){_u64(hist.high)}) key->slot = {buckets + 1};",
                         f"    else key->slot = 1 + (u32)((u64)(v - ({kind}){_u64(hist.low)}) / {_u64(hist.step)});"]
             out += ["    u64 zero = 0, *count = hist.lookup_or_try_init(key, &zero);",
-                    f"    if (count) __sync_fetch_and_add(count, 1); else usdtkit_stat(probe, {STAT_LOST_KEYS});",
-                    "    }"]
+                    f"    if (count) __sync_fetch_and_add(count, 1); else usdtkit_stat(probe, {STAT_LOST_KEYS});"]
+            if hist.sum:
+                out += [f"    key->slot = {SUM_SLOT}U;",
+                        "    u64 *sum = hist.lookup_or_try_init(key, &zero);",
+                        f"    if (sum) __sync_fetch_and_add(sum, value); else usdtkit_stat(probe, {STAT_LOST_KEYS});"]
+            out.append("    }")
         if plan.events:
             if self.ringbuf:
                 out += ["    struct usdtkit_event *e = events.ringbuf_reserve(sizeof(struct usdtkit_event));",

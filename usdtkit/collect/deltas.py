@@ -25,7 +25,9 @@ def histograms_delta(current: Dict[object, Histogram], previous: Dict[object, Hi
         buckets = {i: n - (before.buckets.get(i, 0) if before else 0) for i, n in hist.buckets.items()}
         buckets = {i: n for i, n in buckets.items() if n}
         if buckets:
-            out[label] = Histogram(hist.kind, buckets, hist.low, hist.high, hist.step, hist.unit, hist.upper_bounds)
+            total = None if hist.sum is None else hist.sum - ((before.sum or 0) if before else 0)
+            out[label] = Histogram(hist.kind, buckets, hist.low, hist.high, hist.step, hist.unit, hist.upper_bounds,
+                                   total)
     return out
 
 

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..bpf.backend import LoadedProgram
 from ..bpf.layout import STATS_PER_PROBE, ProgramLayout, StructLayout
+from ..plan.buckets import SUM_SLOT
 from ..plan.plan import AttachPlan
 from .results import Counts, Histogram, ProbeStats
 from .symbolize import Symbolizer
@@ -36,6 +37,10 @@ class MapReader:
         self.labels = list(labels)
         self._symbolizer = symbolizer
         self.signs = [probe_signs(plan, i) for i in range(len(plan.probes))]
+        hist = plan.hist
+        # a sum of signed values wraps like the values: read it back as a signed number
+        self._signed_value = hist is not None and (hist.field.name == "retval" or (
+            hist.field.name == "arg" and any(s[hist.field.index] for s in self.signs if hist.field.index < len(s))))
 
     def per_probe(self, program: LoadedProgram) -> List[ProbeStats]:
         """Stats of each probe by index (labels may repeat)."""
@@ -166,7 +171,11 @@ class MapReader:
             members = layout.unpack(raw)
             row = self._key_row(program, layout, raw)
             label: object = row[0] if hist.by is None else (row[0], row[1])
-            h = out.setdefault(label, Histogram(hist.kind, {}, hist.low, hist.high, hist.step, unit, hist.bounds))
+            h = out.setdefault(label, Histogram(hist.kind, {}, hist.low, hist.high, hist.step, unit, hist.bounds,
+                                                0 if hist.sum else None))
             slot = int(members["slot"])  # type: ignore[call-overload]
-            h.buckets[slot] = h.buckets.get(slot, 0) + value
+            if slot == SUM_SLOT:
+                h.sum = (h.sum or 0) + (signed64(value) if self._signed_value else value)
+            else:
+                h.buckets[slot] = h.buckets.get(slot, 0) + value
         return out

@@ -124,6 +124,7 @@ class Histogram:
     step: int = 1
     unit: str = ""
     upper_bounds: Tuple[int, ...] = ()  # fixed histograms: the inclusive upper bound of each bucket
+    sum: Optional[int] = None  # the sum of the values, where the trace kept it (HistSpec(sum=True))
 
     def __getitem__(self, index: int) -> int:
         return self.buckets.get(index, 0)
@@ -177,7 +178,8 @@ class Histogram:
             k: v for k, v in self.buckets.items() if v} == {k: v for k, v in other.buckets.items() if v}
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "unit": self.unit,
+        extra = {} if self.sum is None else {"sum": self.sum}
+        return {"kind": self.kind, "unit": self.unit, **extra,
                 "buckets": [{"low": self.bounds(i)[0], "high": self.bounds(i)[1], "count": self.buckets[i]}
                             for i in self.ordered() if self.buckets[i]]}
 

@@ -4,8 +4,8 @@ A ``prometheus_client`` custom collector: each scrape reads every live session's
 and per-probe statistics and turns them into metric families; nothing is cached between scrapes but
 which label sets were exposed, so the series a limit keeps stay the same from one scrape to the next.
 
-Histogram buckets are cumulative with exact ``le`` bounds (see :mod:`.metrics`).  The kernel keeps no
-sum of the values, so histograms carry ``_bucket`` and ``_count`` series and no ``_sum``.
+Histogram buckets are cumulative with exact ``le`` bounds (see :mod:`.metrics`); the kernel also keeps
+the sum of the values, so each histogram carries ``_bucket``, ``_count`` and ``_sum`` (in base units).
 """
 from __future__ import annotations
 
@@ -202,17 +202,25 @@ class ExporterCollector:
         merged: Dict[Tuple[str, ...], Histogram] = {}
         for key, hist in session.histograms().items():  # type: ignore[attr-defined]
             labels = (_text(key[1]),) if names and isinstance(key, tuple) else ()
-            into = merged.setdefault(labels, Histogram(hist.kind, {}, hist.low, hist.high, hist.step, hist.unit))
+            into = merged.setdefault(labels, Histogram(hist.kind, {}, hist.low, hist.high, hist.step, hist.unit,
+                                                       hist.upper_bounds, 0))
             for index, count in hist.buckets.items():
                 into.buckets[index] = into.buckets.get(index, 0) + count
+            into.sum = (into.sum or 0) + (hist.sum or 0)
         totals = {labels: h.total for labels, h in merged.items()}
         chosen, over = limit_series(totals, spec.series_limit, kept)
         les = exposed_bounds(spec) or kernel_les(merged[labels] for labels in chosen)
         for labels in sorted(chosen):
             pairs = cumulative(merged[labels], les)
             buckets = [(le if le == "+Inf" else _le(le, spec.scale), n) for le, n in pairs]  # type: ignore[arg-type]
-            family.add_metric(list(labels), buckets, None)
-            family.samples.append(Sample(f"{spec.name}_count", dict(zip(names, labels)), float(totals[labels]),
-                                         None, None))
+            total_sum = float((merged[labels].sum or 0) * spec.scale)
+            before = len(family.samples)
+            family.add_metric(list(labels), buckets, total_sum)
+            if not any(s.name == f"{spec.name}_count" for s in family.samples[before:]):
+                # prometheus_client leaves out _count and _sum when a bucket bound is negative (as for
+                # values below a linear histogram's low end); they are exact here, so they are given
+                label_map = dict(zip(names, labels))
+                family.samples.append(Sample(f"{spec.name}_count", label_map, float(totals[labels]), None, None))
+                family.samples.append(Sample(f"{spec.name}_sum", label_map, total_sum, None, None))
         self._kept[spec.name] = chosen
         return family, over

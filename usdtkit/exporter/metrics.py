@@ -122,7 +122,7 @@ def to_request(spec: MetricSpec) -> TraceRequest:
     kind, low, high, step = kernel_buckets(spec)
     by = Field.parse(labels[0]) if labels else None
     measured = Field("latency") if spec.measures_latency else Field.parse(spec.value or "")
-    hist = HistSpec(measured, kind, low, high, step, by=by)
+    hist = HistSpec(measured, kind, low, high, step, by=by, sum=True)
     if spec.latency is not None:
         return make_request([spec.latency], target=target, filters=spec.filters, events=False,
                             hist=hist, latency=True)

@@ -15,6 +15,7 @@ import bisect
 from typing import Sequence, Tuple
 
 LOG2_NEGATIVE = 65
+SUM_SLOT = 0xFFFFFFFF  # not a bucket: the key where a histogram that keeps its sum adds every value
 MAX_LINEAR_BUCKETS = 4096
 MAX_FIXED_BOUNDS = 64
 _MIN = -(1 << 63)

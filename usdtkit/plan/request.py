@@ -36,6 +36,7 @@ class HistSpec:
     step: int = 1
     by: Optional[Field] = None
     bounds: Tuple[int, ...] = ()  # fixed: inclusive upper bounds, increasing
+    sum: bool = False  # also keep the sum of the values (one more map update per value)
 
     def __post_init__(self) -> None:
         if self.field.name in ("comm", "ustack", "probe", "str"):
