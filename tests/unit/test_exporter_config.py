@@ -66,7 +66,7 @@ def test_the_example_config_checks(tmp_path):
     ("labels: {comm: comm}", "labels: {comm: arg99}", 6, "metric malloc_calls: unknown field 'arg99'"),
     ("value: arg0", "value: arg0\n    labels: {a: arg0, b: arg1}", 8, "at most one label"),
     ("[0.000001, 0.000005, 0.00001]", "[0.000001, 0.0000050001]", 16, "not a whole nanosecond"),
-    ("[0.000001, 0.000005, 0.00001]", "[0.000001, 0.000002, 1]", 16, "linear buckets to stay exact"),
+    ("[0.000001, 0.000005, 0.00001]", "[0.000002, 0.000001]", 16, "strictly increasing list"),
     ("latency: uprobe:libc:malloc", "latency: uprobe:libc:no_such_function_here", 15, "metric malloc_seconds:"),
     ("name: malloc_seconds", "name: malloc_calls", 13, "used twice (first on line 2)"),
     ("filter: 'arg0 > 0'", "filter: 'arg0 > 0'\n    series_ttl: -1", 8, "series_ttl must be between 0"),
@@ -101,12 +101,12 @@ def test_a_config_others_can_write_is_refused(tmp_path):
         load_config(str(path))
 
 
-def test_listed_bounds_become_exact_linear_buckets():
+def test_listed_bounds_become_exact_fixed_buckets():
     spec = MetricSpec("m", "histogram", latency="uprobe:libc:malloc",
                       buckets=BucketSpec("bounds", bounds=(Fraction(1, 1000), Fraction(5, 1000), Fraction(1, 100))))
-    kind, low, high, step = kernel_buckets(spec)
-    assert (kind, low, high, step) == ("linear", 1_000_001, 10_000_001, 1_000_000)
-    hist = Histogram(kind, {}, low, high, step)
+    kind, low, high, step, bounds = kernel_buckets(spec)
+    assert (kind, bounds) == ("fixed", (1_000_000, 5_000_000, 10_000_000))
+    hist = Histogram(kind, {}, low, high, step, upper_bounds=bounds)
     values = [0, 999_999, 1_000_000, 1_000_001, 4_999_999, 5_000_000, 5_000_001, 10_000_000, 10_000_001]
     for value in values:
         hist.buckets[hist.bucket_of(value)] = hist.buckets.get(hist.bucket_of(value), 0) + 1

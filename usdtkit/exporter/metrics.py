@@ -87,27 +87,23 @@ def _kernel_int(value: Fraction, scale: Fraction, what: str) -> int:
     return int(raw)
 
 
-def kernel_buckets(spec: MetricSpec) -> Tuple[str, int, int, int]:
-    """The kernel histogram (kind, low, high, step) for the metric's buckets, in kernel units."""
+def kernel_buckets(spec: MetricSpec) -> Tuple[str, int, int, int, Tuple[int, ...]]:
+    """The kernel histogram (kind, low, high, step, bounds) for the metric's buckets, in kernel units:
+    exp2 is log2, linear is linear, and a list of bounds is the kernel's fixed kind, whose buckets end
+    exactly at each bound (``le``)."""
     b, scale = spec.buckets, spec.scale
     if b.kind == "exp2":
-        return "log2", 0, 0, 1
+        return "log2", 0, 0, 1, ()
     if b.kind == "linear":
         low, high, step = (_kernel_int(v, scale, f"buckets {name}")
                            for v, name in ((b.low, "low"), (b.high, "high"), (b.step, "step")))
-        return "linear", low, high, step
-    raws = [_kernel_int(v, scale, "bucket bound") for v in b.bounds]
-    if len(raws) == 1:
-        return "linear", raws[0] + 1, raws[0] + 2, 1
-    step = 0
-    for raw in raws[1:]:
-        step = math.gcd(step, raw - raws[0])
-    low, high = raws[0] + 1, raws[-1] + 1
-    count = bucketing.linear_count(low, high, step)
-    if count > bucketing.MAX_LINEAR_BUCKETS:
-        raise UsageError(f"buckets: these bounds need {count} linear buckets to stay exact (at most "
-                         f"{bucketing.MAX_LINEAR_BUCKETS}); use exp2 or evenly spaced bounds")
-    return "linear", low, high, step
+        return "linear", low, high, step, ()
+    raws = tuple(_kernel_int(v, scale, "bucket bound") for v in b.bounds)
+    if len(raws) > bucketing.MAX_FIXED_BOUNDS:
+        raise UsageError(f"buckets: {len(raws)} bounds (at most {bucketing.MAX_FIXED_BOUNDS})")
+    if any(x >= y for x, y in zip(raws, raws[1:])):
+        raise UsageError("buckets: bounds must increase")
+    return "fixed", 0, 0, 1, raws
 
 
 def to_request(spec: MetricSpec) -> TraceRequest:
@@ -119,10 +115,10 @@ def to_request(spec: MetricSpec) -> TraceRequest:
                             count_by=labels)
     if len(labels) > 1:
         raise UsageError("a histogram takes at most one label for now")
-    kind, low, high, step = kernel_buckets(spec)
+    kind, low, high, step, bounds = kernel_buckets(spec)
     by = Field.parse(labels[0]) if labels else None
     measured = Field("latency") if spec.measures_latency else Field.parse(spec.value or "")
-    hist = HistSpec(measured, kind, low, high, step, by=by, sum=True)
+    hist = HistSpec(measured, kind, low, high, step, by=by, bounds=bounds, sum=True)
     if spec.latency is not None:
         return make_request([spec.latency], target=target, filters=spec.filters, events=False,
                             hist=hist, latency=True)
