@@ -144,6 +144,7 @@ def test_prometheus_stores_exactly_the_load(tmp_path, httpd, exporters):
   - name: demo_render_seconds
     type: histogram
     latency: uprobe:{httpd.binary}:render_items
+    buckets: [0.000001, 0.0001, 1]
     pid: {httpd.pid}
   - name: demo_response_bytes
     type: histogram
@@ -163,6 +164,9 @@ def test_prometheus_stores_exactly_the_load(tmp_path, httpd, exporters):
         counts = {route: 7.0 for route in routes}
         wait_for(lambda: prometheus.query("demo_request_duration_seconds_count") == counts, 30, "latency counts")
         wait_for(lambda: prometheus.query("demo_render_seconds_count") == {"": 7.0}, 30, "render_items calls")
+        # the listed bounds are the buckets, exactly: every call takes more than 1 ns and less than 1 s
+        render = prometheus.query("demo_render_seconds_bucket")
+        assert set(render) == {"1e-06", "0.0001", "1.0", "+Inf"} and render["1.0"] == render["+Inf"] == 7.0, render
         wait_for(lambda: prometheus.query("demo_response_bytes_count") == {"": 28.0}, 30, "response sizes")
         sizes = prometheus.query('demo_response_bytes_bucket{le="4095.0"}')
         assert sizes == {"4095.0": 28.0}  # every demo response is smaller than 4 KiB
