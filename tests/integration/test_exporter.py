@@ -460,3 +460,27 @@ metrics:
                                 else None)(exporter.samples()), 10, "2 new series")
     assert samples['usdtkit_exporter_probe_hits_total{metric="demo_requests_by_id"}'] == 7.0
     assert samples['usdtkit_exporter_losses_total{kind="lost_keys",metric="demo_requests_by_id"}'] == 0.0
+
+
+def test_label_values_get_names_and_comm_selects_processes(tmp_path, httpd, exporters):
+    with open(f"/proc/{httpd.pid}/comm") as handle:
+        comm = handle.read().strip()
+    config = write_config(tmp_path / "exporter.yaml", f"""\
+metrics:
+  - name: demo_requests_by_status
+    type: counter
+    probe: usdt:{httpd.binary}:demo_httpd:request__done
+    labels: {{status: arg1}}
+    label_values: {{status: {{"200": ok, "404": not_found}}}}
+    comm: {comm}
+  - name: demo_requests_elsewhere
+    type: counter
+    probe: usdt:{httpd.binary}:demo_httpd:request__done
+    comm: nobody_by_that
+""")
+    exporter = exporters(config)
+    demo_services.drive([httpd], 3)
+    want = {'demo_requests_by_status_total{status="ok"}': 9.0, 'demo_requests_by_status_total{status="not_found"}': 3.0}
+    samples = wait_for(lambda: (lambda s: s if all(s.get(k) == v for k, v in want.items()) else None)(
+        exporter.samples()), 15, "named status counts")
+    assert samples["demo_requests_elsewhere_total"] == 0.0  # no process has that comm

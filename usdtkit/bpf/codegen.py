@@ -167,8 +167,12 @@ def _predicate(pred: Predicate, probe: ResolvedProbe) -> str:
     name = pred.field.name
     negate = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}[pred.op]
     if name == "comm":
-        value = bytes(pred.value) + b"\0"
-        equal = " && ".join(f"comm[{i}] == {b}" for i, b in enumerate(value))
+        # The name zero-padded to the kernel's 16 bytes, compared as two 64-bit words (the helper pads
+        # the buffer with zeros): two comparisons whatever the name's length, where one branch per byte
+        # makes clang emit code the verifier refuses for long names.
+        padded = bytes(pred.value).ljust(COMM_LEN, b"\0")
+        words = [int.from_bytes(padded[i:i + 8], "little") for i in range(0, COMM_LEN, 8)]
+        equal = " && ".join(f"comm_words[{i}] == {_u64(w)}" for i, w in enumerate(words))
         return f"(!({equal}))" if pred.op == "==" else f"({equal})"
     if name == "arg":
         if pred.field.index >= probe.arg_count:
@@ -425,7 +429,8 @@ class Generator:
                 preds = [p for p in preds if p.field.name != "retval"]
         lines = []
         if any(p.field.name == "comm" for p in preds):
-            lines += [f"    char comm[{COMM_LEN}] = {{}};", "    bpf_get_current_comm(&comm, sizeof(comm));"]
+            lines += [f"    u64 comm_words[{COMM_LEN // 8}] = {{}};",
+                      "    bpf_get_current_comm(comm_words, sizeof(comm_words));"]
         for pred in preds:
             lines.append(f"    if ({_predicate(pred, probe)}) return 0;")
         return lines

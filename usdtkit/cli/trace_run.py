@@ -193,7 +193,7 @@ def run_count(args: argparse.Namespace) -> int:
         counts, _, stats = _interval_view(session, args, totals, final)
         omitted = len(counts) - top if counts is not None and top and len(counts) > top else 0
         if args.json:
-            doc = {"counts": counts.to_json() if counts else None, "stats": _report_losses(session, stats)}
+            doc = {"counts": counts.to_json() if counts is not None else None, "stats": _report_losses(session, stats)}
             if omitted:
                 doc["counts"]["counts"] = doc["counts"]["counts"][:top]  # type: ignore[index]
                 doc["counts"]["omitted"] = omitted  # type: ignore[index]

@@ -47,6 +47,15 @@ def _le(raw: int, scale: Fraction) -> str:
     return repr(float(raw * scale))
 
 
+def _namer(spec: MetricSpec) -> Callable[[Tuple[str, ...]], Tuple[str, ...]]:
+    """Label values as shown: through the metric's ``label_values`` tables, where it has them."""
+    if not spec.label_values:
+        return lambda labels: labels
+    tables = dict(spec.label_values)
+    per_label = [dict(tables.get(label, ())) for label, _ in spec.labels]
+    return lambda labels: tuple(table.get(value, value) for table, value in zip(per_label, labels))
+
+
 def limit_series(rows: Dict[Tuple[str, ...], int], limit: int, kept: Set[Tuple[str, ...]]) -> Tuple[Set, int]:
     """Which label sets to expose: those exposed before first (a series never vanishes while its metric
     lives), then the largest; returns them and how many were left out."""
@@ -188,8 +197,9 @@ class ExporterCollector:
             for key in self._stale(spec, session, counts):
                 del counts[key]
             rows: Dict[Tuple[str, ...], int] = {}
+            shown = _namer(spec)
             for key, count in counts.items():
-                labels = tuple(_text(v) for v in key[1:])  # the probe label is first: summed over probes
+                labels = shown(tuple(_text(v) for v in key[1:]))  # the probe label is first: summed over probes
                 rows[labels] = rows.get(labels, 0) + count
             if not names:
                 rows.setdefault((), 0)  # one series that exists from the start, so rate() sees the first hits
@@ -201,7 +211,7 @@ class ExporterCollector:
         family = HistogramMetricFamily(spec.name, help_text, labels=names)
         merged: Dict[Tuple[str, ...], Histogram] = {}
         for key, hist in session.histograms().items():  # type: ignore[attr-defined]
-            labels = (_text(key[1]),) if names and isinstance(key, tuple) else ()
+            labels = _namer(spec)((_text(key[1]),)) if names and isinstance(key, tuple) else ()
             into = merged.setdefault(labels, Histogram(hist.kind, {}, hist.low, hist.high, hist.step, hist.unit,
                                                        hist.upper_bounds, 0))
             for index, count in hist.buckets.items():

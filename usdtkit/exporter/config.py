@@ -31,6 +31,7 @@ _METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _TOP_FIELDS = ("metrics", "resolve_interval")
 _METRIC_FIELDS = ("name", "help", "type", "probe", "start", "done", "key", "latency", "value", "labels",
+                  "label_values", "comm",
                   "filter", "buckets", "pid", "series_limit", "series_ttl")
 _HISTOGRAM_ONLY = ("start", "done", "key", "latency", "value", "buckets")
 
@@ -180,7 +181,22 @@ def _metric(reader: _Reader, node: yaml.Node) -> MetricSpec:
             fld = reader.scalar(value, str, f"label {label} (a field)", name)
             _check(reader, value, name, Field.parse, str(fld))
             labels.append((label, str(Field.parse(str(fld)))))
+    label_values: List[Tuple[str, Tuple[Tuple[str, str], ...]]] = []
+    if "label_values" in fields:
+        named = dict(labels)
+        for label, (label_node, table) in reader.mapping(fields["label_values"][1], "label_values", name).items():
+            if label not in named:
+                raise reader.fail(label_node, f"label_values {label!r}: not one of the metric's labels", name)
+            pairs = []
+            for raw, (raw_node, shown) in reader.mapping(table, f"label_values of {label}", name).items():
+                pairs.append((raw, str(reader.scalar(shown, str, f"the name for {label} {raw}", name))))
+            label_values.append((label, tuple(pairs)))
     filters = []
+    if "comm" in fields:
+        comm = str(reader.scalar(fields["comm"][1], str, "comm (a process name)", name))
+        comm_filter = f"comm == {comm}"
+        _check(reader, fields["comm"][1], name, Predicate.parse, comm_filter)
+        filters.append(comm_filter)
     if "filter" in fields:
         for item, filter_text in reader.strings(fields["filter"][1], "filter", name):
             _check(reader, item, name, Predicate.parse, filter_text)
@@ -188,6 +204,7 @@ def _metric(reader: _Reader, node: yaml.Node) -> MetricSpec:
     probes = tuple(t for _, t in reader.strings(fields["probe"][1], "probe", name)) if "probe" in fields else ()
     spec = replace(spec, probes=probes, start=text("start"), done=text("done"), key=text("key"),
                    latency=text("latency"), value=text("value"), labels=tuple(labels), filters=tuple(filters),
+                   label_values=tuple(label_values),
                    line=node.start_mark.line + 1)
     source = fields[sources[0]][1]
     spec = replace(spec, probe_line=source.start_mark.line + 1)

@@ -60,6 +60,8 @@ class MetricSpec:
     pid: Optional[int] = None
     series_limit: int = DEFAULT_SERIES_LIMIT
     series_ttl: int = DEFAULT_SERIES_TTL  # counters: 0 keeps every series for the metric's life
+    # per label, names shown for raw values (status 200 -> ok); values without a name are shown as they are
+    label_values: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = ()
     line: int = field(default=0, compare=False)  # where the metric starts in its file
     probe_line: int = field(default=0, compare=False)  # where its probes are named
 
