@@ -477,6 +477,13 @@ metrics:
     type: counter
     probe: usdt:{httpd.binary}:demo_httpd:request__done
     comm: nobody_by_that
+  - name: demo_sizes
+    type: histogram
+    probe: usdt:{httpd.binary}:demo_httpd:request__done
+    value: arg3
+    labels: {{route: str(arg2), status: arg1}}
+    label_values: {{status: {{"200": ok, "404": not_found}}}}
+    pid: {httpd.pid}
 """)
     exporter = exporters(config)
     demo_services.drive([httpd], 3)
@@ -484,3 +491,5 @@ metrics:
     samples = wait_for(lambda: (lambda s: s if all(s.get(k) == v for k, v in want.items()) else None)(
         exporter.samples()), 15, "named status counts")
     assert samples["demo_requests_elsewhere_total"] == 0.0  # no process has that comm
+    sizes = {k: v for k, v in samples.items() if k.startswith("demo_sizes_count{")}
+    assert sizes['demo_sizes_count{route="/",status="ok"}'] == 3.0 and sum(sizes.values()) == 12.0, sizes

@@ -36,3 +36,14 @@ def test_a_histogram_can_keep_the_sum_of_its_values():
     hist = session.histograms()["hello:tick"]
     assert hist.total == 8 and hist.sum == sum(i * i for i in range(1, 9))
     assert hist.to_json()["sum"] == 204
+
+
+@pytest.mark.bpf
+def test_a_histogram_split_by_two_fields():
+    # hello:greet carries (i, name): one histogram of i per (name, comm), in the order asked
+    with trace("usdt::hello:greet", command=[HELLO, "3", "ann"], events=False,
+               hist=HistSpec(Field("arg", 0), by=(Field("str", 1), Field("comm")))) as session:
+        session.run(duration=30)
+    hists = session.histograms()
+    assert set(hists) == {("hello:greet", "ann", "hello_usdt")}
+    assert hists[("hello:greet", "ann", "hello_usdt")].total == 3

@@ -64,7 +64,7 @@ def test_the_example_config_checks(tmp_path):
     ("type: counter", "type: gauge", 4, "metric malloc_calls: type 'gauge': use counter or histogram"),
     ("    probe: uprobe:libc:malloc\n    labels", "    labels", 2, "metric malloc_calls: missing probe"),
     ("labels: {comm: comm}", "labels: {comm: arg99}", 6, "metric malloc_calls: unknown field 'arg99'"),
-    ("value: arg0", "value: arg0\n    labels: {a: arg0, b: arg1}", 8, "at most one label"),
+    ("value: arg0", "value: arg0\n    labels: {a: arg1, b: arg1}", 8, "split by a field twice"),
     ("[0.000001, 0.000005, 0.00001]", "[0.000001, 0.0000050001]", 16, "not a whole nanosecond"),
     ("[0.000001, 0.000005, 0.00001]", "[0.000002, 0.000001]", 16, "strictly increasing list"),
     ("latency: uprobe:libc:malloc", "latency: uprobe:libc:no_such_function_here", 15, "metric malloc_seconds:"),

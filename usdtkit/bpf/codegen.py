@@ -152,8 +152,8 @@ def needed_args(spec: AttachPlan, probe_index: int) -> FrozenSet[int]:
             used.add(spec.pair.start_key)
         if probe_index == spec.pair.done and spec.pair.done_key is not None:
             used.add(spec.pair.done_key)
-    if spec.hist is not None and spec.hist.by is not None:
-        used.add(spec.hist.by)
+    if spec.hist is not None:
+        used.update(spec.hist.by_fields)
     return frozenset(f.index for f in used if f.argument is not None and f.index < probe.arg_count)
 
 
@@ -209,7 +209,7 @@ class Generator:
         self.record = self._record_layout() if plan.events else None
         self.count_key = (StructLayout("usdtkit_count_key", key_members(plan.count_by, plan.string_size, COMM_LEN))
                           if plan.count_by else None)
-        hist_fields = [plan.hist.by] if plan.hist is not None and plan.hist.by is not None else []
+        hist_fields = list(plan.hist.by_fields) if plan.hist is not None else []
         self.hist_key = None
         if plan.hist is not None:
             members = key_members(hist_fields, plan.string_size, COMM_LEN)
@@ -341,8 +341,10 @@ class Generator:
             # A value whose read failed is counted as a read error, never as a number in a bucket.
             unread = f"(errs & {1 << hist.field.index}U)" if hist.field.name == "arg" else "0"
             out += [f"    if (!{unread}) {{", f"    u64 value = {value};", *self._key_start("hist", self.hist_key)]
-            if hist.by is not None:
-                out.append(self._key_fill(hist.by, 0))
+            # error bits in the order of the key's members, as readout decodes them
+            keyed = [m.field for m in self.hist_key.members if m.field is not None]
+            for bit, by in enumerate(keyed):
+                out.append(self._key_fill(by, bit))
             signed = self._field_signed(hist.field)
             if hist.kind == "log2":
                 if signed:

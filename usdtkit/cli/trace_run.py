@@ -27,7 +27,8 @@ from ..tracing.session import Session
 
 # --------------------------------------------------------------------------- running a session
 def _hist_spec(text: Optional[str], fld: Field, by: Optional[str]) -> HistSpec:
-    by_field = Field.parse(by) if by else None
+    fields = tuple(Field.parse(part) for part in by.split(",") if part.strip()) if by else ()
+    by_field = (fields[0] if len(fields) == 1 else fields) if fields else None
     if not text:
         return HistSpec(fld, by=by_field)
     try:
@@ -218,7 +219,8 @@ def run_count(args: argparse.Namespace) -> int:
 def _print_hists(session: Session, args: argparse.Namespace, title: str, totals: _Totals, final: bool) -> None:
     _, hists, stats = _interval_view(session, args, totals, final)
     if args.json:
-        doc = {"histograms": [{"probe": label[0], "by": label[1], **h.to_json()} if isinstance(label, tuple)
+        doc = {"histograms": [{"probe": label[0], "by": label[1] if len(label) == 2 else list(label[1:]),
+                               **h.to_json()} if isinstance(label, tuple)
                               else {"probe": label, **h.to_json()} for label, h in hists.items()],
                "stats": _report_losses(session, stats)}
         sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
@@ -230,7 +232,8 @@ def _print_hists(session: Session, args: argparse.Namespace, title: str, totals:
         for label, hist in sorted(hists.items(), key=lambda kv: str(kv[0])):
             unit = f" ({hist.unit})" if hist.unit else ""
             if isinstance(label, tuple):
-                label = f"{label[0]} [{args.by}={printable(str(label[1]))}]"
+                names = [part.strip() for part in args.by.split(",") if part.strip()]
+                label = f"{label[0]} [" + ", ".join(f"{n}={printable(str(v))}" for n, v in zip(names, label[1:])) + "]"
             p50, p99 = (format_value(hist.percentile(p), hist.unit) for p in (50, 99))
             print(f"{label} {title}{unit}: {hist.total} values, p50 <= {p50}, p99 <= {p99}")
             print(hist.render())

@@ -160,6 +160,14 @@ class MapReader:
         frames = self.frames(program, stack_id, pid, detail=False)
         return ";".join(reversed(frames)) or "[empty stack]"
 
+    def _hist_label(self, row: List[object]) -> Tuple[object, ...]:
+        """``(probe, value)``, or ``(probe, value1, value2, ...)`` in the order the fields were given."""
+        hist = self.plan.hist
+        assert hist is not None and self.layout.hist_key is not None
+        order = [m.field for m in self.layout.hist_key.members if m.field is not None]
+        values = dict(zip(order, row[1:]))
+        return (row[0], *(values[f] for f in hist.by_fields))
+
     def histograms(self, program: LoadedProgram) -> Optional[Dict[object, Histogram]]:
         hist = self.plan.hist
         layout = self.layout.hist_key
@@ -170,7 +178,7 @@ class MapReader:
         for raw, value in program.read_map("hist"):
             members = layout.unpack(raw)
             row = self._key_row(program, layout, raw)
-            label: object = row[0] if hist.by is None else (row[0], row[1])
+            label: object = row[0] if hist.by is None else self._hist_label(row)
             h = out.setdefault(label, Histogram(hist.kind, {}, hist.low, hist.high, hist.step, unit, hist.bounds,
                                                 0 if hist.sum else None))
             slot = int(members["slot"])  # type: ignore[call-overload]

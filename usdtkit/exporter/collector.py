@@ -211,7 +211,7 @@ class ExporterCollector:
         family = HistogramMetricFamily(spec.name, help_text, labels=names)
         merged: Dict[Tuple[str, ...], Histogram] = {}
         for key, hist in session.histograms().items():  # type: ignore[attr-defined]
-            labels = _namer(spec)((_text(key[1]),)) if names and isinstance(key, tuple) else ()
+            labels = _namer(spec)(tuple(_text(v) for v in key[1:])) if names and isinstance(key, tuple) else ()
             into = merged.setdefault(labels, Histogram(hist.kind, {}, hist.low, hist.high, hist.step, hist.unit,
                                                        hist.upper_bounds, 0))
             for index, count in hist.buckets.items():

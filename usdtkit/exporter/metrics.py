@@ -115,10 +115,8 @@ def to_request(spec: MetricSpec) -> TraceRequest:
     if spec.type == "counter":
         return make_request(list(spec.probes), target=target, filters=spec.filters, events=False,
                             count_by=labels)
-    if len(labels) > 1:
-        raise UsageError("a histogram takes at most one label for now")
     kind, low, high, step, bounds = kernel_buckets(spec)
-    by = Field.parse(labels[0]) if labels else None
+    by = tuple(Field.parse(label) for label in labels) or None
     measured = Field("latency") if spec.measures_latency else Field.parse(spec.value or "")
     hist = HistSpec(measured, kind, low, high, step, by=by, bounds=bounds, sum=True)
     if spec.latency is not None:

@@ -107,8 +107,8 @@ class AttachPlan:
                 _check_field(fld, probe, "count by", latency)
             if request.hist is not None:
                 _check_field(request.hist.field, probe, "histogram of", latency)
-                if request.hist.by is not None:
-                    _check_field(request.hist.by, probe, "histogram by", latency)
+                for by in request.hist.by_fields:
+                    _check_field(by, probe, "histogram by", latency)
         for index in request.event_strings:
             if not any(pointer_like(p, index) for p in self.handler_probes()):
                 raise UsageError(f"string arg{index}: no traced probe has a pointer argument {index}")

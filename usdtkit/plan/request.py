@@ -34,15 +34,25 @@ class HistSpec:
     low: int = 0
     high: int = 0
     step: int = 1
-    by: Optional[Field] = None
+    by: Union[None, Field, Tuple[Field, ...]] = None  # one field, or several (one histogram per combination)
     bounds: Tuple[int, ...] = ()  # fixed: inclusive upper bounds, increasing
     sum: bool = False  # also keep the sum of the values (one more map update per value)
 
     def __post_init__(self) -> None:
         if self.field.name in ("comm", "ustack", "probe", "str"):
             raise UsageError(f"cannot make a histogram of {self.field}")
-        if self.by is not None and self.by.name in ("latency", "ustack", "probe"):
-            raise UsageError(f"cannot split histograms by {self.by}")
+        if isinstance(self.by, tuple) and len(self.by) == 1:
+            object.__setattr__(self, "by", self.by[0])
+        by = self.by_fields
+        if len(set(by)) != len(by):
+            raise UsageError("a histogram is split by a field twice")
+        for fld in by:
+            if not isinstance(fld, Field):
+                raise UsageError(f"histogram by {fld!r}: not a field")
+            if fld.name in ("latency", "ustack", "probe"):
+                raise UsageError(f"cannot split histograms by {fld}")
+            if fld == self.field:
+                raise UsageError("a histogram cannot be split by its own field")
         if self.kind not in ("log2", "linear", "fixed"):
             raise UsageError(f"histogram kind {self.kind!r}: use log2, linear or fixed")
         if self.kind == "fixed":
@@ -62,6 +72,13 @@ class HistSpec:
             if self.step <= 0 or self.high <= self.low or self.buckets > buckets.MAX_LINEAR_BUCKETS:
                 raise UsageError(f"linear histogram needs low < high, step > 0 and at most "
                                  f"{buckets.MAX_LINEAR_BUCKETS} buckets")
+
+    @property
+    def by_fields(self) -> Tuple[Field, ...]:
+        """The fields that split the histogram, in order (none, one or several)."""
+        if self.by is None:
+            return ()
+        return self.by if isinstance(self.by, tuple) else (self.by,)
 
     @property
     def buckets(self) -> int:
@@ -134,8 +151,6 @@ class TraceRequest:
         keys = list(self.count_by or ())
         if len(set(keys)) != len(keys):
             raise UsageError("count_by names a field twice")
-        if self.hist is not None and self.hist.by is not None and self.hist.by == self.hist.field:
-            raise UsageError("a histogram cannot be split by its own field")
         if self.pair is not None:
             for key in (self.pair.start_key, self.pair.done_key):
                 if key is not None and key.name not in ("arg", "pid", "tid", "cpu"):
@@ -153,8 +168,8 @@ class TraceRequest:
     def reads_strings(self) -> bool:
         """Whether any string is read (event strings, ``str(argN)`` keys): ``string_size`` applies."""
         used = list(self.count_by or ())
-        if self.hist is not None and self.hist.by is not None:
-            used.append(self.hist.by)
+        if self.hist is not None:
+            used.extend(self.hist.by_fields)
         return bool(self.event_strings) or any(f.name == "str" for f in used)
 
     def handler_indexes(self) -> Tuple[int, ...]:
@@ -232,7 +247,8 @@ def make_request(
                 raise UsageError(f"{name}= applies to events, and this trace collects none (events=False)"
                                  + ("; count by 'str(argN)' instead" if name == "strings" else "")
                                  + ("; count by 'ustack' instead" if name == "stacks" else ""))
-    by_field = None if hist_by is None else _field(hist_by)
+    by_fields = _fields(hist_by)
+    by_field = None if by_fields is None else (by_fields[0] if len(by_fields) == 1 else by_fields)
     if isinstance(hist, HistSpec) and by_field is not None:
         raise UsageError("give hist_by inside the HistSpec (HistSpec(..., by=...)), not both")
     hist_spec = hist if isinstance(hist, HistSpec) or hist is None else HistSpec(_field(hist), by=by_field)
