@@ -153,7 +153,8 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     hist.add_argument("-v", "--value", default="arg0",
                       help="the field: arg0..arg11 or retval (default arg0), e.g. 'arg1', 'retval'")
     hist.add_argument("--linear", metavar="LOW,HIGH,STEP", help="linear buckets instead of log2, e.g. '0,2000,250'")
-    hist.add_argument("--by", metavar="FIELD", help="one histogram per value of FIELD, e.g. 'str(arg2)', 'arg1'")
+    hist.add_argument("--by", metavar="FIELD[,FIELD]",
+                      help="one histogram per value of FIELD (or per combination of several), e.g. 'str(arg2)', 'arg1'")
     _string_size(hist, "str(argN) key")
     _interval(hist)
     hist.set_defaults(func=_runner("run_hist"))
