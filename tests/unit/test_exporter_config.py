@@ -72,6 +72,7 @@ def test_the_example_config_checks(tmp_path):
     ("filter: 'arg0 > 0'", "filter: 'arg0 > 0'\n    series_ttl: -1", 8, "series_ttl must be between 0"),
     ("filter: 'arg0 > 0'", "filter: 'arg0 > 0'\n    label_values: {pid: {1: init}}", 8, "not one of the metric's labels"),
     ("filter: 'arg0 > 0'", "filter: 'arg0 > 0'\n    comm: 'a b'", 8, "filter 'comm == a b'"),
+    ("filter: 'arg0 > 0'", "filter: 'arg0 > 0'\n    cgroup: /etc", 8, "not in a cgroup v2 hierarchy"),
     ("value: arg0", "value: arg0\n    series_ttl: 60", 12, "series_ttl applies to counters"),
     ("series_limit", "series_limit", 1, None),
 ])

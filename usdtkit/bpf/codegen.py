@@ -183,7 +183,8 @@ def _predicate(pred: Predicate, probe: ResolvedProbe) -> str:
             raise UsageError(f"filter on retval: {probe.label} is not a uretprobe")
         lhs, signed = "retval", None
     else:
-        lhs, signed = {"pid": "pid", "tid": "tid", "cpu": "bpf_get_smp_processor_id()"}[name], False
+        lhs, signed = {"pid": "pid", "tid": "tid", "cpu": "bpf_get_smp_processor_id()",
+                       "cgroup": "bpf_get_current_cgroup_id()"}[name], False
     number = int(pred.value)
     if signed or (signed is None and number < 0):
         return f"((s64){lhs} {negate} (s64){_u64(number)})"
@@ -283,7 +284,7 @@ class Generator:
                 raise UsageError(f"no probe has an argument arg{fld.index}")
             return f"args[{fld.index}]"
         return {"pid": "pid", "tid": "tid", "cpu": "bpf_get_smp_processor_id()", "probe": "probe",
-                "retval": "retval", "latency": "latency"}[fld.name]
+                "retval": "retval", "latency": "latency", "cgroup": "bpf_get_current_cgroup_id()"}[fld.name]
 
     def _field_signed(self, fld: Field) -> bool:
         """Whether a histogram field can be negative: a signed argument of some probe, or a retval."""

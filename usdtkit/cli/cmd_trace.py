@@ -85,6 +85,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="keep hits where EXPR holds: argN, retval, pid, tid or cpu compared with an "
                         "integer (== != < <= > >=), or comm == or != a name, e.g. 'arg0 > 5', 'comm == nginx', "
                         "'tid != 7' (repeatable: all must hold)")
+    parser.add_argument("--cgroup", metavar="PATH",
+                        help="keep only hits from tasks in this cgroup v2 directory (a container, a service)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--unsafe", action="store_true",
                         help="allow uprobes at FUNC+OFFSET or addresses usdtkit cannot verify to start an "
@@ -138,7 +140,7 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
                         description="Count hits in the kernel, keyed by probe and optional fields.")
     _common(count)
     count.add_argument("-b", "--by", default="", metavar="FIELDS",
-                       help="comma-separated key fields among pid, tid, comm, cpu, arg0..arg11, str(argN), "
+                       help="comma-separated key fields among pid, tid, comm, cpu, cgroup, arg0..arg11, str(argN), "
                        "retval, ustack, e.g. 'comm,tid', 'str(arg1)', 'arg1'")
     count.add_argument("--top", type=_count, metavar="N",
                        help="show the N largest counts (default: 50 in text, all in JSON; 0: all); how many "

@@ -56,6 +56,8 @@ def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None
         options["pid"] = args.pid
     if getattr(args, "string_size", None) is not None:
         options["string_size"] = args.string_size
+    if getattr(args, "cgroup", None):
+        options["cgroup"] = args.cgroup
     return trace(*args.probes, on_event=on_event, filters=args.filter, unsafe=args.unsafe, **options)
 
 

@@ -22,6 +22,7 @@ import yaml
 from ..errors import ConfigError, UsdtkitError
 from ..expr.fields import Field, Predicate
 from ..plan.refs import parse_probe
+from ..plan.cgroups import cgroup_id
 from .metrics import BucketSpec, MetricSpec, kernel_buckets, to_request
 
 DEFAULT_RESOLVE_INTERVAL = 5.0
@@ -31,7 +32,7 @@ _METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _TOP_FIELDS = ("metrics", "resolve_interval")
 _METRIC_FIELDS = ("name", "help", "type", "probe", "start", "done", "key", "latency", "value", "labels",
-                  "label_values", "comm",
+                  "label_values", "comm", "cgroup",
                   "filter", "buckets", "pid", "series_limit", "series_ttl")
 _HISTOGRAM_ONLY = ("start", "done", "key", "latency", "value", "buckets")
 
@@ -219,6 +220,13 @@ def _metric(reader: _Reader, node: yaml.Node) -> MetricSpec:
         if pid <= 0:  # type: ignore[operator]
             raise reader.fail(fields["pid"][1], f"pid {pid}: must be a process id", name)
         spec = replace(spec, pid=pid)
+    if "cgroup" in fields:
+        path = str(reader.scalar(fields["cgroup"][1], str, "cgroup (a cgroup v2 directory)", name))
+        try:
+            cgroup_id(path)
+        except UsdtkitError as exc:
+            raise reader.fail(fields["cgroup"][1], str(exc), name) from None
+        spec = replace(spec, cgroup=path)
     if "series_limit" in fields:
         limit = reader.scalar(fields["series_limit"][1], int, "series_limit", name)
         if not 1 <= limit <= 1_000_000:  # type: ignore[operator]

@@ -58,6 +58,7 @@ class MetricSpec:
     filters: Tuple[str, ...] = ()
     buckets: BucketSpec = BucketSpec()
     pid: Optional[int] = None
+    cgroup: Optional[str] = None  # a cgroup v2 directory: only its tasks' hits
     series_limit: int = DEFAULT_SERIES_LIMIT
     series_ttl: int = DEFAULT_SERIES_TTL  # counters: 0 keeps every series for the metric's life
     # per label, names shown for raw values (status 200 -> ok); values without a name are shown as they are
@@ -78,7 +79,7 @@ class MetricSpec:
         """What decides the trace: two specs with the same key can share one session (a changed help
         text or series limit needs no new attach)."""
         return (self.type, self.probes, self.start, self.done, self.key, self.latency, self.value,
-                self.labels, self.filters, self.buckets, self.pid)
+                self.labels, self.filters, self.buckets, self.pid, self.cgroup)
 
 
 def _kernel_int(value: Fraction, scale: Fraction, what: str) -> int:
@@ -110,7 +111,7 @@ def kernel_buckets(spec: MetricSpec) -> Tuple[str, int, int, int, Tuple[int, ...
 
 def to_request(spec: MetricSpec) -> TraceRequest:
     """The trace that measures ``spec`` (validated: probe specs, fields, filters, buckets)."""
-    target = Target(pid=spec.pid) if spec.pid is not None else Target()
+    target = Target(pid=spec.pid, cgroup=spec.cgroup)
     labels = [f for _, f in spec.labels]
     if spec.type == "counter":
         return make_request(list(spec.probes), target=target, filters=spec.filters, events=False,

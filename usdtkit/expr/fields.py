@@ -12,7 +12,7 @@ from typing import Optional, Union
 
 from ..errors import UsageError
 
-FIELD_NAMES = ("pid", "tid", "comm", "cpu", "probe", "retval", "latency", "ustack")
+FIELD_NAMES = ("pid", "tid", "comm", "cpu", "cgroup", "probe", "retval", "latency", "ustack")
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=")
 MAX_ARGS = 12  # sys/sdt.h allows 12 arguments per USDT probe
 COMM_LEN = 16  # the kernel's TASK_COMM_LEN: 15 bytes and a NUL

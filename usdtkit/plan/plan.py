@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 
 from ..errors import NoSuchProcess, TargetError, UsageError
 from ..expr.fields import Field, Predicate
+from .cgroups import cgroup_id
 from .objects import ObjectTable
 from .request import HistSpec, PairSpec, TraceRequest
 from .resolve import ResolvedProbe, resolve, resolving
@@ -55,13 +56,21 @@ class AttachPlan:
     pid: Optional[int] = None
     objects: ObjectTable = field(default_factory=ObjectTable)
 
+    cgroup_id: Optional[int] = None  # the target cgroup's id at the time of planning
+
     def __post_init__(self) -> None:
         if len(self.probes) != len(self.request.probes):
             raise UsageError("a plan resolves every probe of its request")
         self._check_fields()
 
+    @property
+    def filters(self) -> Tuple[Predicate, ...]:
+        """The request's filters, and the target's cgroup as one more."""
+        if self.cgroup_id is None:
+            return self.request.filters
+        return self.request.filters + (Predicate(Field("cgroup"), "==", self.cgroup_id),)
+
     # The request's options, read where the plan is used (code generation, readout).
-    filters = property(lambda self: self.request.filters)
     events = property(lambda self: self.request.events)
     event_strings = property(lambda self: self.request.event_strings)
     string_size = property(lambda self: self.request.string_size)
@@ -148,12 +157,13 @@ def make_plan(request: TraceRequest) -> AttachPlan:
     in_pid = target.pid if target.resolve_in_pid else None
     if in_pid is not None:
         check_process(in_pid)
+    cgroup = cgroup_id(target.cgroup) if target.cgroup is not None else None
     with resolving() as objects:
         resolved = tuple(resolve(ref, in_pid, request.unsafe) for ref in request.probes)
         used = [site.obj for probe in resolved for site in probe.sites if site.obj is not None]
         objects.keep_only(used)
         try:
-            return AttachPlan(request, resolved, target.pid, objects)
+            return AttachPlan(request, resolved, target.pid, objects, cgroup)
         except BaseException:
             objects.close()
             raise

@@ -107,6 +107,7 @@ class Target:
 
     pid: Optional[int] = None
     executable: Optional[str] = None
+    cgroup: Optional[str] = None  # a cgroup v2 directory: only hits from tasks in it (a container, a service)
 
     def __post_init__(self) -> None:
         if self.pid is not None and (not isinstance(self.pid, int) or isinstance(self.pid, bool)

@@ -21,25 +21,27 @@ from .launch import GatedCommand
 from .session import EventCallback, Session
 
 
-def build_plan(probes: Sequence[Union[str, ProbeRef]], pid: Optional[int] = None, **options: object) -> AttachPlan:
+def build_plan(probes: Sequence[Union[str, ProbeRef]], pid: Optional[int] = None, cgroup: Optional[str] = None,
+               **options: object) -> AttachPlan:
     """Parse, validate and resolve a trace: :func:`make_request` options, against process ``pid`` (or the
-    whole system)."""
+    whole system), keeping only hits from cgroup v2 directory ``cgroup`` when given."""
     if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
         raise UsageError(f"invalid pid {pid!r}")
     request = make_request(list(probes) if not isinstance(probes, (str, ProbeRef)) else [probes],
-                           target=Target(pid), **options)  # type: ignore[arg-type]
+                           target=Target(pid, cgroup=cgroup), **options)  # type: ignore[arg-type]
     return make_plan(request)
 
 
 def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = None,
           command: Optional[Sequence[str]] = None, command_stdout: Optional[int] = None,
-          keep_events: Optional[int] = 1_000_000, pid: Optional[int] = None,
+          keep_events: Optional[int] = 1_000_000, pid: Optional[int] = None, cgroup: Optional[str] = None,
           backend: Optional[Backend] = None, **options: object) -> Session:
     """Build a trace of ``probes``; use the result as a context manager to attach and detach.
 
     Options are those of :func:`usdtkit.plan.request.make_request` (``filters``, ``events``, ``strings``,
     ``string_size``, ``count_by``, ``hist``, ``hist_by``, ``latency``, ``pair_keys``, ``stacks``,
-    ``ring_pages``, ``unsafe``).  ``pid=PID`` traces one running process.  ``command=[argv...]`` starts
+    ``ring_pages``, ``unsafe``).  ``pid=PID`` traces one running process; ``cgroup=PATH`` keeps only hits
+    from the tasks of one cgroup v2 directory (a container, a systemd service).  ``command=[argv...]`` starts
     that program with the probes attached before its first instruction (probe specs may leave the
     binary empty); the session ends when it exits, and closing the session stops it and everything it
     started (``command_stdout``: an fd for its output, ``subprocess.PIPE`` for
@@ -49,7 +51,7 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
     if command is None:
         if command_stdout is not None:
             raise UsageError("command_stdout is where a started command writes: give command= as well")
-        plan = build_plan(list(probes), pid=pid, **options)
+        plan = build_plan(list(probes), pid=pid, cgroup=cgroup, **options)
         try:
             return Session(plan, on_event=on_event, keep_events=keep_events, backend=backend)
         except BaseException:
@@ -64,7 +66,7 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
     make_request(list(probes), target=Target(), **options)  # type: ignore[arg-type]
     gated = GatedCommand(argv, stdout=command_stdout)
     try:
-        request = make_request(list(probes), target=Target(gated.pid, gated.executable),
+        request = make_request(list(probes), target=Target(gated.pid, gated.executable, cgroup),
                                **options)  # type: ignore[arg-type]
         plan = make_plan(request)
         try:
