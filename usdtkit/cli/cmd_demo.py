@@ -147,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
         results = {
             "probes": listing,
+            "pids": {"demo_httpd": httpd.pid, "demo_pyservice": pysvc.pid},
             "requests_sent": sent,
             "demo_httpd": {"latency": _histograms(c_latency), "status": c_status.counts(),
                            "render_items": _histograms(c_render)},
@@ -168,6 +169,7 @@ def _report(args: argparse.Namespace, results: dict, stats: dict, total: int) ->
                 "latency_by_route": {route: h.to_json() for route, h in part["latency"].items()},
                 "status_counts": part["status"].to_json(),
                 "probes": results["probes"][service],
+                "pid": results["pids"][service],
             }
         doc["services"]["demo_httpd"]["render_items_latency"] = {
             k: h.to_json() for k, h in results["demo_httpd"]["render_items"].items()}
