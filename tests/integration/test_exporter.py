@@ -320,21 +320,29 @@ def test_a_selected_pid_that_exits_marks_its_metric_down(tmp_path, exporters):
     assert key not in exporter.samples()
 
 
-def test_series_over_the_limit_are_counted_not_merged(tmp_path, httpd, exporters):
+def requests_by_id(tmp_path, httpd, exporters, option: str):
+    """An exporter counting the demo's requests by id (a new label value per request), with ``option``."""
     config = write_config(tmp_path / "exporter.yaml", f"""\
 metrics:
   - name: demo_requests_by_id
     type: counter
     probe: usdt:{httpd.binary}:demo_httpd:request__done
     labels: {{id: arg0}}
-    series_limit: 3
+    {option}
     pid: {httpd.pid}
 """)
-    exporter = exporters(config)
+    return exporters(config)
+
+
+def sample_reaches(exporter, key: str, value: float, timeout: float, what: str) -> Dict[str, float]:
+    return wait_for(lambda: (lambda s: s if s.get(key) == value else None)(exporter.samples()), timeout, what)
+
+
+def test_series_over_the_limit_are_counted_not_merged(tmp_path, httpd, exporters):
+    exporter = requests_by_id(tmp_path, httpd, exporters, "series_limit: 3")
     demo_services.drive([httpd], 10, routes=["/"])
     dropped = 'usdtkit_exporter_series_dropped{metric="demo_requests_by_id"}'
-    samples = wait_for(lambda: (lambda s: s if s.get(dropped) == 7.0 else None)(exporter.samples()), 10,
-                       "7 series dropped")
+    samples = sample_reaches(exporter, dropped, 7.0, 10, "7 series dropped")
     kept = {k: v for k, v in samples.items() if k.startswith("demo_requests_by_id_total{")}
     assert len(kept) == 3 and set(kept.values()) == {1.0}  # one request each: nothing merged into them
     assert samples['usdtkit_exporter_probe_hits_total{metric="demo_requests_by_id"}'] == 10.0
@@ -440,20 +448,10 @@ metrics:
 
 
 def test_series_that_stop_changing_are_forgotten_in_the_kernel_too(tmp_path, httpd, exporters):
-    config = write_config(tmp_path / "exporter.yaml", f"""\
-metrics:
-  - name: demo_requests_by_id
-    type: counter
-    probe: usdt:{httpd.binary}:demo_httpd:request__done
-    labels: {{id: arg0}}
-    series_ttl: 1
-    pid: {httpd.pid}
-""")
-    exporter = exporters(config)
+    exporter = requests_by_id(tmp_path, httpd, exporters, "series_ttl: 1")
     demo_services.drive([httpd], 5, routes=["/"])
     forgotten = 'usdtkit_exporter_series_forgotten_total{metric="demo_requests_by_id"}'
-    samples = wait_for(lambda: (lambda s: s if s.get(forgotten) == 5.0 else None)(exporter.samples()), 15,
-                       "5 series forgotten")
+    samples = sample_reaches(exporter, forgotten, 5.0, 15, "5 series forgotten")
     assert not [k for k in samples if k.startswith("demo_requests_by_id_total{")]
     demo_services.drive([httpd], 2, routes=["/"])  # new ids make new series, counted from zero
     samples = wait_for(lambda: (lambda s: s if len([k for k in s if k.startswith("demo_requests_by_id_total{")]) == 2
