@@ -4,8 +4,8 @@ A :class:`Backend` turns a :class:`~usdtkit.bpf.layout.ProgramLayout` into a :cl
 everything above speaks only this interface and the layout, never bcc:
 
 * attach an entry function at call sites of one file (``attach``), detach everything (``detach_all``);
-* read a map as raw key and value bytes, per-CPU values summed (``read_map``), clear it or delete some
-  of its keys (a long-running reader forgets series that stopped changing), write a ``config`` slot;
+* read a map as raw key and value bytes, per-CPU values summed (``read_map``), delete some of its keys
+  (a long-running reader forgets series that stopped changing), write a ``config`` slot;
 * read a recorded stack (``stack``) and the kernel's run-time counters of the programs (``run_stats``);
 * deliver event records as bytes (``open_events``) and consume them with a time budget (``consume``):
   a producer that never pauses cannot keep the consumer from returning.
@@ -16,7 +16,7 @@ the same way.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
 from .layout import ProgramLayout
 
@@ -34,8 +34,6 @@ class LoadedProgram(Protocol):
     def set_config(self, index: int, value: int) -> None: ...
 
     def read_map(self, name: str) -> List[Tuple[bytes, int]]: ...
-
-    def clear_map(self, name: str) -> None: ...
 
     def delete_keys(self, name: str, keys: Sequence[bytes]) -> int: ...
 
@@ -57,8 +55,3 @@ class Backend(Protocol):
     name: str
 
     def load(self, layout: ProgramLayout) -> LoadedProgram: ...
-
-
-def u64_values(items: Iterable[Tuple[bytes, bytes]]) -> List[Tuple[bytes, int]]:
-    """``(key, value)`` byte pairs with the value read as a little-endian u64."""
-    return [(key, int.from_bytes(value[:8], "little")) for key, value in items]

@@ -213,9 +213,6 @@ class Program:
             out.append((bytes(key), total))
         return out
 
-    def clear_map(self, name: str) -> None:
-        self.table(name).clear()
-
     def delete_keys(self, name: str, keys: Sequence[bytes]) -> int:
         """Delete these keys (as :meth:`read_map` gave them); returns how many were there."""
         table = self.table(name)

@@ -204,7 +204,6 @@ class Generator:
         self.ringbuf = ringbuf
         self.nargs = record_args(plan)
         self.attachments: List[Attachment] = []
-        self.functions: List[str] = []
         self.maps: Dict[str, MapLayout] = {}
         self._lines: List[str] = []
         self.record = self._record_layout() if plan.events else None
@@ -454,7 +453,6 @@ class Generator:
                 mask = string_mask(plan, p_index)
                 body.append(f"    return usdtkit_handle(ctx, probe, args, errs, retval, latency, pid, tid, {mask});")
                 out += [f"int {name}(struct pt_regs *ctx) {{", *body, "}"]
-                self.functions.append(name)
                 for site in sites:
                     self.attachments.append(Attachment(name, site, probe.ref.is_return))
 
@@ -497,13 +495,9 @@ class Generator:
         self._declarations()
         self._handler()
         self._entries()
-        plan = self.plan
         return ProgramLayout(
-            text="\n".join(self._lines) + "\n", maps=dict(self.maps), functions=tuple(self.functions),
-            attachments=tuple(self.attachments), nprobes=len(plan.probes), nargs=self.nargs,
-            ringbuf=self.ringbuf, record=self.record, count_key=self.count_key, hist_key=self.hist_key,
-            string_size=plan.string_size, string_slots=tuple(plan.event_strings),
-            config=("target_pid",) if plan.pid is not None else ())
+            text="\n".join(self._lines) + "\n", maps=dict(self.maps), attachments=tuple(self.attachments),
+            ringbuf=self.ringbuf, record=self.record, count_key=self.count_key, hist_key=self.hist_key)
 
 
 def generate(plan: AttachPlan, ringbuf: bool = True) -> ProgramLayout:

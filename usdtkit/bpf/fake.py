@@ -52,9 +52,6 @@ class FakeProgram:
     def read_map(self, name: str) -> List[Tuple[bytes, int]]:
         return list(self.maps[name].items())
 
-    def clear_map(self, name: str) -> None:
-        self.maps[name].clear()
-
     def delete_keys(self, name: str, keys: Sequence[bytes]) -> int:
         table = self.maps[name]
         return sum(table.pop(key, None) is not None for key in keys)

@@ -16,7 +16,6 @@ from ..plan.resolve import Site
 
 STATS_PER_PROBE = 5
 STAT_HITS, STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_READ_ERRORS, STAT_UNMATCHED = range(5)
-STAT_NAMES = ("hits", "lost_events", "lost_keys", "read_errors", "unmatched")
 
 _SIZES = {"u8": 1, "char": 1, "u32": 4, "s32": 4, "u64": 8, "s64": 8}
 _CODES = {"u8": "B", "char": "s", "u32": "I", "s32": "i", "u64": "Q", "s64": "q"}
@@ -146,17 +145,11 @@ class ProgramLayout:
 
     text: str
     maps: Dict[str, MapLayout]
-    functions: Tuple[str, ...]
-    attachments: Tuple[Attachment, ...]
-    nprobes: int
-    nargs: int
+    attachments: Tuple[Attachment, ...]  # every call site with the entry function attached there
     ringbuf: bool
     record: Optional[StructLayout] = None
     count_key: Optional[StructLayout] = None
     hist_key: Optional[StructLayout] = None
-    string_size: int = 0
-    string_slots: Tuple[int, ...] = ()  # argument index of each event string slot
-    config: Tuple[str, ...] = ("target_pid",)
 
     def stats_index(self, probe: int, which: int) -> int:
         return probe * STATS_PER_PROBE + which

@@ -172,7 +172,7 @@ def run_trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interval_view(session: Session, args: argparse.Namespace, totals: _Totals, final: bool):
+def _interval_view(session: Session, args: argparse.Namespace, totals: _Totals):
     """Counts, histograms and stats to print now: per interval (the change since the last print), or
     cumulative with --cumulative and at the end of a trace without -i."""
     counts, hists, stats = session.counts(), session.histograms(), session.stats()
@@ -192,8 +192,8 @@ def run_count(args: argparse.Namespace) -> int:
 
     top = args.top if args.top is not None else (0 if args.json else 50)
 
-    def show(final: bool) -> None:
-        counts, _, stats = _interval_view(session, args, totals, final)
+    def show() -> None:
+        counts, _, stats = _interval_view(session, args, totals)
         omitted = len(counts) - top if counts is not None and top and len(counts) > top else 0
         if args.json:
             doc = {"counts": counts.to_json() if counts is not None else None, "stats": _report_losses(session, stats)}
@@ -210,16 +210,16 @@ def run_count(args: argparse.Namespace) -> int:
             _report_losses(session, stats)
         sys.stdout.flush()
 
-    reason = _collect(session, args, on_tick=lambda: show(False))
-    show(True)
+    reason = _collect(session, args, on_tick=show)
+    show()
     _no_hits_hint(session, args)
     if not args.json:
         print(f"({reason})", file=sys.stderr)
     return 0
 
 
-def _print_hists(session: Session, args: argparse.Namespace, title: str, totals: _Totals, final: bool) -> None:
-    _, hists, stats = _interval_view(session, args, totals, final)
+def _print_hists(session: Session, args: argparse.Namespace, title: str, totals: _Totals) -> None:
+    _, hists, stats = _interval_view(session, args, totals)
     if args.json:
         doc = {"histograms": [{"probe": label[0], "by": label[1] if len(label) == 2 else list(label[1:]),
                                **h.to_json()} if isinstance(label, tuple)
@@ -249,8 +249,8 @@ def run_hist(args: argparse.Namespace) -> int:
         raise UsageError(f"--value {args.value}: histograms take arg0..arg11 or retval")
     session = _session(args, events=False, hist=_hist_spec(args.linear, fld, args.by))
     totals = _Totals()
-    reason = _collect(session, args, on_tick=lambda: _print_hists(session, args, str(fld), totals, False))
-    _print_hists(session, args, str(fld), totals, True)
+    reason = _collect(session, args, on_tick=lambda: _print_hists(session, args, str(fld), totals))
+    _print_hists(session, args, str(fld), totals)
     _no_hits_hint(session, args)
     if not args.json:
         print(f"({reason})", file=sys.stderr)
@@ -269,8 +269,8 @@ def run_latency(args: argparse.Namespace) -> int:
     session = _session(args, events=False, latency=True, pair_keys=keys,
                        hist=_hist_spec(args.linear, Field("latency"), args.by))
     totals = _Totals()
-    reason = _collect(session, args, on_tick=lambda: _print_hists(session, args, "latency", totals, False))
-    _print_hists(session, args, "latency", totals, True)
+    reason = _collect(session, args, on_tick=lambda: _print_hists(session, args, "latency", totals))
+    _print_hists(session, args, "latency", totals)
     _no_hits_hint(session, args)
     if not args.json:
         print(f"({reason})", file=sys.stderr)

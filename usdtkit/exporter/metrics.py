@@ -12,7 +12,6 @@ whose boundaries include every listed bound, and refused when that would take to
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Optional, Tuple

@@ -16,7 +16,7 @@ from ..errors import NoSuchProcess, TargetError, UsageError
 from ..expr.fields import Field, Predicate
 from .cgroups import cgroup_id
 from .objects import ObjectTable
-from .request import HistSpec, PairSpec, TraceRequest
+from .request import TraceRequest
 from .resolve import ResolvedProbe, resolve, resolving
 
 X86_PARAM_REGISTERS = 6  # uprobe entry arguments: rdi, rsi, rdx, rcx, r8, r9

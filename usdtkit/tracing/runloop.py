@@ -8,8 +8,8 @@ It owns time and interruptions so the session does not have to:
 * **interval ticks** (``interval``): ``on_tick()`` is called once per interval, on time;
 * **signals as flags**: SIGINT and SIGTERM (in the main thread) only set a flag and ask the session to
   stop consuming, because a handler that raises would land inside a backend callback;
-* the **target's lifecycle**: when it exits, ``on_target_exit()`` may re-attach (return True to go on),
-  otherwise the loop ends.
+* the **target's lifecycle**: when it exits, the loop ends (a long-running service that follows
+  restarts makes a new plan and session, as :mod:`usdtkit.exporter.service` does).
 
 :meth:`RunLoop.run` returns the reason it stopped: ``duration``, ``until``, ``stopped``,
 ``target exited``, ``interrupted`` or ``terminated``.
@@ -50,17 +50,14 @@ class RunLoop:
 
     def __init__(self, session: "Session", duration: Optional[float] = None, interval: Optional[float] = None,
                  until: Optional[Callable[[], bool]] = None, on_tick: Optional[Callable[[], None]] = None,
-                 on_target_exit: Optional[Callable[[], bool]] = None, poll_interval: float = 0.1,
-                 raise_interrupt: bool = False, handle_signals: bool = True) -> None:
+                 poll_interval: float = 0.1, raise_interrupt: bool = False) -> None:
         self.session = session
         self.duration = check_seconds(duration, "duration")
         self.interval = check_seconds(interval, "interval", MIN_INTERVAL_S)
         self.until = until
         self.on_tick = on_tick
-        self.on_target_exit = on_target_exit
         self.poll_interval = min(check_seconds(poll_interval, "poll interval") or MAX_STEP_S, MAX_STEP_S)
         self.raise_interrupt = raise_interrupt
-        self.handle_signals = handle_signals
         self.reason = ""
         self._signals: List[int] = []
 
@@ -78,7 +75,7 @@ class RunLoop:
         """While the session polls, SIGINT and SIGTERM only set a flag (where they are still at their
         defaults: an application's own handler stays in charge); outside, they act as usual."""
         installed = {}
-        if self.handle_signals and threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 if signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL):
                     installed[signum] = signal.signal(signum, self._on_signal)
@@ -91,8 +88,7 @@ class RunLoop:
     def steps(self) -> Iterator[None]:
         """The loop, yielding after every poll (a stream hands out its events there)."""
         session = self.session
-        was_stopped = session.stopped
-        if was_stopped:  # stopped before this loop began (a signal during attach, say): nothing to wait for
+        if session.stopped:  # stopped before this loop began (a signal during attach, say): nothing to wait for
             self.reason = "stopped"
             return
         try:
@@ -114,12 +110,10 @@ class RunLoop:
                 if self._signals:
                     self.reason = "interrupted" if signal.SIGINT in self._signals else "terminated"
                     break
-                if session.stopped and not was_stopped:
+                if session.stopped:
                     self.reason = "stopped"
                     break
                 if session.target_exited:
-                    if self.on_target_exit is not None and self.on_target_exit():
-                        continue
                     self.reason = "target exited"
                     break
                 if self.until is not None and self.until():
@@ -139,6 +133,6 @@ class RunLoop:
                 yield
         finally:
             if self._signals:
-                session._stop = False  # the flag served this loop; the session stays usable
+                session.resume()  # the stop served this loop; the session stays usable
         if self.raise_interrupt and signal.SIGINT in self._signals:
             raise KeyboardInterrupt

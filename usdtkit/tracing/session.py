@@ -22,7 +22,7 @@ from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tu
 
 from ..bpf import capabilities, codegen
 from ..bpf.backend import Backend, LoadedProgram
-from ..collect.readout import MapReader, probe_signs
+from ..collect.readout import MapReader
 from ..collect.records import ProbeDecoder, RecordDecoder
 from ..collect.results import Counts, Event, Histogram, ProbeStats
 from ..collect.symbolize import Symbolizer
@@ -96,10 +96,6 @@ class Session:
     def attachments(self) -> Tuple[codegen.Attachment, ...]:
         return self.layout.attachments
 
-    @property
-    def text(self) -> str:
-        return self.layout.text
-
     def _site_warnings(self) -> List[str]:
         """Warnings known before attaching: expensive uprobe sites, IFUNC resolvers, misfiring USDT probes."""
         out = []
@@ -123,7 +119,7 @@ class Session:
         mask = codegen.string_mask(self.plan, index)
         slots = [(slot, arg) for slot, arg in enumerate(self.plan.event_strings)
                  if mask & (1 << slot) and arg < probe.arg_count]
-        return ProbeDecoder(self.labels[index], probe.arg_count, probe_signs(self.plan, index), slots,
+        return ProbeDecoder(self.labels[index], probe.arg_count, self._reader.signs[index], slots,
                             probe.ref.is_return, self.plan.request.latency)
 
     def _event_stack(self, stack_id: int, pid: int) -> Optional[Tuple[str, ...]]:
@@ -263,6 +259,10 @@ class Session:
         """Stop delivering events (callable from ``on_event`` or a signal handler); a run loop returns
         at its next check."""
         self._stop = True
+
+    def resume(self) -> None:
+        """Deliver events again after :meth:`stop`."""
+        self._stop = False
 
     @property
     def stopped(self) -> bool:
