@@ -15,7 +15,7 @@ from ..plan.buckets import SUM_SLOT
 from ..plan.plan import AttachPlan
 from .results import Counts, Histogram, ProbeStats
 from .symbolize import Symbolizer
-from .text import decode_text, signed64
+from .text import c_string, decode_text, signed64
 
 
 def probe_signs(plan: AttachPlan, index: int) -> List[bool]:
@@ -125,7 +125,7 @@ class MapReader:
                members: Dict[str, object]) -> object:
         name = getattr(fld, "name")
         if name == "comm":
-            return bytes(value).split(b"\0", 1)[0].decode(errors="replace")  # type: ignore[arg-type]
+            return c_string(bytes(value))  # type: ignore[arg-type]
         if name == "str":
             return decode_text(bytes(value), self.plan.string_size)[0]  # type: ignore[arg-type]
         if name == "ustack":

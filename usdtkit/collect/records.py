@@ -11,7 +11,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..bpf.layout import StructLayout
 from .results import Event
-from .text import decode_text, signed64
+from .text import c_string, decode_text, signed64
 
 __all__ = ["ProbeDecoder", "RecordDecoder", "signed64"]
 
@@ -66,7 +66,7 @@ class RecordDecoder:
             for i in range(probe.arg_count):
                 if errs & (1 << i):
                     args[i] = None
-        comm = fields[self._comm].split(b"\0", 1)[0].decode(errors="replace")
+        comm = c_string(fields[self._comm])
         frames = self.stack_of(stack, pid) if self.stack_of is not None else None
         return Event(probe.label, pid, tid, ts, cpu, comm, tuple(args),
                      retval if probe.is_return else None, latency if probe.has_latency else None, frames,

@@ -11,6 +11,11 @@ def signed64(value: int) -> int:
     return value - (1 << 64) if value >> 63 else value
 
 
+def c_string(raw: bytes) -> str:
+    """The NUL-terminated text at the start of ``raw`` (a name such as a task's comm)."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+
+
 def decode_text(raw: bytes, limit: int) -> Tuple[str, bool]:
     """The C string in ``raw`` shown up to ``limit`` bytes, and whether it was longer (then the text
     ends with :data:`CUT_MARK`).  The kernel keeps one byte more than ``limit`` to tell the two apart."""

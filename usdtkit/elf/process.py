@@ -90,6 +90,15 @@ class MappedObject:
         }
 
 
+def parse_device(text: str) -> Optional[int]:
+    """A ``/proc/PID/maps`` device (``fd:01``) as a ``st_dev`` number."""
+    major, sep, minor = text.partition(":")
+    try:
+        return os.makedev(int(major, 16), int(minor, 16)) if sep else None
+    except ValueError:
+        return None
+
+
 def read_maps(pid: int) -> List[Tuple[Mapping, str, str, int]]:
     """``(mapping, pathname, device, inode)`` for each file-backed line of ``/proc/PID/maps``."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:

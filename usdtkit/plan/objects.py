@@ -37,15 +37,6 @@ class ObjectFile:
         return f"ObjectFile({self.path!r}, fd={self.fd}, dev={self.device:#x}, ino={self.inode})"
 
 
-def parse_device(text: str) -> Optional[int]:
-    """A ``/proc/PID/maps`` device (``fd:01``) as a ``st_dev`` number."""
-    major, sep, minor = text.partition(":")
-    try:
-        return os.makedev(int(major, 16), int(minor, 16)) if sep else None
-    except ValueError:
-        return None
-
-
 class ObjectTable:
     """The binaries one resolution opened, each once; closing the table closes them all."""
 

@@ -25,7 +25,8 @@ from .. import elf
 from ..elf.model import Arg, UsdtProbe
 from ..elf.suggest import did_you_mean, near_probes
 from ..errors import NoSuchProcess, ProbeNotFound, TargetError, UsageError, UsdtkitError
-from .objects import ObjectFile, ObjectTable, parse_device
+from ..elf.process import parse_device
+from .objects import ObjectFile, ObjectTable
 from .refs import ProbeRef
 
 T = TypeVar("T")

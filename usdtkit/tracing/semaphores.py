@@ -15,7 +15,7 @@ import os
 import threading
 from typing import Dict, List, Optional, Tuple
 
-from ..elf.process import read_maps
+from ..elf.process import parse_device, read_maps
 from ..errors import AttachError
 
 _Key = Tuple[int, int]  # (pid, runtime address)
@@ -37,8 +37,7 @@ def semaphore_address(pid: int, path: str, file_offset: int) -> Optional[int]:
     except OSError:
         return None
     for mapping, _, device, inode in read_maps(pid):
-        major, _, minor = device.partition(":")
-        if inode != target.st_ino or os.makedev(int(major, 16), int(minor, 16)) != target.st_dev:
+        if inode != target.st_ino or parse_device(device) != target.st_dev:
             continue
         if not mapping.perms.startswith("rw") or mapping.perms[3] != "p":
             continue
