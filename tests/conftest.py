@@ -5,6 +5,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, List
 
@@ -13,6 +14,18 @@ import pytest
 from usdtkit.elf import read_usdt_probes
 
 PROGRAMS = Path(__file__).parent / "integration" / "programs"
+
+
+@pytest.fixture(scope="module")
+def targets():
+    """The processes that README and --help examples trace (``-p PID``), started as they are needed."""
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    import cli_examples
+
+    found = cli_examples.Targets()
+    cli_examples.build_hello()
+    yield found
+    found.close()
 
 
 @pytest.fixture(scope="session")

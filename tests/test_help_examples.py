@@ -85,14 +85,6 @@ def test_every_quoted_option_value_is_shown_in_an_example():
         assert value in used, f"{value!r} ({dest} in usdtkit {'/'.join(names)} --help) is in no example"
 
 
-@pytest.fixture(scope="module")
-def targets():
-    found = cli_examples.Targets()
-    cli_examples.build_hello()
-    yield found
-    found.close()
-
-
 @pytest.mark.bpf
 @pytest.mark.parametrize("name,line", all_examples(), ids=[line[8:60] for _, line in all_examples()])
 def test_example_runs(targets, name, line):

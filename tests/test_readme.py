@@ -169,14 +169,6 @@ def test_the_test_command_is_what_ci_runs():
     assert ci[-1] == RUN_BY_CI
 
 
-@pytest.fixture(scope="module")
-def targets():
-    found = cli_examples.Targets()
-    cli_examples.build_hello()
-    yield found
-    found.close()
-
-
 @pytest.mark.bpf
 @pytest.mark.parametrize("line", sorted(CHECKS), ids=[line[:60] for line in sorted(CHECKS)])
 def test_command(targets, line):

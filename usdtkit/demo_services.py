@@ -93,6 +93,17 @@ def build_httpd(cache: Optional[str] = None) -> str:
     return binary
 
 
+def _terminate(process: "subprocess.Popen", grace: float) -> None:
+    """SIGTERM, ``grace`` seconds to exit, then SIGKILL; reaped either way."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class DemoService:
     """A started demo service: its process, port, and the binary or provider object to trace."""
@@ -118,13 +129,7 @@ class DemoService:
             return exc.code
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process, grace=5)
         for stream in (self.process.stdout, self.process.stdin):
             if stream:
                 stream.close()
@@ -256,10 +261,4 @@ class PrometheusServer:
                 float(r["value"][1]) for r in doc["data"]["result"]}
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process, grace=30)

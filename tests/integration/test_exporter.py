@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional
 import pytest
 
 from usdtkit import demo_services
+from usdtkit.cli.demo_prometheus import config_text
 
 from test_lifecycle import assert_no_new_programs, usdtkit_link_ids, usdtkit_program_ids
 
@@ -118,27 +119,6 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
-def demo_metrics(binary: str, pid: Optional[int] = None) -> str:
-    """Demo metrics; with ``pid``, of that process only (other tests may run demo services of the same
-    binary at the same time, and a binary given by path is traced in every process)."""
-    text = f"""\
-metrics:
-  - name: demo_requests
-    help: Requests served, by route and status
-    type: counter
-    probe: usdt:{binary}:demo_httpd:request__done
-    labels: {{route: str(arg2), status: arg1}}
-  - name: demo_request_duration_seconds
-    help: Request latency by route
-    type: histogram
-    start: usdt:{binary}:demo_httpd:request__start
-    done: usdt:{binary}:demo_httpd:request__done
-    key: arg0
-    labels: {{route: str(arg2)}}
-"""
-    return text if pid is None else text.replace("    type: ", f"    pid: {pid}\n    type: ")
-
-
 def test_prometheus_stores_exactly_the_load(tmp_path, httpd, exporters):
     more = f"""\
   - name: demo_render_seconds
@@ -153,7 +133,7 @@ def test_prometheus_stores_exactly_the_load(tmp_path, httpd, exporters):
     buckets: {{linear: [0, 4096, 256]}}
     pid: {httpd.pid}
 """
-    exporter = exporters(write_config(tmp_path / "exporter.yaml", demo_metrics(httpd.binary, httpd.pid) + more))
+    exporter = exporters(write_config(tmp_path / "exporter.yaml", config_text(httpd.binary, httpd.pid) + more))
     prometheus = start_prometheus(exporter.port, tmp_path)
     try:
         wait_for(lambda: prometheus.query('up{job="usdtkit"}') == {"": 1.0}, 30, "a first scrape")
@@ -205,7 +185,7 @@ def test_prometheus_stores_exactly_the_load(tmp_path, httpd, exporters):
 
 def test_sighup_keeps_unchanged_values_adds_metrics_and_sigterm_leaves_nothing(tmp_path, httpd, exporters):
     programs, links = usdtkit_program_ids(), usdtkit_link_ids()
-    config = write_config(tmp_path / "exporter.yaml", demo_metrics(httpd.binary, httpd.pid))
+    config = write_config(tmp_path / "exporter.yaml", config_text(httpd.binary, httpd.pid))
     exporter = exporters(config)
     demo_services.drive([httpd], 3, routes=["/"])
     key = 'demo_requests_total{route="/",status="200"}'
@@ -216,7 +196,7 @@ def test_sighup_keeps_unchanged_values_adds_metrics_and_sigterm_leaves_nothing(t
     probe: usdt:{httpd.binary}:demo_httpd:conn__accept
     pid: {httpd.pid}
 """
-    write_config(config, demo_metrics(httpd.binary, httpd.pid) + added)
+    write_config(config, config_text(httpd.binary, httpd.pid) + added)
     exporter.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "demo_accepts_total" in exporter.samples(), 30, "the added metric")
     assert exporter.samples()[key] == 3.0  # the unchanged metric kept its session and its count
@@ -225,13 +205,13 @@ def test_sighup_keeps_unchanged_values_adds_metrics_and_sigterm_leaves_nothing(t
     wait_for(lambda: exporter.samples().get(key) == 5.0, 10, "5 requests counted")
     assert exporter.samples()["demo_accepts_total"] == 2.0
     held = programs_held(exporter.proc.pid)
-    write_config(config, demo_metrics(httpd.binary, httpd.pid).split("  - name: demo_request_duration")[0] + added)
+    write_config(config, config_text(httpd.binary, httpd.pid).split("  - name: demo_request_duration")[0] + added)
     exporter.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: exporter.said("metric demo_request_duration_seconds removed"), 30, "the removed metric")
     assert 'usdtkit_exporter_metric_up{metric="demo_request_duration_seconds"}' not in exporter.samples()
     assert len(programs_held(exporter.proc.pid)) < len(held)  # its programs were detached and closed
     assert exporter.samples()[key] == 5.0
-    write_config(config, demo_metrics(httpd.binary, httpd.pid).replace("type: counter", "type: nonsense"))
+    write_config(config, config_text(httpd.binary, httpd.pid).replace("type: counter", "type: nonsense"))
     exporter.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: exporter.said("reload refused"), 10, "the bad reload to be refused")
     assert exporter.samples()[key] == 5.0
@@ -278,7 +258,7 @@ def test_a_binary_replaced_at_its_path_is_traced_again(httpd, exporters):
     new: Optional[subprocess.Popen] = None
     try:
         config = write_config(Path(folder) / "exporter.yaml", "resolve_interval: 1\n"
-                              + demo_metrics(binary).split("  - name: demo_request_duration")[0])
+                              + config_text(binary).split("  - name: demo_request_duration")[0])
         exporter = exporters(config)
         get(old, "/", 2)
         key = 'demo_requests_total{route="/",status="200"}'
@@ -306,7 +286,7 @@ def test_a_selected_pid_that_exits_marks_its_metric_down(tmp_path, exporters):
     service = demo_services.start_httpd()
     try:
         config = write_config(tmp_path / "exporter.yaml", "resolve_interval: 1\n"
-                              + demo_metrics(service.binary).split("  - name: demo_request_duration")[0]
+                              + config_text(service.binary).split("  - name: demo_request_duration")[0]
                               + f"    pid: {service.pid}\n")
         exporter = exporters(config)
         demo_services.drive([service], 2, routes=["/"])

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ..errors import EnvironmentProblem, TargetError
 
@@ -29,9 +29,10 @@ QUERIES = (
 )
 
 
-def config_text(binary: str, pid: int) -> str:
-    """The demo's metrics, of its own process only (a binary given by path is traced in every process
-    that runs it, and other demo services may be running)."""
+def config_text(binary: str, pid: Optional[int] = None) -> str:
+    """The demo's metrics; with ``pid``, of that process only (a binary given by path is traced in every
+    process that runs it, and other demo services may be running)."""
+    only = f"    pid: {pid}\n" if pid is not None else ""
     return f"""\
 metrics:
   - name: demo_requests
@@ -39,16 +40,14 @@ metrics:
     type: counter
     probe: usdt:{binary}:demo_httpd:request__done
     labels: {{route: str(arg2), status: arg1}}
-    pid: {pid}
-  - name: demo_request_duration_seconds
+{only}  - name: demo_request_duration_seconds
     help: demo_httpd request latency by route
     type: histogram
     start: usdt:{binary}:demo_httpd:request__start
     done: usdt:{binary}:demo_httpd:request__done
     key: arg0
     labels: {{route: str(arg2)}}
-    pid: {pid}
-"""
+{only}"""
 
 
 def _start_exporter(config: str, stack: contextlib.ExitStack) -> int:
