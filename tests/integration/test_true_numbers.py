@@ -192,3 +192,19 @@ def test_a_full_length_comm_filter_loads_and_matches(tmp_path):
         assert result.returncode == 0, result.stderr
         doc = json.loads(result.stdout.splitlines()[-1])
         assert sum(r["count"] for r in doc["counts"]["counts"]) == hits
+
+
+def test_keys_too_big_for_the_bpf_stack_are_built_in_a_scratch_slot():
+    """A 200-byte string key (with comm) does not fit the 512-byte BPF stack beside the arguments: the
+    program builds it in a per-CPU slot, for counts and for histograms alike."""
+    name = "k" * 180
+    keys = usdtkit("count", "--json", "--string-size", "200", "--by", "str(arg1),comm", "-c", f"{HELLO} 2 {name}",
+                   "usdt::hello:greet")
+    assert keys.returncode == 0, keys.stderr
+    rows = json.loads(keys.stdout.splitlines()[-1])["counts"]["counts"]
+    assert rows == [{"key": ["hello:greet", name, "hello_usdt"], "count": 2}]
+    hist = usdtkit("hist", "--json", "--string-size", "200", "-v", "arg0", "--by", "str(arg1),comm", "-c",
+                   f"{HELLO} 3 {name}", "usdt::hello:greet")
+    assert hist.returncode == 0, hist.stderr
+    (doc,) = json.loads(hist.stdout.splitlines()[-1])["histograms"]
+    assert doc["by"] == [name, "hello_usdt"] and sum(b["count"] for b in doc["buckets"]) == 3
