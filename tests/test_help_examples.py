@@ -65,6 +65,12 @@ def test_every_command_has_examples_that_parse():
             parse(line)
 
 
+def test_every_help_text_formats():
+    """argparse expands %-formats in help texts when --help prints them: a stray % breaks --help."""
+    for name, parser in commands().items():
+        assert f"usage: usdtkit {name}" in parser.format_help()
+
+
 def test_every_quoted_option_value_is_shown_in_an_example():
     """An option's quoted example is checked by running a command line that uses it."""
     shown: Dict[Tuple[str, str], List[str]] = {}  # (help text, value) -> commands showing that help

@@ -101,6 +101,18 @@ def _count_filtered(out: str) -> None:
     assert sorted(_rows(out)) == sorted([["hello:tick", str(i * i), "1"] for i in range(3, 6)])
 
 
+def _count_odd_big_ticks(out: str) -> None:
+    assert sorted(_rows(out)) == [["hello:tick", "3", "1"], ["hello:tick", "5", "1"]]
+
+
+def _count_two_greets(out: str) -> None:
+    assert _rows(out) == [["hello:greet", "2"]]
+
+
+def _count_nanosleep_zero(out: str) -> None:
+    assert _rows(out) == [["nanosleep:return", "0", "2"]]
+
+
 def _count_python(out: str) -> None:
     rows = _rows(out)
     assert rows and all(row[0] == "python:function__entry" and int(row[-1]) > 0 for row in rows)
@@ -144,6 +156,12 @@ CHECKS: Dict[str, Callable[[str], None]] = {
     "usdtkit trace -s arg1 -c 'demo_apps/build/hello_usdt 3 reader' 'usdt::hello:greet'": _trace_greet,
     "usdtkit trace --json -c 'demo_apps/build/hello_usdt 2' 'usdt::hello:tick'": _trace_json,
     "usdtkit count --by arg1 -f 'arg0 > 2' -c 'demo_apps/build/hello_usdt 5' 'usdt::hello:tick'": _count_filtered,
+    "usdtkit count --by arg0 -f 'arg0 % 2 == 1 && arg1 > 5' -c 'demo_apps/build/hello_usdt 6' 'usdt::hello:tick'":
+        _count_odd_big_ticks,
+    "usdtkit count -f 'str(arg1) == \"reader\" && (arg0 == 1 || arg0 == 3)' -c 'demo_apps/build/hello_usdt 4 reader' "
+    "'usdt::hello:greet'": _count_two_greets,
+    "usdtkit count --by retval -f '(int32)retval == 0 && comm == \"hello_usdt\"' -c 'demo_apps/build/hello_usdt 2' "
+    "'uretprobe:libc:nanosleep'": _count_nanosleep_zero,
     "usdtkit count --by 'str(arg1)' -c '/usr/bin/python3.11 -c pass' 'usdt::python:function__entry'": _count_python,
     "usdtkit hist -v arg1 -c 'demo_apps/build/hello_usdt 20' 'usdt::hello:tick'": _hist_squares,
     "usdtkit latency -c 'demo_apps/build/hello_usdt 5' 'uprobe:libc:nanosleep'": _latency_nanosleep,

@@ -36,7 +36,7 @@ _LAZY = {
     "make_plan": ("usdtkit.plan.plan", "make_plan"),
     "HistSpec": ("usdtkit.plan.request", "HistSpec"),
     "Field": ("usdtkit.expr.fields", "Field"),
-    "Predicate": ("usdtkit.expr.fields", "Predicate"),
+    "Filter": ("usdtkit.expr.filters", "Filter"),
     "Event": ("usdtkit.collect.results", "Event"),
     "Counts": ("usdtkit.collect.results", "Counts"),
     "Histogram": ("usdtkit.collect.results", "Histogram"),

@@ -65,7 +65,7 @@ FIELDS: Dict[str, tuple] = {
     "pid": (USDT, lambda t: str(sorted(t.pids)[1])),
     "tid": (USDT, lambda t: str(sorted(t.tids)[1])),
     "cpu": (USDT, lambda t: str(max(t.cpus))),
-    "comm": (USDT, lambda t: "ft20-1"),
+    "comm": (USDT, lambda t: '"ft20-1"'),
     "retval": (URETPROBE, lambda t: "-37"),
 }
 COMM_OPS = ("==", "!=")
@@ -75,7 +75,7 @@ def _parse_value(text: str) -> object:
     try:
         return int(text, 0)
     except ValueError:
-        return text
+        return text.strip('"')
 
 
 @dataclass
@@ -109,7 +109,7 @@ def _threads(targets: List[subprocess.Popen]) -> Threads:
 def _hits(proc: subprocess.Popen, output: str) -> List[Hit]:
     hits = []
     for line in output.splitlines():
-        word, tid, cpu, comm, arg0, arg1, retval = line.split()
+        word, tid, cpu, comm, arg0, arg1, retval, _name = line.split()
         assert word == "hit"
         hits.append(Hit(proc.pid, int(tid), int(cpu), comm, int(arg0), int(arg1), int(retval)))
     return hits
@@ -181,8 +181,8 @@ def test_filter_keeps_exactly_the_matching_hits(field_run, field, op):
 
 @pytest.mark.parametrize("op", ["<", "<=", ">", ">="])
 def test_comm_takes_only_equality(op):
-    with pytest.raises(UsageError, match="comm takes == or !="):
-        trace("usdt:/bin/true:x:y", events=False, filters=[f"comm {op} nginx"])
+    with pytest.raises(UsageError, match=f"column 6: strings take == and !=, not '{op}'"):
+        trace("usdt:/bin/true:x:y", events=False, filters=[f'comm {op} "nginx"'])
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def hello(tmp_path_factory) -> str:
 
 
 @pytest.mark.bpf
-@pytest.mark.parametrize("name,hits", [("hello_usdt", 3), ('"hello_usdt"', 3), ("nginx", 0)])
+@pytest.mark.parametrize("name,hits", [('"hello_usdt"', 3), ("'hello_usdt'", 3), ('"nginx"', 0)])
 def test_comm_equality_from_the_command_line(hello, name, hits):
     """The form the --help text shows, through the CLI, on the demo program."""
     result = subprocess.run(
@@ -203,3 +203,12 @@ def test_comm_equality_from_the_command_line(hello, name, hits):
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout.splitlines()[-1])
     assert doc["stats"]["hello:tick"]["hits"] == hits
+
+
+def test_an_unquoted_name_is_one_line_pointing_at_it(hello):
+    result = subprocess.run(
+        [sys.executable, "-m", "usdtkit.cli.main", "count", "-f", "comm == hello_usdt", "-c", f"{hello} 3",
+         "usdt::hello:tick"], capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "column 9: unknown name 'hello_usdt'" in result.stderr
+    assert "strings are quoted" in result.stderr

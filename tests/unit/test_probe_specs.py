@@ -5,7 +5,7 @@ import pytest
 
 from usdtkit.errors import UsageError
 from usdtkit.plan.refs import ProbeRef, parse_probe
-from usdtkit.expr.fields import Field, Predicate
+from usdtkit.expr.fields import Field
 from usdtkit.plan.request import HistSpec
 
 
@@ -53,27 +53,6 @@ def test_fields(text):
 def test_bad_fields(text):
     with pytest.raises(UsageError):
         Field.parse(text)
-
-
-def test_predicates_are_typed_values():
-    assert Predicate.parse("arg0 > 5") == Predicate(Field("arg", 0), ">", 5)
-    assert Predicate.parse("arg2 == -0x10") == Predicate(Field("arg", 2), "==", -16)
-    assert Predicate.parse("comm == nginx") == Predicate(Field("comm"), "==", b"nginx")
-    assert Predicate.parse("pid!=7").op == "!="
-    assert Predicate.parse('comm == "nginx"') == Predicate(Field("comm"), "==", b"nginx")
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "arg0 > 5; drop", "arg0 > 5)", "arg0 >> 5", "comm == \"\"", "comm == " + "x" * 16, "comm > a",
-        "arg0 > 99999999999999999999999", "arg0 > 1e3", "latency > 5", "arg0 == #include",
-        "arg0 == 1\n", "x" * 600,
-    ],
-)
-def test_hostile_predicates_are_refused(text):
-    with pytest.raises(UsageError):
-        Predicate.parse(text)
 
 
 def test_linear_histogram_bounds_checked():

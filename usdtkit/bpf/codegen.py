@@ -36,10 +36,11 @@ from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from ..elf.model import Arg, Constant, Memory, Register, RegisterValue, SymbolRelative, Unsupported
 from ..errors import TargetError, UsageError
-from ..expr.fields import COMM_LEN, Field, Predicate
+from ..expr.fields import COMM_LEN, Field
 from ..plan.buckets import LOG2_NEGATIVE, SUM_SLOT
 from ..plan.plan import AttachPlan, pointer_like
 from ..plan.resolve import ResolvedProbe, Site
+from .filter_c import FilterC, FilterHelpers, arg_signed, u64_literal
 from .layout import (STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_READ_ERRORS, STAT_UNMATCHED, STATS_PER_PROBE,
                      Attachment, MapLayout, Member, ProgramLayout, StructLayout, key_members, string_buffer)
 
@@ -59,9 +60,7 @@ class UnreadableArgument(TargetError):
     """An argument location of the target that this backend cannot read; refused before attaching."""
 
 
-def _u64(value: int) -> str:
-    """A C literal for ``value`` as a 64-bit two's complement number."""
-    return f"0x{value & 0xFFFFFFFFFFFFFFFF:x}ULL"
+_u64 = u64_literal
 
 
 def _reg(register: Register) -> str:
@@ -143,7 +142,8 @@ def needed_args(spec: AttachPlan, probe_index: int) -> FrozenSet[int]:
     probe = spec.probes[probe_index]
     if spec.events:
         return frozenset(range(probe.arg_count))
-    used = {p.field for p in spec.filters}
+    condition = spec.filter_for(probe_index)
+    used = set(condition.fields()) if condition is not None else set()
     used.update(spec.count_by or ())
     if spec.hist is not None:
         used.add(spec.hist.field)
@@ -155,40 +155,6 @@ def needed_args(spec: AttachPlan, probe_index: int) -> FrozenSet[int]:
     if spec.hist is not None:
         used.update(spec.hist.by_fields)
     return frozenset(f.index for f in used if f.argument is not None and f.index < probe.arg_count)
-
-
-def _arg_signed(probe: ResolvedProbe, index: int) -> Optional[bool]:
-    signs = {site.args[index].signed for site in probe.sites if index < len(site.args)}
-    return signs.pop() if len(signs) == 1 else None
-
-
-def _predicate(pred: Predicate, probe: ResolvedProbe) -> str:
-    """A parenthesised C condition, true when the event must be dropped (``if COND return 0;``)."""
-    name = pred.field.name
-    negate = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}[pred.op]
-    if name == "comm":
-        # The name zero-padded to the kernel's 16 bytes, compared as two 64-bit words (the helper pads
-        # the buffer with zeros): two comparisons whatever the name's length, where one branch per byte
-        # makes clang emit code the verifier refuses for long names.
-        padded = bytes(pred.value).ljust(COMM_LEN, b"\0")
-        words = [int.from_bytes(padded[i:i + 8], "little") for i in range(0, COMM_LEN, 8)]
-        equal = " && ".join(f"comm_words[{i}] == {_u64(w)}" for i, w in enumerate(words))
-        return f"(!({equal}))" if pred.op == "==" else f"({equal})"
-    if name == "arg":
-        if pred.field.index >= probe.arg_count:
-            raise UsageError(f"filter on arg{pred.field.index}: {probe.label} has {probe.arg_count} arguments")
-        lhs, signed = f"args[{pred.field.index}]", _arg_signed(probe, pred.field.index)
-    elif name == "retval":
-        if not probe.ref.is_return:
-            raise UsageError(f"filter on retval: {probe.label} is not a uretprobe")
-        lhs, signed = "retval", None
-    else:
-        lhs, signed = {"pid": "pid", "tid": "tid", "cpu": "bpf_get_smp_processor_id()",
-                       "cgroup": "bpf_get_current_cgroup_id()"}[name], False
-    number = int(pred.value)
-    if signed or (signed is None and number < 0):
-        return f"((s64){lhs} {negate} (s64){_u64(number)})"
-    return f"((u64){lhs} {negate} {_u64(number)})"
 
 
 def record_args(spec: AttachPlan) -> int:
@@ -206,6 +172,7 @@ class Generator:
         self.attachments: List[Attachment] = []
         self.maps: Dict[str, MapLayout] = {}
         self._lines: List[str] = []
+        self.filter_helpers = FilterHelpers()
         self.record = self._record_layout() if plan.events else None
         self.count_key = (StructLayout("usdtkit_count_key", key_members(plan.count_by, plan.string_size, COMM_LEN))
                           if plan.count_by else None)
@@ -283,7 +250,8 @@ class Generator:
                 raise UsageError(f"no probe has an argument arg{fld.index}")
             return f"args[{fld.index}]"
         return {"pid": "pid", "tid": "tid", "cpu": "bpf_get_smp_processor_id()", "probe": "probe",
-                "retval": "retval", "latency": "latency", "cgroup": "bpf_get_current_cgroup_id()"}[fld.name]
+                "retval": "retval", "latency": "latency", "cgroup": "bpf_get_current_cgroup_id()",
+                "uid": "(u32)bpf_get_current_uid_gid()", "gid": "(bpf_get_current_uid_gid() >> 32)"}[fld.name]
 
     def _field_signed(self, fld: Field) -> bool:
         """Whether a histogram field can be negative: a signed argument of some probe, or a retval."""
@@ -291,7 +259,7 @@ class Generator:
             return True
         if fld.name != "arg":
             return False
-        return any(_arg_signed(p, fld.index) for p in self.plan.probes if fld.index < p.arg_count)
+        return any(arg_signed(p, fld.index) for p in self.plan.probes if fld.index < p.arg_count)
 
     def _key_start(self, name: str, key: StructLayout) -> List[str]:
         """Statements that make ``key`` point at a zeroed key struct (stack or per-CPU scratch)."""
@@ -420,22 +388,18 @@ class Generator:
         lines += ["    u64 args[USDTKIT_NARGS] = {};", "    u32 errs = 0;", "    u64 retval = 0, latency = 0;"]
         return lines
 
-    def _filters(self, probe: ResolvedProbe) -> List[str]:
-        """Drop conditions for one probe.  In a function latency trace, argument filters act on entry
-        and retval filters on return (each side has only its own values)."""
-        preds = list(self.plan.filters)
-        if self.plan.function_latency:
-            if probe.ref.is_return:
-                preds = [p for p in preds if p.field.name != "arg"]
-            else:
-                preds = [p for p in preds if p.field.name != "retval"]
+    def _filters(self, p_index: int, probe: ResolvedProbe) -> List[str]:
+        """The statement dropping hits the plan's filter does not keep at this probe."""
+        condition = self.plan.filter_for(p_index)
+        if condition is None:
+            return []
+        to_c = FilterC(probe, self.filter_helpers)
+        test = to_c.condition(condition)
         lines = []
-        if any(p.field.name == "comm" for p in preds):
+        if to_c.reads_comm:
             lines += [f"    u64 comm_words[{COMM_LEN // 8}] = {{}};",
                       "    bpf_get_current_comm(comm_words, sizeof(comm_words));"]
-        for pred in preds:
-            lines.append(f"    if ({_predicate(pred, probe)}) return 0;")
-        return lines
+        return lines + [f"    if (!({test})) return 0;"]
 
     def _entries(self) -> None:
         plan, out = self.plan, self._lines
@@ -448,7 +412,7 @@ class Generator:
                 body = self._prologue(p_index, probe) + [f"    {r}" for r in reads]
                 if probe.ref.is_return:
                     body.append("    retval = PT_REGS_RC(ctx);")
-                body += self._filters(probe)
+                body += self._filters(p_index, probe)
                 body += self._latency(p_index, probe)
                 mask = string_mask(plan, p_index)
                 body.append(f"    return usdtkit_handle(ctx, probe, args, errs, retval, latency, pid, tid, {mask});")
@@ -494,7 +458,10 @@ class Generator:
     def generate(self) -> ProgramLayout:
         self._declarations()
         self._handler()
+        before = len(self._lines)
         self._entries()
+        # The helpers the filters call are known once the entry functions are written; C wants them first.
+        self._lines[before:before] = self.filter_helpers.declarations()
         return ProgramLayout(
             text="\n".join(self._lines) + "\n", maps=dict(self.maps), attachments=tuple(self.attachments),
             ringbuf=self.ringbuf, record=self.record, count_key=self.count_key, hist_key=self.hist_key)

@@ -82,9 +82,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                        "argument; its standard output goes to stderr)")
     parser.add_argument("-d", "--duration", type=_positive(float), help="stop after this many seconds")
     parser.add_argument("-f", "--filter", action="append", default=[], metavar="EXPR",
-                        help="keep hits where EXPR holds: argN, retval, pid, tid or cpu compared with an "
-                        "integer (== != < <= > >=), or comm == or != a name, e.g. 'arg0 > 5', 'comm == nginx', "
-                        "'tid != 7' (repeatable: all must hold)")
+                        help="keep hits where EXPR holds (the predicate language of bpftrace): integers with "
+                        "+ - * / %% & | ^ << >> ~, comparisons, && || !, parentheses and casts like (int32); "
+                        "argN, str(argN), str(argN, LEN), pid tid uid gid cpu cgroup comm, retval on uretprobes; "
+                        "strings quoted, e.g. 'str(arg1) == \"reader\" && arg0 != 2' (repeatable: all must hold)")
     parser.add_argument("--cgroup", metavar="PATH",
                         help="keep only hits from tasks in this cgroup v2 directory (a container, a service)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -103,7 +104,9 @@ COUNT_EXAMPLES = epilog(
     "usdtkit count -c 'demo_apps/build/hello_usdt 5' usdt::hello:greet usdt::hello:tick",
     "usdtkit count --by arg1 -f 'arg0 > 5' -c 'demo_apps/build/hello_usdt 8' usdt::hello:tick",
     "usdtkit count --by 'str(arg1)' -c '/usr/bin/python3.11 -c pass' usdt::python:function__entry",
-    "usdtkit count -p PID -d 1 --by comm,tid -f 'comm == nginx' uprobe:libc:nanosleep",
+    "usdtkit count -p PID -d 1 --by comm,tid -f 'comm == \"nginx\"' uprobe:libc:nanosleep",
+    "usdtkit count -f 'str(arg1) == \"reader\" && arg0 != 2' -c 'demo_apps/build/hello_usdt 4 reader' "
+    "usdt::hello:greet",
     "usdtkit count -i 0.2 --top 3 --by arg1 -c 'demo_apps/build/hello_usdt 20' usdt::hello:tick",
 )
 HIST_EXAMPLES = epilog(

@@ -20,7 +20,9 @@ from typing import Dict, List, Optional, Tuple
 import yaml
 
 from ..errors import ConfigError, UsdtkitError
-from ..expr.fields import Field, Predicate
+from ..expr.fields import Field
+from ..expr.filters import Filter
+from ..expr.tree import Binary, Builtin, Text
 from ..plan.refs import parse_probe
 from ..plan.cgroups import cgroup_id
 from .metrics import BucketSpec, MetricSpec, kernel_buckets, to_request
@@ -195,12 +197,14 @@ def _metric(reader: _Reader, node: yaml.Node) -> MetricSpec:
     filters = []
     if "comm" in fields:
         comm = str(reader.scalar(fields["comm"][1], str, "comm (a process name)", name))
-        comm_filter = f"comm == {comm}"
-        _check(reader, fields["comm"][1], name, Predicate.parse, comm_filter)
-        filters.append(comm_filter)
+        try:
+            comm_filter = Filter.of(Binary("==", Builtin("comm"), Text(comm.encode())))
+        except UsdtkitError as exc:
+            raise reader.fail(fields["comm"][1], f"comm {comm!r}: {exc}", name) from None
+        filters.append(str(comm_filter))
     if "filter" in fields:
         for item, filter_text in reader.strings(fields["filter"][1], "filter", name):
-            _check(reader, item, name, Predicate.parse, filter_text)
+            _check(reader, item, name, Filter.parse, filter_text)
             filters.append(filter_text)
     probes = tuple(t for _, t in reader.strings(fields["probe"][1], "probe", name)) if "probe" in fields else ()
     spec = replace(spec, probes=probes, start=text("start"), done=text("done"), key=text("key"),

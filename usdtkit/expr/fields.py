@@ -1,19 +1,18 @@
-"""Fields and predicates: the typed values behind ``--by arg1``, ``-f 'comm == nginx'`` and friends.
+"""Fields: the typed values behind ``--by arg1``, ``--by 'comm,str(arg0)'`` and friends.
 
 A :class:`Field` names a value a probe hit carries (``arg3``, ``str(arg1)``, ``pid``, ``retval``...) from a
-closed set; a :class:`Predicate` is ``FIELD OP VALUE`` with the operator from a closed set, numbers as
-range-checked Python ints and comm names as bytes.  Nothing here is ever pasted into C.
+closed set.  Nothing here is ever pasted into C.  Filters, which compute with fields, are in
+:mod:`usdtkit.expr.filters`.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
 from ..errors import UsageError
 
-FIELD_NAMES = ("pid", "tid", "comm", "cpu", "cgroup", "probe", "retval", "latency", "ustack")
-OPERATORS = ("==", "!=", "<", "<=", ">", ">=")
+FIELD_NAMES = ("pid", "tid", "uid", "gid", "comm", "cpu", "cgroup", "probe", "retval", "latency", "ustack")
 MAX_ARGS = 12  # sys/sdt.h allows 12 arguments per USDT probe
 COMM_LEN = 16  # the kernel's TASK_COMM_LEN: 15 bytes and a NUL
 _ARG = re.compile(r"arg([0-9]|1[01])")
@@ -73,42 +72,3 @@ class Field:
         if self.name == "str":
             return f"str(arg{self.index})"
         return self.name
-
-
-@dataclass(frozen=True)
-class Predicate:
-    """``field OP value``; comm takes ``==``/``!=`` and a name of at most 15 bytes."""
-
-    field: Field
-    op: str
-    value: Union[int, bytes]
-
-    @classmethod
-    def parse(cls, text: str) -> "Predicate":
-        if not isinstance(text, str) or len(text) > 512:
-            raise UsageError("filter must be a short string like 'arg0 > 5' or 'comm == nginx'")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-            raise UsageError(f"filter {text!r}: control characters are not allowed")
-        match = re.fullmatch(r" *(\w+) *(==|!=|<=|>=|<|>) *(\S+) *", text)
-        if not match:
-            raise UsageError(f"filter {text!r}: expected FIELD OP VALUE, e.g. 'arg0 > 5'")
-        name, op, raw = match.groups()
-        fld = Field.parse(name)
-        if fld.name == "comm":
-            if op not in ("==", "!="):
-                raise UsageError(f"filter {text!r}: comm takes == or !=")
-            if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
-                raw = raw[1:-1]  # comm == "nginx" means the same as comm == nginx
-            value = raw.encode()
-            if len(value) >= COMM_LEN or not re.fullmatch(rb"[\x21-\x7e]+", value):
-                raise UsageError(f"filter {text!r}: comm must be 1-15 printable characters")
-            return cls(fld, op, value)
-        if fld.name in ("probe", "latency", "ustack", "str"):
-            raise UsageError(f"filter {text!r}: cannot filter on {fld}")
-        try:
-            number = int(raw, 0)
-        except ValueError:
-            raise UsageError(f"filter {text!r}: {raw!r} is not an integer") from None
-        if not -(1 << 63) <= number < (1 << 64):
-            raise UsageError(f"filter {text!r}: {raw} does not fit in 64 bits")
-        return cls(fld, op, number)

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from ..errors import NoSuchProcess, TargetError, UsageError
-from ..expr.fields import Field, Predicate
+from ..expr.fields import Field
+from ..expr.filters import Filter
+from ..expr.tree import Binary, Builtin, Int, Node, both, conjuncts
 from .cgroups import cgroup_id
 from .objects import ObjectTable
 from .request import TraceRequest
@@ -64,11 +66,11 @@ class AttachPlan:
         self._check_fields()
 
     @property
-    def filters(self) -> Tuple[Predicate, ...]:
+    def filters(self) -> Tuple[Filter, ...]:
         """The request's filters, and the target's cgroup as one more."""
         if self.cgroup_id is None:
             return self.request.filters
-        return self.request.filters + (Predicate(Field("cgroup"), "==", self.cgroup_id),)
+        return self.request.filters + (Filter.of(Binary("==", Builtin("cgroup"), Int(self.cgroup_id))),)
 
     # The request's options, read where the plan is used (code generation, readout).
     events = property(lambda self: self.request.events)
@@ -82,6 +84,18 @@ class AttachPlan:
     ring_pages = property(lambda self: self.request.ring_pages)
     needs_stacks = property(lambda self: self.request.needs_stacks)
     latency = property(lambda self: self.request.latency)
+
+    def filter_for(self, index: int) -> Optional[Node]:
+        """The condition probe ``index`` applies (None: keep every hit).  In a function latency trace
+        arguments exist at entry and retval at return: each term of a top-level ``&&`` applies on the
+        side whose values it reads (both sides for terms reading neither)."""
+        terms = [term for f in self.filters for term in conjuncts(f.root)]
+        if self.function_latency:
+            probe = self.probes[index]
+            reads = [{f.name for f in term.fields()} for term in terms]
+            terms = [term for term, names in zip(terms, reads)
+                     if not (names & ({"arg", "str"} if probe.ref.is_return else {"retval"}))]
+        return both(tuple(terms))
 
     def handler_probes(self) -> Tuple[ResolvedProbe, ...]:
         """The probes where counts, histograms and events are taken."""
@@ -108,7 +122,21 @@ class AttachPlan:
         """Close the files the plan opened (after detaching: attached uprobes hold their own reference)."""
         self.objects.close()
 
+    def _check_filters(self) -> None:
+        """Refuse a filter reading what a probe it applies to cannot provide."""
+        for text in self.request.filters:
+            for term in conjuncts(text.root):
+                names = {f.name for f in term.fields()}
+                if self.function_latency and names & {"arg", "str"} and "retval" in names:
+                    raise UsageError(f"filter {str(text)!r}: arguments are read at entry and retval at return; "
+                                     "join the two with a top-level && instead")
+        for index, probe in enumerate(self.probes):
+            condition = self.filter_for(index)
+            for fld in condition.fields() if condition is not None else ():
+                _check_field(fld, probe, "filter on", self.latency)
+
     def _check_fields(self) -> None:
+        self._check_filters()
         request = self.request
         latency = request.latency
         for probe in self.handler_probes():

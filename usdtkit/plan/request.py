@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 from typing import Iterable, Optional, Sequence, Tuple, Union
 
 from ..errors import UsageError
-from ..expr.fields import MAX_ARGS, Field, Predicate
+from ..expr.fields import MAX_ARGS, Field
+from ..expr.filters import Filter
 from . import buckets
 from .refs import ProbeRef, parse_probe
 
@@ -125,7 +126,7 @@ class TraceRequest:
 
     probes: Tuple[ProbeRef, ...]
     target: Target = Target()
-    filters: Tuple[Predicate, ...] = ()
+    filters: Tuple[Filter, ...] = ()  # all must hold
     events: bool = False
     event_strings: Tuple[int, ...] = ()  # argument indexes read as NUL-terminated strings
     string_size: int = DEFAULT_STRING_SIZE
@@ -208,7 +209,7 @@ def _strings(values: Iterable[Union[int, str]]) -> Tuple[int, ...]:
 def make_request(
     probes: Sequence[Union[str, ProbeRef]],
     target: Target = Target(),
-    filters: Iterable[Union[str, Predicate]] = (),
+    filters: Iterable[Union[str, Filter]] = (),
     events: bool = True,
     strings: Iterable[Union[int, str]] = (),
     string_size: Optional[int] = None,
@@ -274,7 +275,9 @@ def make_request(
             pair = PairSpec(0, 1, start_key, done_key)
         else:
             raise UsageError("latency needs one function (uprobe) or two USDT probes (start and done)")
-    predicates = tuple(f if isinstance(f, Predicate) else Predicate.parse(f) for f in filters)
+    if isinstance(filters, (str, Filter)):
+        filters = [filters]
+    predicates = tuple(f if isinstance(f, Filter) else Filter.parse(f) for f in filters)
     count_fields = _fields(count_by)
     if count_fields and any(f.name == "ustack" for f in count_fields) and target.pid is None:
         if not any(f.name == "pid" for f in count_fields):

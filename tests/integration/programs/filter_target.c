@@ -5,13 +5,14 @@
  *
  * Starts THREADS threads; thread K names itself "ftBASE-K", pins itself to one of the allowed CPUs
  * (K modulo their number) and, once one byte arrives on stdin, makes K + 2 hits.  Hit J of thread K
- * has n = BASE + 10 * K + J and fires the USDT probe ft:hit(int32 n - 25, uint64 u(n)) then calls
- * ft_value(n), which returns 3 * n - 40 (a uretprobe target).  u(n) is n for odd n and
- * 0xffffffffffffff00 + n for even n, so unsigned values sit on both sides of 2^63.
+ * has n = BASE + 10 * K + J and fires the USDT probe ft:hit(int32 n - 25, uint64 u(n), const char *name(n))
+ * then calls ft_value(n), which returns 3 * n - 40 (a uretprobe target).  u(n) is n for odd n and
+ * 0xffffffffffffff00 + n for even n, so unsigned values sit on both sides of 2^63; name(n) is one of
+ * four strings (NAMES[n % 4]), of 4 to 70 bytes.
  *
  * On stdout, each thread prints "thread TID CPU COMM" once it is pinned and named (before the byte on
  * stdin, so a test knows every thread before it attaches), then "hit TID CPU COMM ARG0 ARG1 RET" after
- * each hit. */
+ * each hit, NAME last. */
 #define _GNU_SOURCE
 #include <inttypes.h>
 #include <pthread.h>
@@ -24,6 +25,10 @@
 #include <unistd.h>
 #include <sys/sdt.h>
 
+static const char *const NAMES[] = {
+    "beta", "alphabet", "alpha",
+    "a-name-longer-than-sixty-four-bytes-which-some-tools-cut-at-64-bytes..",
+};
 static pthread_barrier_t start;
 static long base;
 static int cpus[CPU_SETSIZE];
@@ -56,10 +61,11 @@ static void *worker(void *arg)
         long long n = base + 10 * k + j;
         int32_t signed_value = (int32_t)(n - 25);
         uint64_t unsigned_value = n % 2 ? (uint64_t)n : 0xffffffffffffff00ULL + (uint64_t)n;
-        DTRACE_PROBE2(ft, hit, signed_value, unsigned_value);
+        const char *name = NAMES[n % 4];
+        DTRACE_PROBE3(ft, hit, signed_value, unsigned_value, name);
         long long ret = ft_value(n);
-        printf("hit %d %d %s %" PRId32 " %" PRIu64 " %lld\n", (int)tid, sched_getcpu(), comm, signed_value,
-               unsigned_value, ret);
+        printf("hit %d %d %s %" PRId32 " %" PRIu64 " %lld %s\n", (int)tid, sched_getcpu(), comm, signed_value,
+               unsigned_value, ret, name);
     }
     return NULL;
 }
