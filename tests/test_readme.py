@@ -106,6 +106,11 @@ def _count_python(out: str) -> None:
     assert rows and all(row[0] == "python:function__entry" and int(row[-1]) > 0 for row in rows)
 
 
+def _count_followed(out: str) -> None:
+    rows = _rows(out)
+    assert sorted(int(row[2]) for row in rows) == [2, 3] and len({row[1] for row in rows}) == 2, out
+
+
 def _hist_squares(out: str) -> None:
     assert "hello:tick arg1: 20 values" in out
     assert _hist(out) == _log2_buckets([i * i for i in range(1, 21)])
@@ -145,6 +150,8 @@ CHECKS: Dict[str, Callable[[str], None]] = {
     "usdtkit trace --json -c 'demo_apps/build/hello_usdt 2' 'usdt::hello:tick'": _trace_json,
     "usdtkit count --by arg1 -f 'arg0 > 2' -c 'demo_apps/build/hello_usdt 5' 'usdt::hello:tick'": _count_filtered,
     "usdtkit count --by 'str(arg1)' -c '/usr/bin/python3.11 -c pass' 'usdt::python:function__entry'": _count_python,
+    "usdtkit count -F --by pid -c \"sh -c 'demo_apps/build/hello_usdt 2; demo_apps/build/hello_usdt 3'\" "
+    "usdt:demo_apps/build/hello_usdt:hello:tick": _count_followed,
     "usdtkit hist -v arg1 -c 'demo_apps/build/hello_usdt 20' 'usdt::hello:tick'": _hist_squares,
     "usdtkit latency -c 'demo_apps/build/hello_usdt 5' 'uprobe:libc:nanosleep'": _latency_nanosleep,
     "usdtkit latency -p PID --key arg0 --by 'str(arg2)' usdt::demo_httpd:request__start "

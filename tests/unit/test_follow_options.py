@@ -13,6 +13,7 @@ from usdtkit.plan.plan import AttachPlan
 from usdtkit.plan.refs import ProbeRef
 from usdtkit.plan.request import Target, TraceRequest, make_request
 from usdtkit.plan.resolve import ResolvedProbe, Site
+from usdtkit.tracing.api import trace
 
 PROBE = "usdt:/nonexistent/app:p:n"  # nothing is resolved: the refusals come first
 
@@ -20,6 +21,8 @@ PROBE = "usdt:/nonexistent/app:p:n"  # nothing is resolved: the refusals come fi
 def test_follow_needs_a_pid_or_a_command():
     with pytest.raises(UsageError, match="^follow traces the descendants of a process: give a pid or a command"):
         Target(follow=True)
+    with pytest.raises(UsageError, match="give a pid or a command"):
+        trace(PROBE, follow=True)
     with pytest.raises(UsageError, match="follow is True or False"):
         Target(7, follow=1)  # type: ignore[arg-type]
     request = make_request([PROBE], target=Target(7, follow=True))
