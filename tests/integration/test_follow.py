@@ -246,3 +246,11 @@ def test_tracefs_that_cannot_be_mounted_is_one_clear_error():
                                   "such file or directory): mount tracefs somewhere usdtkit looks "
                                   "(/sys/kernel/tracing) (run `usdtkit doctor` for details)")
 
+
+def test_doctor_names_what_following_reads_and_only_looks():
+    here = usdtkit("doctor", "--no-self-test")
+    assert "OK    follow (-F)         task:task_newtask and sched:sched_process_exit" in here.stdout
+    cli = f"{sys.executable} -m usdtkit.cli.main"
+    ran = in_own_mount_namespace(f"{cli} doctor --no-self-test; grep -c ' - tracefs ' /proc/self/mountinfo")
+    assert "WARN  follow (-F)         tracefs is not mounted (or not readable)" in ran.stdout
+    assert ran.stdout.splitlines()[-1] == "0"
