@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -60,9 +61,19 @@ def count_rows(out: str):
 
 @pytest.fixture
 def parent(processes):
-    """The forking parent (see PARENT), with the id of the child it started first."""
+    """The forking parent (see PARENT), with the id of the child it started first (killed after the
+    test too: a parent killed first leaves it to init)."""
     proc = processes([sys.executable, "-c", PARENT, HELLO], text=True)
-    return proc, int(proc.stdout.readline())
+    early = int(proc.stdout.readline())
+    handle = os.pidfd_open(early)  # its parent has not waited for it: the id is still that child's
+    try:
+        yield proc, early
+    finally:
+        try:
+            signal.pidfd_send_signal(handle, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.close(handle)
 
 
 def by_pid(session) -> dict:
