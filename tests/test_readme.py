@@ -118,6 +118,11 @@ def _count_python(out: str) -> None:
     assert rows and all(row[0] == "python:function__entry" and int(row[-1]) > 0 for row in rows)
 
 
+def _count_followed(out: str) -> None:
+    rows = _rows(out)
+    assert sorted(int(row[2]) for row in rows) == [2, 3] and len({row[1] for row in rows}) == 2, out
+
+
 def _hist_squares(out: str) -> None:
     assert "hello:tick arg1: 20 values" in out
     assert _hist(out) == _log2_buckets([i * i for i in range(1, 21)])
@@ -163,6 +168,8 @@ CHECKS: Dict[str, Callable[[str], None]] = {
     "usdtkit count --by retval -f '(int32)retval == 0 && comm == \"hello_usdt\"' -c 'demo_apps/build/hello_usdt 2' "
     "'uretprobe:libc:nanosleep'": _count_nanosleep_zero,
     "usdtkit count --by 'str(arg1)' -c '/usr/bin/python3.11 -c pass' 'usdt::python:function__entry'": _count_python,
+    "usdtkit count -F --by pid -c \"sh -c 'demo_apps/build/hello_usdt 2; demo_apps/build/hello_usdt 3'\" "
+    "usdt:demo_apps/build/hello_usdt:hello:tick": _count_followed,
     "usdtkit hist -v arg1 -c 'demo_apps/build/hello_usdt 20' 'usdt::hello:tick'": _hist_squares,
     "usdtkit latency -c 'demo_apps/build/hello_usdt 5' 'uprobe:libc:nanosleep'": _latency_nanosleep,
     "usdtkit latency -p PID --key arg0 --by 'str(arg2)' usdt::demo_httpd:request__start "

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional
 
 from .bpf import capabilities, kernel_headers
+from .errors import EnvironmentProblem
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
 
@@ -160,7 +161,7 @@ def check_tracefs() -> Check:
     if caps.tracefs:
         return Check("tracefs", OK, f"mounted at {caps.tracefs}")
     status = WARN if caps.has_uprobe_pmu else FAIL
-    without = "usdtkit attaches through the perf PMU without it"
+    without = "usdtkit attaches through the perf PMU without it; -F mounts it"
     mounted = tracefs_mounts()
     if mounted:
         # tracefs is root-only (mode 0700) by default: present, but closed to this user.
@@ -169,6 +170,23 @@ def check_tracefs() -> Check:
                      "run as root to use or inspect it (bpftrace needs it; usdtkit does not)")
     return Check("tracefs", status, f"not mounted ({without})",
                  "mount -t tracefs nodev /sys/kernel/tracing (needed by bpftrace and for inspection)")
+
+
+def check_follow() -> Check:
+    """The tracepoints -F reads (without mounting tracefs: the doctor only looks)."""
+    from .bpf import follow  # reads tracepoint formats; loaded only for this check
+
+    if capabilities.find_tracefs() is None:
+        return Check("follow (-F)", WARN, "tracefs is not mounted (or not readable), so its tracepoints "
+                     "cannot be checked", "nothing to do as root: -F mounts tracefs at /sys/kernel/tracing when "
+                     "it needs it")
+    try:
+        fmt = follow.read_format()
+    except EnvironmentProblem as exc:
+        return Check("follow (-F)", WARN, str(exc).replace(" (run `usdtkit doctor` for details)", ""),
+                     "-F cannot follow children on this kernel; trace them with -p CHILD")
+    exits = "group_dead" if fmt.group_dead is not None else "main thread"
+    return Check("follow (-F)", OK, f"task:task_newtask and sched:sched_process_exit ({exits})")
 
 
 def check_native_library() -> Check:
@@ -205,6 +223,7 @@ CHECKS: List[Callable[[], Check]] = [
     check_semaphore_refcount,
     check_uprobe_multi,
     check_tracefs,
+    check_follow,
     check_native_library,
 ]
 

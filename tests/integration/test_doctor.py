@@ -36,7 +36,7 @@ def test_doctor_json():
     assert doc["ok"] is True and result.returncode == 0
     names = [c["name"] for c in doc["checks"]]
     for name in ("kernel config", "privileges", "bcc", "kernel headers", "uprobe PMU", "semaphore refcount",
-                 "uprobe_multi", "tracefs", "native library", "self-test"):
+                 "uprobe_multi", "tracefs", "follow (-F)", "native library", "self-test"):
         assert name in names
     assert all(set(c) == {"name", "status", "detail", "fix"} for c in doc["checks"])
 

@@ -369,6 +369,7 @@ def postgres_cluster():
                 argv += ["-c", query]
             subprocess.run(argv, check=True, capture_output=True)
 
+        psql.postmaster = server.pid  # setpriv execs postgres: the server's pid is the postmaster's
         yield psql
     finally:
         server.send_signal(signal.SIGINT)  # fast shutdown

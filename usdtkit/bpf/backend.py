@@ -3,9 +3,11 @@
 A :class:`Backend` turns a :class:`~usdtkit.bpf.layout.ProgramLayout` into a :class:`LoadedProgram`;
 everything above speaks only this interface and the layout, never bcc:
 
-* attach an entry function at call sites of one file (``attach``), detach everything (``detach_all``);
-* read a map as raw key and value bytes, per-CPU values summed (``read_map``), delete some of its keys
-  (a long-running reader forgets series that stopped changing), write a ``config`` slot;
+* attach an entry function at call sites of one file (``attach``) or to a kernel tracepoint
+  (``attach_tracepoint``), detach everything (``detach_all``);
+* read a map as raw key and value bytes, per-CPU values summed (``read_map``), set a key
+  (``update_map``), delete some of its keys (a long-running reader forgets series that stopped
+  changing), write a ``config`` slot;
 * read a recorded stack (``stack``) and the kernel's run-time counters of the programs (``run_stats``);
 * deliver event records as bytes (``open_events``) and consume them with a time budget (``consume``):
   a producer that never pauses cannot keep the consumer from returning.
@@ -31,7 +33,11 @@ class LoadedProgram(Protocol):
     def attach(self, function: str, path: str, offsets: Sequence[int], ref_ctr_offsets: Sequence[int],
                pid: int = -1, retprobe: bool = False) -> None: ...
 
+    def attach_tracepoint(self, function: str, category: str, name: str) -> None: ...
+
     def set_config(self, index: int, value: int) -> None: ...
+
+    def update_map(self, name: str, key: bytes, value: int) -> None: ...
 
     def read_map(self, name: str) -> List[Tuple[bytes, int]]: ...
 

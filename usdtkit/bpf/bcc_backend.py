@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AttachError, EnvironmentProblem
-from . import capabilities, kernel_headers, perf_uprobe, uprobe_multi
+from . import capabilities, kernel_headers, perf_uprobe, tracefs, uprobe_multi
 from .backend import RecordCallback
 from .layout import ProgramLayout
 
@@ -130,17 +130,18 @@ class Program:
         self._multi = True
         self.links = 0  # uprobe_multi links made (the rest of the attachments are perf events)
 
-    def program_fd(self, function: str, multi: bool = False) -> int:
+    def program_fd(self, function: str, multi: bool = False, tracepoint: bool = False) -> int:
         """Load (once) the BPF function ``function`` as a uprobe program and return its fd; ``multi``
-        loads it for uprobe_multi links."""
+        loads it for uprobe_multi links, ``tracepoint`` as a tracepoint program."""
         fd = self._fds.get(function)
         if fd is None:
             bcc = import_bcc()
             attach_type = uprobe_multi.BPF_TRACE_UPROBE_MULTI if multi else -1
+            kind = bcc.BPF.TRACEPOINT if tracepoint else bcc.BPF.KPROBE
             failure: Optional[Exception] = None
             with _quiet_stderr() as err:
                 try:
-                    fd = self._bpf.load_func(function.encode(), bcc.BPF.KPROBE, attach_type=attach_type).fd
+                    fd = self._bpf.load_func(function.encode(), kind, attach_type=attach_type).fd
                 except Exception as exc:
                     failure = exc
             if failure is not None:
@@ -181,6 +182,13 @@ class Program:
         perf_uprobe.attach_program(event_fd, prog_fd)
         return event_fd
 
+    def attach_tracepoint(self, function: str, category: str, name: str) -> None:
+        """Attach ``function`` to kernel tracepoint ``category:name`` (a perf event owned here)."""
+        label = f"{category}:{name}"
+        event_fd = perf_uprobe.open_tracepoint(tracefs.event_id(category, name), label)
+        self._events.append(event_fd)
+        perf_uprobe.attach_program(event_fd, self.program_fd(function, tracepoint=True), f"tracepoint {label}")
+
     def stack(self, stack_id: int) -> List[int]:
         """Addresses of a stack recorded in the ``stacks`` map, innermost first."""
         if stack_id < 0:
@@ -203,6 +211,11 @@ class Program:
     def set_config(self, index: int, value: int) -> None:
         table = self.table("config")
         table[table.Key(index)] = table.Leaf(value)
+
+    def update_map(self, name: str, key: bytes, value: int) -> None:
+        """Set ``key`` (bytes as :meth:`read_map` gives them) to ``value``."""
+        table = self.table(name)
+        table[table.Key.from_buffer_copy(key)] = table.Leaf(value)
 
     def read_map(self, name: str) -> List[Tuple[bytes, int]]:
         """Every entry as (key bytes, value); per-CPU values summed."""

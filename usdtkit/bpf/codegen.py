@@ -40,6 +40,7 @@ from ..expr.fields import COMM_LEN, Field
 from ..plan.buckets import LOG2_NEGATIVE, SUM_SLOT
 from ..plan.plan import AttachPlan, pointer_like
 from ..plan.resolve import ResolvedProbe, Site
+from . import follow
 from .filter_c import FilterC, FilterHelpers, arg_signed, u64_literal
 from .layout import (STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_READ_ERRORS, STAT_UNMATCHED, STATS_PER_PROBE,
                      Attachment, MapLayout, Member, ProgramLayout, StructLayout, key_members, string_buffer)
@@ -165,9 +166,11 @@ def record_args(spec: AttachPlan) -> int:
 class Generator:
     """Builds the C text and the layout of one program for a plan."""
 
-    def __init__(self, plan: AttachPlan, ringbuf: bool = True) -> None:
+    def __init__(self, plan: AttachPlan, ringbuf: bool = True,
+                 follow_format: Optional[follow.FollowFormat] = None) -> None:
         self.plan = plan
         self.ringbuf = ringbuf
+        self.follow_format = follow_format if follow_format is not None or not plan.follow else follow.read_format()
         self.nargs = record_args(plan)
         self.attachments: List[Attachment] = []
         self.maps: Dict[str, MapLayout] = {}
@@ -211,7 +214,11 @@ class Generator:
             "}",
         ]
         self._map("stats", "percpu_array", nprobes * STATS_PER_PROBE)
-        if plan.pid is not None:
+        if plan.follow:
+            out += follow.declarations(self.follow_format)  # type: ignore[arg-type]
+            self._map("followed", "hash", follow.FOLLOWED_ENTRIES)
+            self._map("follow_lost", "array", 1)
+        elif plan.pid is not None:
             out.append("BPF_ARRAY(config, u32, 1);  /* [0]: the target process */")
             self._map("config", "array", 1)
         if self.record is not None:
@@ -380,7 +387,9 @@ class Generator:
             "    u64 id = bpf_get_current_pid_tgid();",
             "    u32 pid = id >> 32, tid = (u32)id;",
         ]
-        if self.plan.pid is not None:
+        if self.plan.follow:
+            lines.append("    if (!followed.lookup(&pid)) return 0;  /* not the target nor a descendant */")
+        elif self.plan.pid is not None:
             # The kernel attaches for the target only; this check also holds where a kernel's own
             # filter is looser (another consumer of the same uprobe, older uprobe_multi pid filters).
             lines += ["    u32 config_slot = 0; u32 *target = config.lookup(&config_slot);",
@@ -464,12 +473,16 @@ class Generator:
         self._lines[before:before] = self.filter_helpers.declarations()
         return ProgramLayout(
             text="\n".join(self._lines) + "\n", maps=dict(self.maps), attachments=tuple(self.attachments),
-            ringbuf=self.ringbuf, record=self.record, count_key=self.count_key, hist_key=self.hist_key)
+            ringbuf=self.ringbuf, record=self.record, count_key=self.count_key, hist_key=self.hist_key,
+            tracepoints=follow.TRACEPOINTS if self.plan.follow else ())
 
 
-def generate(plan: AttachPlan, ringbuf: bool = True) -> ProgramLayout:
+def generate(plan: AttachPlan, ringbuf: bool = True,
+             follow_format: Optional[follow.FollowFormat] = None) -> ProgramLayout:
     """The program for ``plan``: C text, maps, layouts and attachments.
 
-    ``ringbuf=False`` sends events through the per-CPU perf buffer (kernels before 5.8).
+    ``ringbuf=False`` sends events through the per-CPU perf buffer (kernels before 5.8).  A plan that
+    follows children reads this kernel's tracepoint records at ``follow_format`` (read from tracefs
+    when not given).
     """
-    return Generator(plan, ringbuf).generate()
+    return Generator(plan, ringbuf, follow_format).generate()

@@ -24,6 +24,7 @@ class FakeProgram:
         self.stacks: Dict[int, List[int]] = {}
         self.config: Dict[int, int] = {}
         self.attached: List[Tuple[str, str, Tuple[int, ...], Tuple[int, ...], int, bool]] = []
+        self.tracepoints: List[Tuple[str, str, str]] = []
         self.pending: Deque[bytes] = deque()
         self.closed = False
         self._on_record: Optional[RecordCallback] = None
@@ -46,8 +47,14 @@ class FakeProgram:
                pid: int = -1, retprobe: bool = False) -> None:
         self.attached.append((function, path, tuple(offsets), tuple(ref_ctr_offsets), pid, retprobe))
 
+    def attach_tracepoint(self, function: str, category: str, name: str) -> None:
+        self.tracepoints.append((function, category, name))
+
     def set_config(self, index: int, value: int) -> None:
         self.config[index] = value
+
+    def update_map(self, name: str, key: bytes, value: int) -> None:
+        self.maps[name][key] = value
 
     def read_map(self, name: str) -> List[Tuple[bytes, int]]:
         return list(self.maps[name].items())
@@ -73,6 +80,7 @@ class FakeProgram:
 
     def detach_all(self) -> None:
         self.attached.clear()
+        self.tracepoints.clear()
 
     def close(self) -> None:
         self.detach_all()

@@ -136,6 +136,14 @@ class Attachment(NamedTuple):
     retprobe: bool
 
 
+class TracepointAttachment(NamedTuple):
+    """A program of the module attached to kernel tracepoint ``category:name``."""
+
+    function: str
+    category: str
+    name: str
+
+
 @dataclass(frozen=True)
 class ProgramLayout:
     """Everything about one generated program that a loader, a decoder or a reader needs.
@@ -150,6 +158,7 @@ class ProgramLayout:
     record: Optional[StructLayout] = None
     count_key: Optional[StructLayout] = None
     hist_key: Optional[StructLayout] = None
+    tracepoints: Tuple[TracepointAttachment, ...] = ()  # attached before the call sites
 
     def stats_index(self, probe: int, which: int) -> int:
         return probe * STATS_PER_PROBE + which

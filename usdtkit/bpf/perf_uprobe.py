@@ -10,8 +10,9 @@ closes, including when the tracer is killed, and never creates a tracefs entry. 
   while the event exists, and decrements it when the event goes, so a killed tracer leaves no
   semaphore set.  (bcc 0.26's Python binding drops this argument: bcc issue 5236.)
 
-A BPF program is attached with ``PERF_EVENT_IOC_SET_BPF`` and the event started with
-``PERF_EVENT_IOC_ENABLE``.  With ``pid=-1`` the uprobe applies to every process that maps the file; the
+A tracepoint is a perf event of type ``PERF_TYPE_TRACEPOINT`` with the tracepoint's tracefs id as
+``config`` (:func:`open_tracepoint`).  A BPF program is attached to either with ``PERF_EVENT_IOC_SET_BPF``
+and the event started with ``PERF_EVENT_IOC_ENABLE``.  With ``pid=-1`` the uprobe applies to every process that maps the file; the
 ``cpu`` argument must then name a CPU, but uprobe BPF programs run on whichever CPU hits the probe.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ _PERF_EVENT_IOC_ENABLE = 0x2400
 _PERF_EVENT_IOC_DISABLE = 0x2401
 _PERF_EVENT_IOC_SET_BPF = 0x40042408
 _PERF_ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5: enough for every field used here
+_PERF_TYPE_TRACEPOINT = 2
 
 
 class _PerfEventAttr(ctypes.Structure):
@@ -95,17 +97,39 @@ def open_uprobe(path: str, offset: int, pid: int = -1, retprobe: bool = False,
     return fd
 
 
-def attach_program(event_fd: int, prog_fd: int) -> None:
-    """Attach a loaded BPF program to a uprobe event and enable it."""
+def open_tracepoint(tracepoint_id: int, label: str) -> int:
+    """Create a disabled perf event for the tracepoint with this tracefs id (``label`` names it in
+    errors) and return its fd.  Its BPF program runs wherever the tracepoint fires, on any CPU."""
+    nr = syscalls.number("perf_event_open")
+    if nr is None:
+        raise EnvironmentProblem(f"unsupported architecture {platform.machine()}")
+    attr = _PerfEventAttr()
+    attr.type = _PERF_TYPE_TRACEPOINT
+    attr.size = _PERF_ATTR_SIZE
+    attr.config = tracepoint_id
+    attr.sample_period = 1
+    attr.wakeup_events = 1
+    attr.flags = 1  # disabled until a program is attached
+    fd, err = syscalls.call(nr, ctypes.byref(attr), -1, 0, -1, _PERF_FLAG_FD_CLOEXEC)
+    if fd < 0:
+        if err in (errno_mod.EPERM, errno_mod.EACCES):
+            raise EnvironmentProblem(f"not allowed to open tracepoint {label}: {os.strerror(err)}")
+        raise AttachError(f"cannot open tracepoint {label}: {os.strerror(err)}")
+    return fd
+
+
+def attach_program(event_fd: int, prog_fd: int, what: str = "uprobe") -> None:
+    """Attach a loaded BPF program to a uprobe (or tracepoint) event and enable it."""
     try:
         fcntl.ioctl(event_fd, _PERF_EVENT_IOC_SET_BPF, prog_fd)
         fcntl.ioctl(event_fd, _PERF_EVENT_IOC_ENABLE, 0)
     except OSError as exc:
-        raise AttachError(f"cannot attach BPF program to uprobe: {exc.strerror}") from None
+        raise AttachError(f"cannot attach BPF program to {what}: {exc.strerror}") from None
 
 
 def close_event(event_fd: Optional[int]) -> None:
-    """Disable and close a uprobe event; the kernel removes the breakpoint and the semaphore count."""
+    """Disable and close a uprobe (or tracepoint) event; the kernel removes the breakpoint and the
+    semaphore count, and detaches the program."""
     if event_fd is None or event_fd < 0:
         return
     try:

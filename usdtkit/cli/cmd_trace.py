@@ -80,6 +80,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     where.add_argument("-c", "--command",
                        help="start this command and trace it from its first instruction (quote it as one "
                        "argument; its standard output goes to stderr)")
+    parser.add_argument("-F", "--follow", action="store_true",
+                        help="with -p or -c: trace its descendants too, running or started later (the trace "
+                        "still ends when PID or CMD exits)")
     parser.add_argument("-d", "--duration", type=_positive(float), help="stop after this many seconds")
     parser.add_argument("-f", "--filter", action="append", default=[], metavar="EXPR",
                         help="keep hits where EXPR holds (the predicate language of bpftrace): integers with "
@@ -99,6 +102,7 @@ TRACE_EXAMPLES = epilog(
     "usdtkit trace -p PID -n 5 -f 'tid != 7' usdt::hello:tick",
     "usdtkit trace --json -c 'demo_apps/build/hello_usdt 2' uretprobe:libc:nanosleep",
     "usdtkit trace --string-size 200 -s arg1 -c 'demo_apps/build/hello_usdt 1 reader' usdt::hello:greet",
+    "usdtkit trace -F -c \"sh -c 'demo_apps/build/hello_usdt 2; true'\" usdt:demo_apps/build/hello_usdt:hello:tick",
 )
 COUNT_EXAMPLES = epilog(
     "usdtkit count -c 'demo_apps/build/hello_usdt 5' usdt::hello:greet usdt::hello:tick",
@@ -108,6 +112,8 @@ COUNT_EXAMPLES = epilog(
     "usdtkit count -f 'str(arg1) == \"reader\" && arg0 != 2' -c 'demo_apps/build/hello_usdt 4 reader' "
     "usdt::hello:greet",
     "usdtkit count -i 0.2 --top 3 --by arg1 -c 'demo_apps/build/hello_usdt 20' usdt::hello:tick",
+    "usdtkit count -F --by pid -c \"sh -c 'demo_apps/build/hello_usdt 2; demo_apps/build/hello_usdt 3'\" "
+    "usdt:demo_apps/build/hello_usdt:hello:tick",
 )
 HIST_EXAMPLES = epilog(
     "usdtkit hist -v arg1 -c 'demo_apps/build/hello_usdt 20' usdt::hello:tick",

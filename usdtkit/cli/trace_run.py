@@ -54,6 +54,10 @@ def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None
         options.update(command=argv, command_stdout=sys.stderr.fileno())
     else:
         options["pid"] = args.pid
+    if args.follow:
+        if args.pid is None and args.command is None:
+            raise UsageError("-F/--follow traces the descendants of -p PID or of -c CMD: give one of them")
+        options["follow"] = True
     if getattr(args, "string_size", None) is not None:
         options["string_size"] = args.string_size
     if getattr(args, "cgroup", None):
@@ -105,6 +109,9 @@ def _loss_lines(session: Session, stats: Dict[str, ProbeStats]) -> List[str]:
     lines = [f"{label}: " + ", ".join(s.losses()) for label, s in stats.items() if s.losses()]
     if session.dropped_by_user_queue:
         lines.append(f"{session.dropped_by_user_queue} events dropped from the in-memory queue")
+    if session.children_not_followed():
+        lines.append(f"{session.children_not_followed()} child processes were not followed (the map of followed "
+                     "processes was full)")
     left = session.undelivered() if not session.attached else 0
     if left:
         lines.append(f"{left} events were still in the buffer when the trace ended (not shown)")
@@ -121,15 +128,20 @@ def _report_losses(session: Session, stats: Optional[Dict[str, ProbeStats]] = No
 
 def _no_hits_hint(session: Session, args: argparse.Namespace) -> None:
     """A process that did its work in children (a server's workers) shows no hits: say why."""
-    if args.pid is None or any(s.hits for s in session.stats().values()):
+    if args.follow or any(s.hits for s in session.stats().values()):
+        return
+    if args.command is not None:
+        print("note: no hits in the command itself; if it starts other programs (as a shell does), add -F to trace "
+              "them too", file=sys.stderr)
+        return
+    if args.pid is None:
         return
     from ..tracing.children import child_pids
 
     children = child_pids(args.pid)
     if children:
         print(f"note: no hits in pid {args.pid}; it has {len(children)} child process(es) (e.g. "
-              f"{', '.join(map(str, children[:3]))}), which are not traced: trace them with -p CHILD or "
-              "without -p", file=sys.stderr)
+              f"{', '.join(map(str, children[:3]))}), which are not traced: add -F to follow them", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- commands

@@ -18,8 +18,9 @@ from ..expr.filters import Filter
 from ..expr.tree import Binary, Builtin, Int, Node, both, conjuncts
 from .cgroups import cgroup_id
 from .objects import ObjectTable
-from .request import TraceRequest
-from .resolve import ResolvedProbe, resolve, resolving
+from .refs import ProbeRef
+from .request import Target, TraceRequest
+from .resolve import ResolvedProbe, maps_binary, resolve, resolving
 
 X86_PARAM_REGISTERS = 6  # uprobe entry arguments: rdi, rsi, rdx, rcx, r8, r9
 
@@ -84,6 +85,7 @@ class AttachPlan:
     ring_pages = property(lambda self: self.request.ring_pages)
     needs_stacks = property(lambda self: self.request.needs_stacks)
     latency = property(lambda self: self.request.latency)
+    follow = property(lambda self: self.request.target.follow)
 
     def filter_for(self, index: int) -> Optional[Node]:
         """The condition probe ``index`` applies (None: keep every hit).  In a function latency trace
@@ -179,6 +181,14 @@ def check_process(pid: int) -> None:
         raise TargetError(f"pid {pid} has no address space ({what}): nothing to probe")
 
 
+def _resolved_in(ref: ProbeRef, pid: Optional[int], target: Target) -> Optional[int]:
+    """The process whose mappings hold ``ref``'s binary.  Following children, a binary the target does
+    not map (one only its descendants run, as under a shell) is found by its path."""
+    if pid is not None and target.follow and ref.binary and not maps_binary(pid, ref.binary):
+        return None
+    return pid
+
+
 def make_plan(request: TraceRequest) -> AttachPlan:
     """Resolve every probe of ``request`` now (again at any later time, for a fresh plan)."""
     target = request.target
@@ -187,7 +197,7 @@ def make_plan(request: TraceRequest) -> AttachPlan:
         check_process(in_pid)
     cgroup = cgroup_id(target.cgroup) if target.cgroup is not None else None
     with resolving() as objects:
-        resolved = tuple(resolve(ref, in_pid, request.unsafe) for ref in request.probes)
+        resolved = tuple(resolve(ref, _resolved_in(ref, in_pid, target), request.unsafe) for ref in request.probes)
         used = [site.obj for probe in resolved for site in probe.sites if site.obj is not None]
         objects.keep_only(used)
         try:

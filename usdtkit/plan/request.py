@@ -104,16 +104,22 @@ class PairSpec:
 class Target:
     """Where to look.  ``pid`` alone: a running process (probes are found in its mappings);
     ``pid`` with ``executable``: a command started under trace (probes found in the executable and
-    filtered on the pid); neither: the whole system."""
+    filtered on the pid); neither: the whole system.  ``follow``: the process and its descendants,
+    those alive at attach time and those it starts later."""
 
     pid: Optional[int] = None
     executable: Optional[str] = None
     cgroup: Optional[str] = None  # a cgroup v2 directory: only hits from tasks in it (a container, a service)
+    follow: bool = False
 
     def __post_init__(self) -> None:
         if self.pid is not None and (not isinstance(self.pid, int) or isinstance(self.pid, bool)
                                      or self.pid <= 0):
             raise UsageError(f"invalid pid {self.pid!r}")
+        if not isinstance(self.follow, bool):
+            raise UsageError(f"follow is True or False, not {self.follow!r}")
+        if self.follow and self.pid is None:
+            raise UsageError("follow traces the descendants of a process: give a pid or a command as well")
 
     @property
     def resolve_in_pid(self) -> bool:

@@ -189,6 +189,11 @@ def _candidates(ref: ProbeRef, pid: Optional[int]) -> List[ObjectFile]:
     return opened
 
 
+def maps_binary(pid: int, binary: str) -> bool:
+    """Whether process ``pid`` maps ``binary`` (a path or a library name)."""
+    return any(_same_binary(binary, mapped.path) for mapped in _pid_objects(pid))
+
+
 def _check_args(probe: UsdtProbe, shown: str) -> int:
     counts = {len(loc.args) for loc in probe.locations}
     if len(counts) > 1:

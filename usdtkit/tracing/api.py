@@ -22,26 +22,29 @@ from .session import EventCallback, Session
 
 
 def build_plan(probes: Sequence[Union[str, ProbeRef]], pid: Optional[int] = None, cgroup: Optional[str] = None,
-               **options: object) -> AttachPlan:
-    """Parse, validate and resolve a trace: :func:`make_request` options, against process ``pid`` (or the
-    whole system), keeping only hits from cgroup v2 directory ``cgroup`` when given."""
+               follow: bool = False, **options: object) -> AttachPlan:
+    """Parse, validate and resolve a trace: :func:`make_request` options, against process ``pid`` (and
+    its descendants with ``follow``) or the whole system, keeping only hits from cgroup v2 directory
+    ``cgroup`` when given."""
     if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
         raise UsageError(f"invalid pid {pid!r}")
     request = make_request(list(probes) if not isinstance(probes, (str, ProbeRef)) else [probes],
-                           target=Target(pid, cgroup=cgroup), **options)  # type: ignore[arg-type]
+                           target=Target(pid, cgroup=cgroup, follow=follow), **options)  # type: ignore[arg-type]
     return make_plan(request)
 
 
 def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = None,
           command: Optional[Sequence[str]] = None, command_stdout: Optional[int] = None,
           keep_events: Optional[int] = 1_000_000, pid: Optional[int] = None, cgroup: Optional[str] = None,
-          backend: Optional[Backend] = None, **options: object) -> Session:
+          follow: bool = False, backend: Optional[Backend] = None, **options: object) -> Session:
     """Build a trace of ``probes``; use the result as a context manager to attach and detach.
 
     Options are those of :func:`usdtkit.plan.request.make_request` (``filters``, ``events``, ``strings``,
     ``string_size``, ``count_by``, ``hist``, ``hist_by``, ``latency``, ``pair_keys``, ``stacks``,
     ``ring_pages``, ``unsafe``).  ``pid=PID`` traces one running process; ``cgroup=PATH`` keeps only hits
-    from the tasks of one cgroup v2 directory (a container, a systemd service).  ``command=[argv...]`` starts
+    from the tasks of one cgroup v2 directory (a container, a systemd service); ``follow=True`` adds the
+    descendants of ``pid`` or of ``command``, alive at attach time or started later (the trace still
+    ends when ``pid`` or ``command`` exits).  ``command=[argv...]`` starts
     that program with the probes attached before its first instruction (probe specs may leave the
     binary empty); the session ends when it exits, and closing the session stops it and everything it
     started (``command_stdout``: an fd for its output, ``subprocess.PIPE`` for
@@ -51,7 +54,7 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
     if command is None:
         if command_stdout is not None:
             raise UsageError("command_stdout is where a started command writes: give command= as well")
-        plan = build_plan(list(probes), pid=pid, cgroup=cgroup, **options)
+        plan = build_plan(list(probes), pid=pid, cgroup=cgroup, follow=follow, **options)
         try:
             return Session(plan, on_event=on_event, keep_events=keep_events, backend=backend)
         except BaseException:
@@ -66,7 +69,7 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
     make_request(list(probes), target=Target(), **options)  # type: ignore[arg-type]
     gated = GatedCommand(argv, stdout=command_stdout)
     try:
-        request = make_request(list(probes), target=Target(gated.pid, gated.executable, cgroup),
+        request = make_request(list(probes), target=Target(gated.pid, gated.executable, cgroup, follow),
                                **options)  # type: ignore[arg-type]
         plan = make_plan(request)
         try:

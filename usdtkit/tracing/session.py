@@ -32,6 +32,7 @@ from ..errors import AttachError, EnvironmentProblem, NoSuchProcess, UsageError
 from ..plan import site_cost
 from ..plan.plan import AttachPlan
 from ..plan.resolve import Site
+from . import follow
 from .launch import GatedCommand
 from .semaphores import SemaphoreWriter
 
@@ -148,8 +149,12 @@ class Session:
                     raise NoSuchProcess(pid) from None
                 except (AttributeError, OSError):
                     self._pidfd = None
-                program.set_config(0, pid)
-            self._attach_sites(program, -1 if pid is None else pid)
+                if self.plan.follow:
+                    follow.start(program, self.layout, pid)
+                else:
+                    program.set_config(0, pid)
+            # Following, every process mapping a probe's file is probed: the program keeps the followed.
+            self._attach_sites(program, -1 if pid is None or self.plan.follow else pid)
             self._reader.observe_stack_owners(program)
             if self.plan.events:
                 program.open_events(self._on_record, self._on_perf_lost,
@@ -188,6 +193,10 @@ class Session:
     def _write_semaphore(self, site: Site) -> None:
         """Fallback for kernels without ref_ctr_offset: raise the semaphore ourselves, once per site."""
         pid = site.pid if site.pid is not None else self.plan.pid
+        if self.plan.follow:
+            raise EnvironmentProblem("this kernel cannot maintain USDT semaphores in processes started after "
+                                     f"attaching (no uprobe ref_ctr_offset): {site.path} has semaphores; "
+                                     "trace without following children")
         if pid is None:
             raise EnvironmentProblem("this kernel cannot maintain USDT semaphores for all processes; "
                                      "trace one process with a PID")
@@ -359,7 +368,8 @@ class Session:
     def _snapshot(self, program: LoadedProgram) -> Dict[str, object]:
         try:
             return {"stats": self._reader.stats(program), "counts": self._reader.counts(program),
-                    "hist": self._reader.histograms(program), "per_probe": self._reader.per_probe(program)}
+                    "hist": self._reader.histograms(program), "per_probe": self._reader.per_probe(program),
+                    **self._follow_state(program)}
         except Exception:  # reading results must never prevent the detach
             return {"stats": {}}
 
@@ -369,6 +379,23 @@ class Session:
                       "hist": self._reader.histograms, "per_probe": self._reader.per_probe}[name]
             return reader(self._program)
         return self._final.get(name)
+
+    def _follow_state(self, program: LoadedProgram) -> Dict[str, object]:
+        if not self.plan.follow:
+            return {}
+        return {"followed": follow.followed_pids(program), "follow_lost": follow.lost(program)}
+
+    def followed(self) -> List[int]:
+        """The processes followed now (the target and its descendants; at the end of the trace, those
+        still alive then).  Empty unless the trace follows children."""
+        state = self._follow_state(self._program) if self._program is not None else self._final
+        return list(state.get("followed", ()))  # type: ignore[call-overload]
+
+    def children_not_followed(self) -> int:
+        """Children of followed processes that could not be followed (the map of followed processes
+        was full)."""
+        state = self._follow_state(self._program) if self._program is not None else self._final
+        return int(state.get("follow_lost", 0))  # type: ignore[call-overload]
 
     def forget_counts(self, keys: Sequence[Tuple]) -> int:
         """Delete these rows (``Counts`` keys) from the kernel's count map, so a long-running reader keeps
