@@ -15,7 +15,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from ..collect.deltas import counts_delta, histograms_delta, stats_delta
-from ..collect.render import format_value, printable, render_counts
+from ..collect.render import format_value, key_text, printable, render_counts
 from ..collect.results import Counts, Event, Histogram, ProbeStats
 from ..errors import UsageError
 from ..expr.fields import Field
@@ -235,7 +235,7 @@ def _print_hists(session: Session, args: argparse.Namespace, title: str, totals:
             unit = f" ({hist.unit})" if hist.unit else ""
             if isinstance(label, tuple):
                 names = [part.strip() for part in args.by.split(",") if part.strip()]
-                label = f"{label[0]} [" + ", ".join(f"{n}={printable(str(v))}" for n, v in zip(names, label[1:])) + "]"
+                label = f"{label[0]} [" + ", ".join(f"{n}={key_text(v)}" for n, v in zip(names, label[1:])) + "]"
             p50, p99 = (format_value(hist.percentile(p), hist.unit) for p in (50, 99))
             print(f"{label} {title}{unit}: {hist.total} values, p50 <= {p50}, p99 <= {p99}")
             print(hist.render())
