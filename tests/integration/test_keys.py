@@ -1,5 +1,6 @@
-"""Keys of several fields on real probes (programs/keys.c): counts by pid and string equal to the
-target's own account, stacks per comm, cgroup ids."""
+"""Keys of several fields on real probes (programs/keys.c, programs/latency.c): counts by pid and string
+equal to the target's own account, stacks per comm, cgroup ids, latency histograms split by values of
+the start probe and of the done probe, keys of two fields, and every lost start counted."""
 from __future__ import annotations
 
 import json
@@ -150,3 +151,93 @@ def test_the_cgroup_key_is_the_id_of_each_process_cgroup(build_c, processes, cgr
     assert {key[1:]: n for key, n in counts.items()} == {
         (inside.pid, cgroup_id(cgroup)): 4, (outside.pid, cgroup_id(_own_cgroup(outside.pid))): 6}
     assert cgroup_id(cgroup) != cgroup_id(_own_cgroup(outside.pid))
+
+
+# --------------------------------------------------------------------------- latency keys
+@pytest.mark.bpf
+def test_latency_by_a_start_string_and_a_done_number(build_c, processes):
+    binary = build_c("keys.c", "-O2", "-pthread")
+    target = processes([binary, "requests", "12"])
+    with trace(f"usdt:{binary}:keys:start", f"usdt:{binary}:keys:done", pid=target.pid, events=False,
+               latency=True, pair_keys=("arg0", "arg0"), hist=latency_hist("start.str(arg1)", "arg1")) as session:
+        go(target)
+        until_done(target)
+        hists, stats = session.histograms(), session.stats()
+    # ids 0-2 end with 200, 3-5 with 404...; routes cycle /fast, /slow and one that cannot be read (None)
+    assert buckets(hists) == {
+        ("keys:done", "/fast", 200): {FAST: 2}, ("keys:done", "/slow", 200): {SLOW: 2},
+        ("keys:done", None, 200): {FAST: 2}, ("keys:done", "/fast", 404): {FAST: 2},
+        ("keys:done", "/slow", 404): {SLOW: 2}, ("keys:done", None, 404): {FAST: 2}}
+    assert stats["keys:start"].read_errors == 4 and stats["keys:start"].hits == 12
+    assert stats["keys:done"].hits == 12 and not stats["keys:done"].losses()
+
+
+@pytest.mark.bpf
+def test_the_cli_names_start_fields_and_shows_a_failed_read(build_c):
+    binary = build_c("keys.c", "-O2", "-pthread")
+    result = usdtkit("latency", "-k", "arg0", "--by", "start.str(arg1),arg1", "--linear", f"0,{24 * MS},{12 * MS}",
+                     "-c", f"{binary} requests 6", "usdt::keys:start", "usdt::keys:done")
+    shown = dict(re.findall(r"^keys:done \[(.*)\] latency \(ns\): (\d+) values", result.stdout.decode(), re.M))
+    assert shown == {f"start.str(arg1)={route}, arg1={status}": "1"
+                     for route in ("/fast", "/slow", "?") for status in (200, 404)}
+    assert "keys:start: 2 argument or string reads failed" in result.stderr.decode()
+
+
+@pytest.mark.bpf
+def test_function_latency_by_an_entry_argument(build_c, processes):
+    binary = build_c("latency.c", "-O2", "-pthread")
+    target = processes([binary, "sleeps", "1", "20", "1", "5"])
+    hist = HistSpec(Field("latency"), "fixed", bounds=(MS - 1, 4 * MS, 19 * MS, 10 * 1000 * MS),
+                    by=(Field("arg", 0), Field("retval")))
+    with trace(f"uprobe:{binary}:sleep_ms", pid=target.pid, events=False, latency=True, hist=hist) as session:
+        go(target)
+        session.run(duration=30)
+        hists = session.histograms()
+    # sleep_ms(ms) returns ms: the entry's argument and the return value agree
+    assert buckets(hists) == {("sleep_ms", 1, 1): {1: 2}, ("sleep_ms", 5, 5): {2: 1}, ("sleep_ms", 20, 20): {3: 1}}
+
+
+@pytest.mark.bpf
+def test_a_key_of_two_fields_pairs_ids_that_repeat_across_threads(build_c, processes):
+    binary = build_c("keys.c", "-O2", "-pthread")
+    target = processes([binary, "threads", "8"])
+    with trace(f"usdt:{binary}:keys:start", f"usdt:{binary}:keys:done", pid=target.pid, events=False, latency=True,
+               pair_keys=("arg0&tid", "arg0&tid"), hist=latency_hist("start.str(arg1)", "arg1")) as session:
+        go(target)
+        until_done(target)
+        hists, stats = session.histograms(), session.stats()
+    # both threads use ids 0-7 at the same time; thread 0 sleeps 1 ms per request, thread 1 12 ms
+    assert buckets(hists) == {("keys:done", "/t0", 0): {FAST: 8}, ("keys:done", "/t1", 1): {SLOW: 8}}
+    assert not stats["keys:done"].losses() and not stats["keys:start"].losses()
+
+
+# --------------------------------------------------------------------------- losses
+@pytest.mark.bpf
+def test_a_start_whose_key_cannot_be_read_never_pairs(build_c, processes):
+    binary = build_c("keys.c", "-O2", "-pthread")
+    target = processes([binary, "lostkey"])
+    with trace(f"usdt:{binary}:keys:lost_start", f"usdt:{binary}:keys:done", pid=target.pid, events=False,
+               latency=True, pair_keys=("arg0", "arg0"), hist="latency") as session:
+        go(target)
+        until_done(target)
+        hists, stats = session.histograms(), session.stats()
+    # the start's key read failed (a page never touched); the done's key is 0, which must not match it
+    assert sum(h.total for h in hists.values()) == 0
+    assert stats["keys:lost_start"].read_errors == 1 and stats["keys:done"].unmatched == 1
+
+
+@pytest.mark.bpf
+def test_starts_evicted_from_a_full_map_are_counted(build_c, processes):
+    binary = build_c("keys.c", "-O2", "-pthread")
+    fired = 70_000  # more starts than the map of starts holds (65536)
+    target = processes([binary, "flood", str(fired)])
+    with trace(f"usdt:{binary}:keys:start", f"usdt:{binary}:keys:done", pid=target.pid, events=False,
+               latency=True, pair_keys=("arg0", "arg0"), hist="latency", hist_by="start.str(arg1)") as session:
+        go(target)
+        until_done(target)
+        hists, stats = session.histograms(), session.stats()
+    done = stats["keys:done"]
+    assert list(hists) == [("keys:done", "/flood")]
+    assert stats["keys:start"].hits == fired and done.hits == hists["keys:done", "/flood"].total
+    assert done.hits + done.unmatched == fired and done.unmatched >= fired - 65536
+    assert done.unfinished == done.unmatched  # each evicted start is one start without its done

@@ -27,7 +27,7 @@ from ..tracing.session import Session
 
 # --------------------------------------------------------------------------- running a session
 def _hist_spec(text: Optional[str], fld: Field, by: Optional[str]) -> HistSpec:
-    fields = tuple(Field.parse(part) for part in by.split(",") if part.strip()) if by else ()
+    fields = tuple(Field.parse(part, sides=True) for part in by.split(",") if part.strip()) if by else ()
     by_field = (fields[0] if len(fields) == 1 else fields) if fields else None
     if not text:
         return HistSpec(fld, by=by_field)
@@ -264,7 +264,8 @@ def run_latency(args: argparse.Namespace) -> int:
         if len(parts) == 1:
             parts = parts * 2
         if len(parts) != 2:
-            raise UsageError("--key takes START or START,DONE")
+            raise UsageError("--key takes FIELDS (both probes) or START_FIELDS,DONE_FIELDS, e.g. 'arg0', "
+                             "'arg0,arg1', 'arg0&tid'")
         keys = parts
     session = _session(args, events=False, latency=True, pair_keys=keys,
                        hist=_hist_spec(args.linear, Field("latency"), args.by))
