@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, List
 
@@ -50,6 +51,30 @@ def build_c(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
         return cache[key]
 
     return build
+
+
+@pytest.fixture
+def cgroup():
+    """A cgroup v2 directory of its own; processes moved into it are killed and it is removed after."""
+    from usdtkit.plan.cgroups import cgroup2_mounts
+
+    mounts = cgroup2_mounts()
+    if not mounts:
+        pytest.skip("cgroup v2 is not mounted")
+    path = os.path.join(mounts[0], f"usdtkit-test-{os.getpid()}")
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        with open(os.path.join(path, "cgroup.procs")) as handle:
+            for pid in handle.read().split():
+                subprocess.run(["kill", "-9", pid])
+        for _ in range(100):
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.05)
 
 
 @pytest.fixture

@@ -139,6 +139,52 @@ def _latency_routes(out: str) -> None:
         assert f"[str(arg2)={route}] latency (ns): 3 values" in out, route
 
 
+def _count_pid_string(out: str) -> None:
+    ((probe, pid, name, count),) = _rows(out)
+    assert (probe, name, count) == ("hello:greet", "reader", "3") and int(pid) > 0
+
+
+def _count_stacks(out: str) -> None:
+    ((probe, comm, stack, count),) = _rows(out)
+    assert (probe, comm, count) == ("hello:tick", "hello_usdt", "3") and stack.split(";")[-1] == "main"
+
+
+def _own_cgroup_id() -> int:
+    """The cgroup a command started from here runs in (the examples' -c commands inherit it)."""
+    from usdtkit.plan.cgroups import cgroup2_mounts, cgroup_id
+
+    with open("/proc/self/cgroup") as handle:
+        path = next(line.split("::", 1)[1].strip() for line in handle if line.startswith("0::"))
+    return cgroup_id(os.path.join(cgroup2_mounts()[0], path.lstrip("/")))
+
+
+def _count_cgroup(out: str) -> None:
+    assert _rows(out) == [["hello:tick", str(_own_cgroup_id()), "hello_usdt", "3"]]
+
+
+def _hist_by_thread(out: str) -> None:
+    assert re.fullmatch(r"hello:tick \[tid=\d+, comm=hello_usdt\] arg1: 4 values, .*", out.splitlines()[0])
+    assert _hist(out) == _log2_buckets([i * i for i in range(1, 5)])
+
+
+def _latency_paths(out: str) -> None:
+    # three requests per path (fixtures/cli_examples.py); only /missing is answered 404
+    for path, status in (("/", 200), ("/items/40", 200), ("/slow", 200), ("/missing", 404)):
+        assert f"[start.str(arg3)={path}, arg1={status}] latency (ns): 3 values" in out, path
+
+
+def _latency_printf(out: str) -> None:
+    assert "printf [str(arg0)=hello %s #%ld\\n] latency (ns): 3 values" in out
+
+
+def _latency_accept(out: str) -> None:
+    assert "demo_httpd:request__start latency (ns): 12 values" in out
+
+
+def _latency_two_fields(out: str) -> None:
+    assert "demo_httpd:request__done latency (ns): 12 values" in out
+
+
 def _dev_demo(out: str) -> None:
     assert "\ntracing works\n" in out
     assert re.search(r"^(\d+) requests traced; matches the \1 requests sent; 0 records lost\.$", out, re.M)
@@ -174,6 +220,18 @@ CHECKS: Dict[str, Callable[[str], None]] = {
     "usdtkit latency -c 'demo_apps/build/hello_usdt 5' 'uprobe:libc:nanosleep'": _latency_nanosleep,
     "usdtkit latency -p PID --key arg0 --by 'str(arg2)' usdt::demo_httpd:request__start "
     "usdt::demo_httpd:request__done": _latency_routes,
+    "usdtkit count --by 'pid,str(arg1)' -c 'demo_apps/build/hello_usdt 3 reader' 'usdt::hello:greet'":
+        _count_pid_string,
+    "usdtkit count --by comm,ustack -c 'demo_apps/build/hello_usdt 3' 'usdt::hello:tick'": _count_stacks,
+    "usdtkit count --by cgroup,comm -c 'demo_apps/build/hello_usdt 3' 'usdt::hello:tick'": _count_cgroup,
+    "usdtkit hist -v arg1 --by tid,comm -c 'demo_apps/build/hello_usdt 4' 'usdt::hello:tick'": _hist_by_thread,
+    "usdtkit latency -p PID -k arg0 --by 'start.str(arg3),arg1' usdt::demo_httpd:request__start "
+    "usdt::demo_httpd:request__done": _latency_paths,
+    "usdtkit latency --by 'str(arg0)' -c 'demo_apps/build/hello_usdt 3' 'uprobe:libc:printf'": _latency_printf,
+    "usdtkit latency -p PID -k arg0,arg1 usdt::demo_httpd:conn__accept usdt::demo_httpd:request__start":
+        _latency_accept,
+    "usdtkit latency -p PID -k 'arg0&tid' usdt::demo_httpd:request__start usdt::demo_httpd:request__done":
+        _latency_two_fields,
     "./dev.sh demo": _dev_demo,
     "usdtkit exporter --config demo_apps/exporter.yaml --check": _exporter_check,
 }

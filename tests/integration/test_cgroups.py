@@ -9,32 +9,11 @@ import time
 import pytest
 
 from usdtkit.errors import TargetError
-from usdtkit.plan.cgroups import cgroup2_mounts, cgroup_id
+from usdtkit.plan.cgroups import cgroup_id
 from usdtkit.tracing.api import trace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HELLO = os.path.join(ROOT, "demo_apps", "build", "hello_usdt")
-
-
-@pytest.fixture
-def cgroup():
-    mounts = cgroup2_mounts()
-    if not mounts:
-        pytest.skip("cgroup v2 is not mounted")
-    path = os.path.join(mounts[0], f"usdtkit-test-{os.getpid()}")
-    os.mkdir(path)
-    try:
-        yield path
-    finally:
-        with open(os.path.join(path, "cgroup.procs")) as handle:
-            for pid in handle.read().split():
-                subprocess.run(["kill", "-9", pid])
-        for _ in range(100):
-            try:
-                os.rmdir(path)
-                break
-            except OSError:
-                time.sleep(0.05)
 
 
 @pytest.mark.bpf

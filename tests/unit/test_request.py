@@ -114,3 +114,85 @@ def test_resolutions_in_two_threads_keep_their_own_files(tmp_path):
     for t in threads:
         t.join()
     assert tables == {"a": [str(tmp_path / "a")], "b": [str(tmp_path / "b")]}
+
+
+# --------------------------------------------------------------------------- keys of latency traces
+PAIR = ["usdt:/x:p:start", "usdt:/x:p:done"]
+
+
+def test_start_fields_are_parsed_where_sides_exist():
+    from usdtkit.expr.fields import Field
+
+    assert Field.parse("start.str(arg0)", sides=True) == Field("str", 0, "start")
+    assert str(Field("str", 0, "start")) == "start.str(arg0)" and Field("comm", side="start").key_name == "start_comm"
+    assert Field.parse("done.arg1", sides=True) == Field.parse("arg1")  # the done probe's own value
+    with pytest.raises(UsageError, match="latency histograms only"):
+        Field.parse("start.arg0")  # count keys, filters and values have no sides
+    for text in ("start.retval", "start.latency", "start.ustack"):
+        with pytest.raises(UsageError, match="the start probe keeps"):
+            Field.parse(text, sides=True)
+    with pytest.raises(UsageError, match="unknown field"):
+        Field.parse("middle.arg0", sides=True)
+
+
+def test_latency_histograms_split_by_fields_of_both_probes():
+    request = make_request(PAIR, latency=True, events=False, hist="latency",
+                           hist_by=["start.str(arg1)", "arg1", "start.arg1"])
+    assert [str(f) for f in request.hist.by_fields] == ["start.str(arg1)", "arg1", "start.arg1"]
+    assert [str(f) for f in request.start_fields] == ["start.str(arg1)", "start.arg1"]
+    assert request.start_indexes() == (0,) and request.reads_strings
+    with pytest.raises(UsageError, match="twice"):
+        make_request(PAIR, latency=True, events=False, hist="latency", hist_by=["arg1", "done.arg1"])
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(hist="arg0", hist_by="start.arg1"), "only latency traces"),
+    (dict(count_by=["start.arg1"]), "latency histograms only"),
+    (dict(hist="start.arg1"), "latency histograms only"),
+])
+def test_start_fields_outside_latency_histograms_are_refused(options, words):
+    with pytest.raises(UsageError, match=words):
+        make_request(PAIR, events=False, **options)
+
+
+def test_a_function_argument_is_its_entry_value():
+    request = make_request(["uprobe:/x:f"], latency=True, events=False, hist="latency", hist_by=["arg0", "retval"])
+    assert [str(f) for f in request.hist.by_fields] == ["start.arg0", "retval"]
+    assert request.start_indexes() == (0,) and request.handler_indexes() == (1,)
+
+
+@pytest.mark.parametrize("keys, start, done", [
+    (("arg0", "arg1"), ["arg0"], ["arg1"]),
+    (("arg0&tid", "arg0&tid"), ["arg0", "tid"], ["arg0", "tid"]),
+    (("arg0&arg2", ("arg1", "arg3")), ["arg0", "arg2"], ["arg1", "arg3"]),
+])
+def test_pair_keys_of_one_or_several_fields(keys, start, done):
+    pair = make_request(PAIR, latency=True, events=False, pair_keys=keys).pair
+    assert [str(f) for f in pair.start_fields] == start and [str(f) for f in pair.done_fields] == done
+
+
+@pytest.mark.parametrize("keys, words", [
+    (("arg0&arg1", "arg0"), "2 start field"),
+    (("arg0&arg1&arg2&arg3&arg4",) * 2, "at most 4"),
+    (("arg0&arg0", "arg0&arg1"), "named twice"),
+    (("comm", "comm"), "use argN, pid, tid or cpu"),
+    (("start.arg0", "arg0"), "latency histograms only"),
+    (("arg0&", "arg0"), "unknown field"),
+])
+def test_bad_pair_keys_are_refused(keys, words):
+    with pytest.raises(UsageError, match=words):
+        make_request(PAIR, latency=True, events=False, pair_keys=keys)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-k", "arg0,arg1,arg2"], "--key takes FIELDS"),
+    (["-k", "arg0&pid,arg0"], "1 done field"),
+    (["--by", "start.ustack"], "the start probe keeps"),
+])
+def test_the_cli_refuses_bad_latency_keys_in_one_line(argv, words):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "usdtkit.cli.main", "latency", *argv, *PAIR],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and words in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr

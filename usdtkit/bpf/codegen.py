@@ -57,6 +57,11 @@ _X86_REGS = {
 _X86_PARAMS = ("di", "si", "dx", "cx", "r8", "r9")
 
 
+def _key_word(index: int) -> str:
+    """The member of ``struct usdtkit_start_key`` holding key field ``index``."""
+    return "key" if index == 0 else f"key{index}"
+
+
 class UnreadableArgument(TargetError):
     """An argument location of the target that this backend cannot read; refused before attaching."""
 
@@ -149,10 +154,10 @@ def needed_args(spec: AttachPlan, probe_index: int) -> FrozenSet[int]:
     if spec.hist is not None:
         used.add(spec.hist.field)
     if spec.pair is not None:
-        if probe_index == spec.pair.start and spec.pair.start_key is not None:
-            used.add(spec.pair.start_key)
-        if probe_index == spec.pair.done and spec.pair.done_key is not None:
-            used.add(spec.pair.done_key)
+        if probe_index == spec.pair.start:
+            used.update(spec.pair.start_fields)
+        if probe_index == spec.pair.done:
+            used.update(spec.pair.done_fields)
     if spec.hist is not None:
         used.update(spec.hist.by_fields)
     return frozenset(f.index for f in used if f.argument is not None and f.index < probe.arg_count)
@@ -185,6 +190,11 @@ class Generator:
             members = key_members(hist_fields, plan.string_size, COMM_LEN)
             self.hist_key = StructLayout("usdtkit_hist_key", (members[0], Member("slot", "u32"), *members[2:],
                                                                members[1]))
+        # What a latency start keeps for its done: the time, and the start probe's values of the
+        # histogram key (with a bit per failed read, as in keys).
+        start_fields = plan.request.start_fields
+        self.start_value = (StructLayout("usdtkit_start", (Member("time", "u64"), *key_members(
+            start_fields, plan.string_size, COMM_LEN))) if start_fields else None)
 
     def _record_layout(self) -> StructLayout:
         members = [Member("ts", "u64"), Member("latency", "u64"), Member("retval", "u64"),
@@ -246,8 +256,15 @@ class Generator:
             # LRU: starts whose done never comes (a thread killed mid-request, returns the kernel does
             # not probe past 64 nested uretprobes) age out instead of filling the map.  `scope` keeps
             # keys of different processes (or stack frames of one thread) apart.
-            out.append("struct usdtkit_start_key { u64 key; u64 scope; };")
-            out.append(f'BPF_TABLE("lru_hash", struct usdtkit_start_key, u64, starts, {START_MAP_ENTRIES});')
+            words = len(plan.pair.start_fields) if plan.pair is not None else 0
+            keys = " ".join(f"u64 {_key_word(i)};" for i in range(max(words, 1)))
+            out.append(f"struct usdtkit_start_key {{ {keys} u64 scope; }};")
+            value = "u64"
+            if self.start_value is not None:
+                # Built and read in a per-CPU slot: strings make it too big for the BPF stack.
+                out += [self.start_value.declaration(), "BPF_PERCPU_ARRAY(start_scratch, struct usdtkit_start, 1);"]
+                value = "struct usdtkit_start"
+            out.append(f'BPF_TABLE("lru_hash", struct usdtkit_start_key, {value}, starts, {START_MAP_ENTRIES});')
             self._map("starts", "lru_hash", START_MAP_ENTRIES)
 
     # ------------------------------------------------------------------ the shared handler
@@ -296,6 +313,19 @@ class Generator:
                     f"    if (errs & {1 << fld.index}U) key->errs |= {1 << bit}U;")
         return f"    {member} = {self._value_of(fld)};"
 
+    def _start_order(self) -> List[Field]:
+        """The start value's fields in the order of its members (the order of its error bits)."""
+        assert self.start_value is not None
+        return [m.field for m in self.start_value.members if m.field is not None]
+
+    def _start_copy(self, fld: Field, bit: int) -> str:
+        """The statement that copies a start-side value from ``start`` into ``key`` (and its read error)."""
+        member = f"k_{fld.key_name}"
+        start_bit = self._start_order().index(fld)
+        copy = (f"__builtin_memcpy(key->{member}, start->{member}, sizeof(key->{member}));" if fld.is_string
+                else f"key->{member} = start->{member};")
+        return f"    {copy}\n    if (start->errs & {1 << start_bit}U) key->errs |= {1 << bit}U;"
+
     def _handler(self) -> None:
         plan, out = self.plan, self._lines
         out += [
@@ -318,8 +348,11 @@ class Generator:
             out += [f"    if (!{unread}) {{", f"    u64 value = {value};", *self._key_start("hist", self.hist_key)]
             # error bits in the order of the key's members, as readout decodes them
             keyed = [m.field for m in self.hist_key.members if m.field is not None]
+            if self.start_value is not None:
+                out += ["    u32 start_slot = 0; struct usdtkit_start *start = start_scratch.lookup(&start_slot);",
+                        "    if (!start) return 0;"]
             for bit, by in enumerate(keyed):
-                out.append(self._key_fill(by, bit))
+                out.append(self._start_copy(by, bit) if by.side else self._key_fill(by, bit))
             signed = self._field_signed(hist.field)
             if hist.kind == "log2":
                 if signed:
@@ -437,32 +470,48 @@ class Generator:
             # return it is 8 bytes higher.  Each recursion level has its own key, and a level the
             # kernel does not probe on return (past 64 nested uretprobes) is never mispaired.
             if probe.ref.kind == "uprobe":
-                return ["    usdtkit_stat(probe, 0);",
-                        "    struct usdtkit_start_key sk = {.key = id, .scope = ctx->sp};",
-                        "    u64 now = bpf_ktime_get_ns();",
-                        f"    if (starts.update(&sk, &now) < 0) usdtkit_stat(probe, {STAT_LOST_KEYS});",
-                        "    return 0;"]
-            return ["    struct usdtkit_start_key sk = {.key = id, .scope = ctx->sp - 8};",
-                    "    u64 *started = starts.lookup(&sk);",
-                    f"    if (!started) {{ usdtkit_stat(probe, {STAT_UNMATCHED}); return 0; }}",
-                    "    latency = bpf_ktime_get_ns() - *started; starts.delete(&sk);"]
+                return self._start("    struct usdtkit_start_key sk = {.key = id, .scope = ctx->sp};")
+            return self._done("    struct usdtkit_start_key sk = {.key = id, .scope = ctx->sp - 8};")
         pair = plan.pair
         if pair is None or p_index not in (pair.start, pair.done):
             return []
-        key_field = pair.start_key if p_index == pair.start else pair.done_key
-        # Matched by thread (the id holds the process too), or by a field within one process: two
+        key_fields = pair.start_fields if p_index == pair.start else pair.done_fields
+        # Matched by thread (the id holds the process too), or by fields within one process: two
         # processes can hold the same key (the same address in forked workers, say).
-        key, scope = (self._value_of(key_field), "pid") if key_field is not None else ("id", "0")
-        lookup = f"    struct usdtkit_start_key sk = {{.key = {key}, .scope = {scope}}};"
-        if p_index == pair.start:
-            return ["    usdtkit_stat(probe, 0);", lookup,
-                    "    u64 now = bpf_ktime_get_ns();",
-                    f"    if (starts.update(&sk, &now) < 0) usdtkit_stat(probe, {STAT_LOST_KEYS});",
-                    "    return 0;"]
-        return [lookup,
-                "    u64 *started = starts.lookup(&sk);",
-                f"    if (!started) {{ usdtkit_stat(probe, {STAT_UNMATCHED}); return 0; }}",
-                "    latency = bpf_ktime_get_ns() - *started; starts.delete(&sk);"]
+        words = [f".{_key_word(i)} = {self._value_of(f)}" for i, f in enumerate(key_fields)] or [".key = id"]
+        lookup = f"    struct usdtkit_start_key sk = {{{', '.join(words)}, .scope = {'pid' if key_fields else '0'}}};"
+        # A key whose read failed is no key (a 0 would pair with any other failed read); the read
+        # error is counted, and the start shows as unfinished.
+        unread = sum(1 << f.index for f in key_fields if f.name == "arg")
+        if unread:
+            lookup = f"    if (errs & {unread}U) return 0;\n{lookup}"
+        return self._start(lookup) if p_index == pair.start else self._done(lookup)
+
+    def _start(self, lookup: str) -> List[str]:
+        """A start: keep its time (and the start-side values of the histogram key) under ``sk``."""
+        lines = ["    usdtkit_stat(probe, 0);", lookup]
+        if self.start_value is None:
+            lines += ["    u64 now = bpf_ktime_get_ns();",
+                      f"    if (starts.update(&sk, &now) < 0) usdtkit_stat(probe, {STAT_LOST_KEYS});"]
+        else:  # named `key`, the start value is filled as keys are
+            lines += ["    u32 start_slot = 0; struct usdtkit_start *key = start_scratch.lookup(&start_slot);",
+                      "    if (!key) return 0;", "    __builtin_memset(key, 0, sizeof(*key));",
+                      "    key->time = bpf_ktime_get_ns(); key->probe = probe;"]
+            lines += [self._key_fill(fld, bit) for bit, fld in enumerate(self._start_order())]
+            lines.append(f"    if (starts.update(&sk, key) < 0) usdtkit_stat(probe, {STAT_LOST_KEYS});")
+        return lines + ["    return 0;"]
+
+    def _done(self, lookup: str) -> List[str]:
+        """A done: the latency since its start, whose entry is removed; unmatched when there is none."""
+        value = "u64" if self.start_value is None else "struct usdtkit_start"
+        lines = [lookup, f"    {value} *started = starts.lookup(&sk);",
+                 f"    if (!started) {{ usdtkit_stat(probe, {STAT_UNMATCHED}); return 0; }}"]
+        if self.start_value is None:
+            return lines + ["    latency = bpf_ktime_get_ns() - *started; starts.delete(&sk);"]
+        # Copied out before the delete: another CPU may reuse a deleted LRU element at once.
+        return lines + ["    u32 start_slot = 0; struct usdtkit_start *start = start_scratch.lookup(&start_slot);",
+                        "    if (!start) return 0;", "    __builtin_memcpy(start, started, sizeof(*start));",
+                        "    latency = bpf_ktime_get_ns() - start->time; starts.delete(&sk);"]
 
     def generate(self) -> ProgramLayout:
         self._declarations()

@@ -124,9 +124,14 @@ HIST_EXAMPLES = epilog(
 )
 LATENCY_EXAMPLES = epilog(
     "usdtkit latency -c 'demo_apps/build/hello_usdt 5' uprobe:libc:nanosleep",
+    "usdtkit latency --by 'str(arg0)' -c 'demo_apps/build/hello_usdt 3' uprobe:libc:printf",
     "usdtkit latency --key arg0 -c 'demo_apps/build/hello_usdt 5' usdt::hello:greet usdt::hello:tick",
     "usdtkit latency -p PID --key arg0 --by 'str(arg2)' usdt::demo_httpd:request__start "
     "usdt::demo_httpd:request__done",
+    "usdtkit latency -p PID -k arg0 --by 'start.str(arg3),arg1' usdt::demo_httpd:request__start "
+    "usdt::demo_httpd:request__done",
+    "usdtkit latency -p PID -k arg0,arg1 usdt::demo_httpd:conn__accept usdt::demo_httpd:request__start",
+    "usdtkit latency -p PID -k 'arg0&tid' usdt::demo_httpd:request__start usdt::demo_httpd:request__done",
 )
 
 
@@ -176,12 +181,17 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
         "recursion-safe). With two USDT probes START DONE, time start to done, matched by thread or by "
         "--key.")
     _common(latency)
-    latency.add_argument("-k", "--key", metavar="ARG[,ARG]",
-                         help="match START and DONE by an argument of both, or by one of START and one of DONE "
-                         "(START_ARG,DONE_ARG), e.g. 'arg0'")
+    latency.add_argument("-k", "--key", metavar="FIELDS[,FIELDS]",
+                         help="match START and DONE on the same field of both (a request id: 'arg0'), or on "
+                         "START_FIELD,DONE_FIELD ('arg0,arg1': arg0 of START equals arg1 of DONE); fields joined "
+                         "by & must all match ('arg0&tid': an id unique per thread only); argN, pid, tid or cpu, at "
+                         "most 4 per side; without -k, START and DONE pair on the same thread")
     latency.add_argument("--linear", metavar="LOW,HIGH,STEP", help="linear buckets (ns) instead of log2")
-    latency.add_argument("--by", metavar="FIELD",
-                         help="one histogram per value of FIELD of the DONE probe, e.g. 'str(arg2)'")
+    latency.add_argument("--by", metavar="FIELD[,FIELD]",
+                         help="one histogram per value of FIELD (or per combination of several) at DONE, e.g. "
+                         "'str(arg2)', or at START as start.FIELD, kept with the start time, e.g. "
+                         "'start.str(arg3),arg1'; for a function, argN and str(argN) are its arguments at entry "
+                         "and retval its return value")
     _string_size(latency, "str(argN) key")
     _interval(latency)
     latency.set_defaults(func=_runner("run_latency"))

@@ -15,7 +15,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from ..collect.deltas import counts_delta, histograms_delta, stats_delta
-from ..collect.render import format_value, printable, render_counts
+from ..collect.render import format_value, key_text, printable, render_counts
 from ..collect.results import Counts, Event, Histogram, ProbeStats
 from ..errors import UsageError
 from ..expr.fields import Field
@@ -27,7 +27,7 @@ from ..tracing.session import Session
 
 # --------------------------------------------------------------------------- running a session
 def _hist_spec(text: Optional[str], fld: Field, by: Optional[str]) -> HistSpec:
-    fields = tuple(Field.parse(part) for part in by.split(",") if part.strip()) if by else ()
+    fields = tuple(Field.parse(part, sides=True) for part in by.split(",") if part.strip()) if by else ()
     by_field = (fields[0] if len(fields) == 1 else fields) if fields else None
     if not text:
         return HistSpec(fld, by=by_field)
@@ -247,7 +247,7 @@ def _print_hists(session: Session, args: argparse.Namespace, title: str, totals:
             unit = f" ({hist.unit})" if hist.unit else ""
             if isinstance(label, tuple):
                 names = [part.strip() for part in args.by.split(",") if part.strip()]
-                label = f"{label[0]} [" + ", ".join(f"{n}={printable(str(v))}" for n, v in zip(names, label[1:])) + "]"
+                label = f"{label[0]} [" + ", ".join(f"{n}={key_text(v)}" for n, v in zip(names, label[1:])) + "]"
             p50, p99 = (format_value(hist.percentile(p), hist.unit) for p in (50, 99))
             print(f"{label} {title}{unit}: {hist.total} values, p50 <= {p50}, p99 <= {p99}")
             print(hist.render())
@@ -276,7 +276,8 @@ def run_latency(args: argparse.Namespace) -> int:
         if len(parts) == 1:
             parts = parts * 2
         if len(parts) != 2:
-            raise UsageError("--key takes START or START,DONE")
+            raise UsageError("--key takes FIELDS (both probes) or START_FIELDS,DONE_FIELDS, e.g. 'arg0', "
+                             "'arg0,arg1', 'arg0&tid'")
         keys = parts
     session = _session(args, events=False, latency=True, pair_keys=keys,
                        hist=_hist_spec(args.linear, Field("latency"), args.by))

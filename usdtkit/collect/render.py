@@ -57,9 +57,14 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def key_text(value: object) -> str:
+    """A key's value for a terminal: ``?`` where its read failed (``None``)."""
+    return "?" if value is None else printable(str(value))
+
+
 def render_counts(counts: "Counts", limit: int = 50) -> str:
     """An aligned table of the largest counts."""
-    rows = [[*(printable(str(k)) for k in key), str(value)] for key, value in counts.most_common(limit)]
+    rows = [[*(key_text(k) for k in key), str(value)] for key, value in counts.most_common(limit)]
     header = [*counts.fields, "count"]
     if not rows:
         return "(no hits)"

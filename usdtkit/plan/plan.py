@@ -147,14 +147,18 @@ class AttachPlan:
             if request.hist is not None:
                 _check_field(request.hist.field, probe, "histogram of", latency)
                 for by in request.hist.by_fields:
-                    _check_field(by, probe, "histogram by", latency)
+                    if not by.side:
+                        _check_field(by, probe, "histogram by", latency)
+        for index in request.start_indexes():
+            for fld in request.start_fields:
+                _check_field(fld, self.probes[index], "histogram by", latency)
         for index in request.event_strings:
             if not any(pointer_like(p, index) for p in self.handler_probes()):
                 raise UsageError(f"string arg{index}: no traced probe has a pointer argument {index}")
         if request.pair is not None:
-            for index, key in ((request.pair.start, request.pair.start_key),
-                               (request.pair.done, request.pair.done_key)):
-                if key is not None:
+            for index, keys in ((request.pair.start, request.pair.start_fields),
+                                (request.pair.done, request.pair.done_fields)):
+                for key in keys:
                     _check_field(key, self.probes[index], "latency key", True)
 
 

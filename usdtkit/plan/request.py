@@ -21,6 +21,8 @@ DEFAULT_STRING_SIZE = 128
 MIN_STRING_SIZE = 8
 MAX_STRING_SIZE = 256
 MAX_EVENT_STRINGS = 4
+MAX_PAIR_KEY_FIELDS = 4
+PAIR_KEY_NAMES = ("arg", "pid", "tid", "cpu")
 
 FieldLike = Union[str, Field]
 
@@ -89,15 +91,54 @@ class HistSpec:
         return buckets.linear_count(self.low, self.high, self.step)
 
 
+KeyFields = Union[None, Field, Tuple[Field, ...]]
+
+
+def _as_tuple(key: KeyFields) -> Tuple[Field, ...]:
+    if key is None:
+        return ()
+    return key if isinstance(key, tuple) else (key,)
+
+
 @dataclass(frozen=True)
 class PairSpec:
-    """Latency between a start probe and a done probe, matched by thread or by a field of each (always
-    within one process: two processes can hold the same key)."""
+    """Latency between a start probe and a done probe, matched by thread or by fields of each (always
+    within one process: two processes can hold the same key).
+
+    A key of several fields matches when every field matches: the start's first field with the
+    done's first field, and so on (an id that is unique per thread only: ``arg0&tid``)."""
 
     start: int  # index of the start probe in the request's probes
     done: int
-    start_key: Optional[Field] = None  # None: match by thread
-    done_key: Optional[Field] = None
+    start_key: KeyFields = None  # None: match by thread; one field, or several that must all match
+    done_key: KeyFields = None
+
+    def __post_init__(self) -> None:
+        for name in ("start_key", "done_key"):
+            key = getattr(self, name)
+            if isinstance(key, tuple) and len(key) == 1:
+                object.__setattr__(self, name, key[0])
+        starts, dones = self.start_fields, self.done_fields
+        if len(starts) != len(dones):
+            raise UsageError(f"latency key: {len(starts)} start field(s) and {len(dones)} done field(s); "
+                             "give as many of each")
+        if len(starts) > MAX_PAIR_KEY_FIELDS:
+            raise UsageError(f"latency key: at most {MAX_PAIR_KEY_FIELDS} fields per side")
+        for side in (starts, dones):
+            if len(set(side)) != len(side):
+                raise UsageError("latency key: a field is named twice on one side")
+            for key in side:
+                if not isinstance(key, Field) or key.name not in PAIR_KEY_NAMES or key.side:
+                    raise UsageError(f"latency key {key}: use argN, pid, tid or cpu")
+
+    @property
+    def start_fields(self) -> Tuple[Field, ...]:
+        """The start probe's key fields, in order (none: match by thread)."""
+        return _as_tuple(self.start_key)
+
+    @property
+    def done_fields(self) -> Tuple[Field, ...]:
+        return _as_tuple(self.done_key)
 
 
 @dataclass(frozen=True)
@@ -159,14 +200,21 @@ class TraceRequest:
         keys = list(self.count_by or ())
         if len(set(keys)) != len(keys):
             raise UsageError("count_by names a field twice")
-        if self.pair is not None:
-            for key in (self.pair.start_key, self.pair.done_key):
-                if key is not None and key.name not in ("arg", "pid", "tid", "cpu"):
-                    raise UsageError(f"latency key {key}: use argN, pid, tid or cpu")
+        for fld in keys + ([self.hist.field] if self.hist is not None else []):
+            if fld.side:
+                raise UsageError(f"{fld}: fields of the start probe split latency histograms only")
+        if self.start_fields and not self.latency:
+            raise UsageError(f"histogram by {self.start_fields[0]}: only latency traces have a start probe "
+                             "(usdtkit latency, latency=True)")
 
     @property
     def latency(self) -> bool:
         return self.function_latency or self.pair is not None
+
+    @property
+    def start_fields(self) -> Tuple[Field, ...]:
+        """Histogram key fields read at the start probe and kept with the start time."""
+        return tuple(f for f in self.hist.by_fields if f.side) if self.hist is not None else ()
 
     @property
     def needs_stacks(self) -> bool:
@@ -189,17 +237,39 @@ class TraceRequest:
             return tuple(i for i, p in enumerate(self.probes) if p.is_return)
         return tuple(range(len(self.probes)))
 
+    def start_indexes(self) -> Tuple[int, ...]:
+        """Indexes of the probes where a latency starts (the start probe, a function's entry)."""
+        if self.pair is not None:
+            return (self.pair.start,)
+        if self.function_latency:
+            return tuple(i for i, p in enumerate(self.probes) if not p.is_return)
+        return ()
 
-def _field(value: FieldLike) -> Field:
-    return value if isinstance(value, Field) else Field.parse(value)
+
+def _field(value: FieldLike, sides: bool = False) -> Field:
+    return value if isinstance(value, Field) else Field.parse(value, sides)
 
 
-def _fields(values: Optional[Union[FieldLike, Iterable[FieldLike]]]) -> Optional[Tuple[Field, ...]]:
+def _fields(values: Optional[Union[FieldLike, Iterable[FieldLike]]],
+            sides: bool = False) -> Optional[Tuple[Field, ...]]:
     if values is None:
         return None
     if isinstance(values, (str, Field)):
         values = [values]
-    return tuple(_field(v) for v in values)
+    return tuple(_field(v, sides) for v in values)
+
+
+def _pair_key(value: Union[None, FieldLike, Sequence[FieldLike]]) -> KeyFields:
+    """One side of ``pair_keys``: a field, fields joined by ``&`` (``"arg0&tid"``), or a sequence."""
+    if value is None:
+        return None
+    return _fields(value.split("&") if isinstance(value, str) else value)
+
+
+def _entry_arguments(hist: HistSpec) -> HistSpec:
+    """A function's arguments exist at its entry only: ``argN`` of a timed function is the entry's."""
+    by = tuple(Field(f.name, f.index, "start") if f.argument is not None else f for f in hist.by_fields)
+    return replace(hist, by=by or None)
 
 
 def _strings(values: Iterable[Union[int, str]]) -> Tuple[int, ...]:
@@ -223,7 +293,7 @@ def make_request(
     hist: Optional[Union[str, Field, HistSpec]] = None,
     hist_by: Optional[FieldLike] = None,
     latency: bool = False,
-    pair_keys: Optional[Sequence[Optional[FieldLike]]] = None,
+    pair_keys: Optional[Sequence[Union[None, FieldLike, Sequence[FieldLike]]]] = None,
     stacks: bool = False,
     ring_pages: Optional[int] = None,
     unsafe: bool = False,
@@ -232,7 +302,10 @@ def make_request(
 
     ``latency=True`` with one function (``uprobe:BIN:func``) times each call (entry to return, per
     thread, recursion-safe); with two USDT probes it times start to done, matched by thread or by the
-    fields named in ``pair_keys`` (e.g. ``("arg0", "arg0")``), always within one process.  ``unsafe=True``
+    fields named in ``pair_keys`` (e.g. ``("arg0", "arg0")``; ``("arg0&tid", "arg0&tid")``: every field
+    must match), always within one process.  A latency is taken at the done probe (a function's return),
+    so ``hist_by`` fields are its values; ``"start.FIELD"`` is the start probe's value, kept with the start
+    time, and a function's ``argN`` its argument at entry.  ``unsafe=True``
     allows uprobes at ``func+OFFSET`` or addresses that usdtkit cannot verify to start an instruction.
     An option that would be ignored (``hist_by`` without ``hist``, ``strings`` without events...) is a
     :class:`UsageError`.
@@ -255,7 +328,7 @@ def make_request(
                 raise UsageError(f"{name}= applies to events, and this trace collects none (events=False)"
                                  + ("; count by 'str(argN)' instead" if name == "strings" else "")
                                  + ("; count by 'ustack' instead" if name == "stacks" else ""))
-    by_fields = _fields(hist_by)
+    by_fields = _fields(hist_by, sides=True)
     by_field = None if by_fields is None else (by_fields[0] if len(by_fields) == 1 else by_fields)
     if isinstance(hist, HistSpec) and by_field is not None:
         raise UsageError("give hist_by inside the HistSpec (HistSpec(..., by=...)), not both")
@@ -271,11 +344,13 @@ def make_request(
             function_latency = True
             if pair_keys is not None:
                 raise UsageError("pair_keys match two USDT probes; a function is timed per call")
+            if hist_spec is not None:
+                hist_spec = _entry_arguments(hist_spec)
         elif len(refs) == 2 and all(r.is_usdt for r in refs):
             keys = list(pair_keys) if pair_keys is not None else [None, None]
             if len(keys) != 2:
                 raise UsageError("pair_keys needs two fields: the start key and the done key")
-            start_key, done_key = (None if k is None else _field(k) for k in keys)
+            start_key, done_key = (_pair_key(k) for k in keys)
             if (start_key is None) != (done_key is None):
                 raise UsageError("pair_keys: give both keys or neither")
             pair = PairSpec(0, 1, start_key, done_key)
