@@ -74,7 +74,9 @@ def _string_size(parser: argparse.ArgumentParser, what: str) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("probes", nargs="+", metavar="PROBE",
-                        help="usdt:BINARY:PROVIDER:NAME, uprobe:BINARY:FUNCTION or uretprobe:BINARY:FUNCTION")
+                        help="usdt:BINARY:PROVIDER:NAME, uprobe:BINARY:FUNCTION or uretprobe:BINARY:FUNCTION; "
+                        "names may be globs (usdt:BINARY:hello:*, uprobe:libc:mall*) and C++ functions go by "
+                        "their demangled names (uprobe:BINARY:cpp:ns::Cache::*)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("-p", "--pid", type=_positive(int), help="trace this process only")
     where.add_argument("-c", "--command",
@@ -88,6 +90,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cgroup", metavar="PATH",
                         help="keep only hits from tasks in this cgroup v2 directory (a container, a service)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--max-probes", type=_positive(int), metavar="N",
+                        help="attach up to N probes when patterns match many (default 512, like bpftrace)")
     parser.add_argument("--unsafe", action="store_true",
                         help="allow uprobes at FUNC+OFFSET or addresses usdtkit cannot verify to start an "
                         "instruction (a wrong one corrupts the traced program)")

@@ -319,7 +319,7 @@ class Session:
         return max(0, written - self.delivered)
 
     def _per_probe_stats(self) -> List[ProbeStats]:
-        indexes = self.plan.request.handler_indexes()
+        indexes = self.plan.handler_indexes()
         stats = self._current("per_probe") or []
         return [stats[i] for i in indexes if i < len(stats)]  # type: ignore[index]
 
