@@ -1,6 +1,6 @@
 """Patterns in probe specs, on real processes: every USDT probe an app fires counted under its own name,
-libc functions by glob, C++ functions by demangled name, the probe limit and the same counts bpftrace
-sees."""
+libc functions by glob, C++ functions by demangled name, the probe limit, shared programs (one BPF
+program for many probes, each hit still counted for its probe) and the same counts bpftrace sees."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,22 @@ import subprocess
 
 import pytest
 
+from usdtkit.bpf import capabilities
 from usdtkit.tracing.api import build_plan, trace
 
 CPP_FLAGS = ("-O2", "-fno-exceptions", "-fno-rtti")
+
+
+def bpf_programs() -> int:
+    """BPF programs this process holds, as the kernel lists its fds (``prog_type`` in fdinfo)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                count += "prog_type:" in info.read()
+        except OSError:
+            pass  # closed while listed
+    return count
 
 
 def hits(session) -> dict:
@@ -97,6 +110,34 @@ def test_a_large_match_is_refused_unless_the_limit_is_raised(build_c, cli):
     assert f"of {count} probe(s)" in raised.stderr
     default = cli("count", "-c", f"{binary} 1", "uprobe:libc:*")
     assert default.returncode == 2 and "more than the limit of 512: " in default.stderr, default.stderr
+
+
+@pytest.fixture(params=["uprobe_multi", "perf links", "no cookies"])
+def attach_path(request, monkeypatch):
+    """The three ways probes are attached: uprobe_multi links with cookies (6.6+), perf events linked
+    with cookies (5.15+), and one function per probe where the kernel has no cookies."""
+    if request.param == "perf links":
+        monkeypatch.setenv("USDTKIT_NO_UPROBE_MULTI", "1")
+    if request.param == "no cookies":
+        monkeypatch.setenv("USDTKIT_NO_BPF_COOKIE", "1")
+    capabilities.detect.cache_clear()
+    yield request.param
+    capabilities.detect.cache_clear()
+
+
+@pytest.mark.bpf
+def test_probes_of_one_shape_share_one_program_and_keep_their_own_counts(build_c, attach_path):
+    binary = build_c("alloc_calls.c", "-O2")
+    with trace("uprobe:libc:mall*", command=[binary, "7", "3"], events=False, count_by=["pid"]) as session:
+        programs = bpf_programs()
+        probes = len(session.plan.probes)
+        session.run(duration=30)
+        links = session._program.links  # noqa: SLF001 (which attach path ran)
+    assert probes >= 5
+    assert programs == (probes if attach_path == "no cookies" else 1)
+    assert (links > 0) == (attach_path != "perf links")
+    assert {label: n for label, n in hits(session).items() if n} == {"malloc": 7, "malloc_usable_size": 3}
+    assert bpf_programs() == 0  # everything detached and unloaded
 
 
 @pytest.mark.bpf

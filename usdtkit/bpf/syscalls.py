@@ -1,7 +1,8 @@
 """The two raw system calls usdtkit makes itself (bcc does not expose what it needs of them).
 
 ``perf_event_open`` (uprobes with a semaphore offset) and ``bpf`` (``BPF_LINK_CREATE`` for
-uprobe_multi links) have no libc wrappers; they are called by number through ``syscall(2)``.
+uprobe_multi links and perf links with attach cookies) have no libc wrappers; they are called by
+number through ``syscall(2)``.
 """
 from __future__ import annotations
 
