@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -110,6 +111,19 @@ def test_a_large_match_is_refused_unless_the_limit_is_raised(build_c, cli):
     assert f"of {count} probe(s)" in raised.stderr
     default = cli("count", "-c", f"{binary} 1", "uprobe:libc:*")
     assert default.returncode == 2 and "more than the limit of 512: " in default.stderr, default.stderr
+
+
+@pytest.mark.bpf
+def test_a_match_the_kernel_will_not_probe_is_one_clear_error(build_c, processes, cli):
+    binary = build_c("unprobeable.c", "-O2")
+    target = processes([binary])
+    while os.path.realpath(f"/proc/{target.pid}/exe") != os.path.realpath(binary):
+        time.sleep(0.01)  # the kernel checks instructions where the file is mapped: wait for the exec
+    refused = cli("count", "-p", str(target.pid), "-d", "0.1", f"uprobe:{binary}:vex_*")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"usdtkit: error: cannot attach uprobes at {binary} (2 sites) pid {target.pid}: the kernel refuses to probe "
+        "the instruction there (ENOTSUPP; an AVX instruction, for one)"]
 
 
 @pytest.fixture(params=["uprobe_multi", "perf links", "no cookies"])

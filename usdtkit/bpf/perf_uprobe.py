@@ -96,7 +96,7 @@ def open_uprobe(path: str, offset: int, pid: int = -1, retprobe: bool = False,
         if err == errno_mod.EINVAL and ref_ctr_offset:
             raise AttachError(f"cannot create uprobe at {where}: the kernel refused it (another uprobe on "
                               "this instruction uses a different semaphore offset, or it is not a valid site)")
-        raise AttachError(f"cannot create uprobe at {where}: {os.strerror(err)}")
+        raise AttachError(f"cannot create uprobe at {where}: {syscalls.describe(err)}")
     return fd
 
 

@@ -7,6 +7,7 @@ number through ``syscall(2)``.
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 from typing import Optional, Tuple
 
@@ -28,3 +29,16 @@ def call(nr: int, *args: object) -> Tuple[int, int]:
     """``syscall(nr, *args)``: the result and, when it is negative, errno."""
     result = _libc.syscall(nr, *args)
     return int(result), (ctypes.get_errno() if result < 0 else 0)
+
+
+ENOTSUPP = 524  # the kernel's own "operation not supported", which userspace has no name for
+
+
+def describe(err: int) -> str:
+    """``errno`` in words, including the kernel-internal ``ENOTSUPP`` a uprobe gets where the kernel
+    will not probe the instruction at the offset (x86: AVX's VEX-encoded instructions, among others).
+    The kernel looks at the instruction when it places the breakpoint in a process mapping the file, so
+    a file nobody maps yet is accepted, and the probe is never placed."""
+    if err == ENOTSUPP:
+        return "the kernel refuses to probe the instruction there (ENOTSUPP; an AVX instruction, for one)"
+    return os.strerror(err)

@@ -83,4 +83,4 @@ def attach(prog_fd: int, path: str, offsets: Sequence[int], ref_ctr_offsets: Seq
         raise EnvironmentProblem(f"not allowed to attach uprobes at {where}: {os.strerror(err)}")
     if err == 3:
         raise AttachError(f"cannot attach at {where}: the process does not exist")
-    raise AttachError(f"cannot attach uprobes at {where}: {os.strerror(err)}")
+    raise AttachError(f"cannot attach uprobes at {where}: {syscalls.describe(err)}")
