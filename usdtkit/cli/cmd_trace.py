@@ -102,6 +102,7 @@ TRACE_EXAMPLES = epilog(
     "usdtkit trace -p PID -n 5 -f 'tid != 7' usdt::hello:tick",
     "usdtkit trace --json -c 'demo_apps/build/hello_usdt 2' uretprobe:libc:nanosleep",
     "usdtkit trace --string-size 200 -s arg1 -c 'demo_apps/build/hello_usdt 1 reader' usdt::hello:greet",
+    "usdtkit trace -c 'demo_apps/build/hello_usdt 2' 'usdt::hello:*'",
 )
 COUNT_EXAMPLES = epilog(
     "usdtkit count -c 'demo_apps/build/hello_usdt 5' usdt::hello:greet usdt::hello:tick",
@@ -109,6 +110,7 @@ COUNT_EXAMPLES = epilog(
     "usdtkit count --by 'str(arg1)' -c '/usr/bin/python3.11 -c pass' usdt::python:function__entry",
     "usdtkit count -p PID -d 1 --by comm,tid -f 'comm == nginx' uprobe:libc:nanosleep",
     "usdtkit count -i 0.2 --top 3 --by arg1 -c 'demo_apps/build/hello_usdt 20' usdt::hello:tick",
+    "usdtkit count --max-probes 100 -c 'demo_apps/build/hello_usdt 3' 'uprobe:libc:str*' 'uprobe:libc:mall*'",
 )
 HIST_EXAMPLES = epilog(
     "usdtkit hist -v arg1 -c 'demo_apps/build/hello_usdt 20' usdt::hello:tick",
@@ -122,6 +124,7 @@ LATENCY_EXAMPLES = epilog(
     "usdtkit latency --key arg0 -c 'demo_apps/build/hello_usdt 5' usdt::hello:greet usdt::hello:tick",
     "usdtkit latency -p PID --key arg0 --by 'str(arg2)' usdt::demo_httpd:request__start "
     "usdt::demo_httpd:request__done",
+    "usdtkit latency -c 'demo_apps/build/hello_usdt 3' 'uprobe:libc:*nanosleep'",
 )
 
 
