@@ -18,7 +18,7 @@ base="bpfcc-tools python3-bpfcc libbpfcc linux-headers-$arch systemtap-sdt-dev b
       python3-venv python3-pip python3-dev binutils procps util-linux xz-utils"
 # Reference binaries and tools the test suite compares against.
 tests="postgresql-15 openjdk-17-jre-headless gcc-aarch64-linux-gnu libc6-dev-arm64-cross bpftool libc6-dbg python3.11-dbg
-       prometheus"
+       prometheus g++"
 
 wanted=$base
 case "${1:-}" in test|check) wanted="$base $tests" ;; esac

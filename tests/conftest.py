@@ -29,6 +29,28 @@ def targets():
     found.close()
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def private_hello(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A copy of the demo app of its own: no other process fires the probes of this file."""
+    out = tmp_path_factory.mktemp("hello") / "hello_usdt"
+    subprocess.run(["gcc", "-O2", "-o", str(out), str(ROOT / "demo_apps" / "hello_usdt.c")], check=True)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def cli() -> Callable[..., subprocess.CompletedProcess]:
+    """``cli(*args)``: run the usdtkit command of this checkout, as a user would, and capture its output."""
+
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "usdtkit.cli.main", *args], capture_output=True, text=True,
+                              timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def build_c(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
     """Compile ``tests/integration/programs/NAME`` with extra flags; returns the binary's path.

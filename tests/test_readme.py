@@ -185,6 +185,20 @@ def _latency_two_fields(out: str) -> None:
     assert "demo_httpd:request__done latency (ns): 12 values" in out
 
 
+def _count_every_hello_probe(out: str) -> None:
+    assert sorted(_rows(out)) == [["hello:greet", "5"], ["hello:tick", "5"]]
+
+
+def _latency_every_nanosleep(out: str) -> None:
+    # nanosleep calls clock_nanosleep: both are timed, each under its own name
+    for name in ("nanosleep", "clock_nanosleep"):
+        assert re.search(rf"^{name} latency \(ns\): 5 values", out, re.M), name
+
+
+def _count_cpp_name(out: str) -> None:
+    assert _rows(out) == [["Threads::create_vm(JavaVMInitArgs*,", "bool*)", "1"]]
+
+
 def _dev_demo(out: str) -> None:
     assert "\ntracing works\n" in out
     assert re.search(r"^(\d+) requests traced; matches the \1 requests sent; 0 records lost\.$", out, re.M)
@@ -232,6 +246,10 @@ CHECKS: Dict[str, Callable[[str], None]] = {
         _latency_accept,
     "usdtkit latency -p PID -k 'arg0&tid' usdt::demo_httpd:request__start usdt::demo_httpd:request__done":
         _latency_two_fields,
+    "usdtkit count -c 'demo_apps/build/hello_usdt 5' 'usdt::hello:*'": _count_every_hello_probe,
+    "usdtkit latency -c 'demo_apps/build/hello_usdt 5' 'uprobe:libc:*nanosleep'": _latency_every_nanosleep,
+    "usdtkit count -c 'java -version' "
+    "'uprobe:/usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so:cpp:Threads::create_vm'": _count_cpp_name,
     "./dev.sh demo": _dev_demo,
     "usdtkit exporter --config demo_apps/exporter.yaml --check": _exporter_check,
 }

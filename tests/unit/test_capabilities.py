@@ -14,7 +14,8 @@ def fresh_detect():
 
 
 @pytest.mark.parametrize("variable, name", [("USDTKIT_NO_RINGBUF", "has_ringbuf"),
-                                            ("USDTKIT_NO_UPROBE_MULTI", "has_uprobe_multi")])
+                                            ("USDTKIT_NO_UPROBE_MULTI", "has_uprobe_multi"),
+                                            ("USDTKIT_NO_BPF_COOKIE", "has_bpf_cookie")])
 def test_switches_are_read_once_by_detect(fresh_detect, monkeypatch, variable, name):
     monkeypatch.delenv(variable, raising=False)
     caps = fresh_detect()

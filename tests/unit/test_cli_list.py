@@ -80,6 +80,15 @@ def test_json_with_versions_debug_files_and_demangling():
         assert doc["functions"] and all(f["demangled"].startswith("std::thread::") for f in doc["functions"])
 
 
+def test_a_demangled_pattern_matches_the_name_without_its_parameters_unless_it_has_a_parenthesis():
+    path = real(LIBSTDCXX)
+    overloads = {f["demangled"] for f in listing("--functions", "--demangle", path, "std::thread::join")["functions"]}
+    assert overloads == {"std::thread::join()"}
+    named = {f["demangled"] for f in listing("--functions", "-C", path, "std::thread::_State::~_State")["functions"]}
+    assert named and all(d.startswith("std::thread::_State::~_State(") for d in named)
+    assert not listing("--functions", "-C", path, "std::thread::join(int)")["functions"]
+
+
 def test_kinds_and_patterns():
     path = real(POSTGRES)
     assert set(listing("--usdt", path)) == {"probes"}

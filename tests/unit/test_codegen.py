@@ -52,7 +52,7 @@ def test_one_function_per_distinct_read_and_every_site_attached():
     text, attachments = _pair(codegen.generate(plan_of((probe,), events=True)))
     functions = re.findall(r"^int (usdtkit_\w+)\(struct pt_regs \*ctx\)", text, re.M)
     assert functions == ["usdtkit_p0_g0", "usdtkit_p0_g1"]
-    assert [(fn, site.file_offset) for fn, site, _ in attachments] == [
+    assert [(fn, site.file_offset) for fn, site, *_ in attachments] == [
         ("usdtkit_p0_g0", 0x1000), ("usdtkit_p0_g0", 0x1020), ("usdtkit_p0_g1", 0x1010)]
 
 
@@ -117,7 +117,7 @@ def test_latency_pair_and_function_latency_code():
     fn = ResolvedProbe(ProbeRef("uprobe", "/x", "f"), "/x", (Site("/x", 0x10, 0x10),), 6)
     ret = ResolvedProbe(ProbeRef("uretprobe", "/x", "f"), "/x", (Site("/x", 0x10, 0x10),), 0)
     text, attachments = _pair(codegen.generate(plan_of((fn, ret), function_latency=True, hist=HistSpec(Field("latency")))))
-    assert [r for _, _, r in attachments] == [False, True]
+    assert [a.retprobe for a in attachments] == [False, True]
     assert "struct usdtkit_start_key sk = {.key = id, .scope = ctx->sp - 8};" in text
 
 

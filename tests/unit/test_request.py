@@ -140,7 +140,7 @@ def test_latency_histograms_split_by_fields_of_both_probes():
                            hist_by=["start.str(arg1)", "arg1", "start.arg1"])
     assert [str(f) for f in request.hist.by_fields] == ["start.str(arg1)", "arg1", "start.arg1"]
     assert [str(f) for f in request.start_fields] == ["start.str(arg1)", "start.arg1"]
-    assert request.start_indexes() == (0,) and request.reads_strings
+    assert request.pair.start == 0 and request.reads_strings
     with pytest.raises(UsageError, match="twice"):
         make_request(PAIR, latency=True, events=False, hist="latency", hist_by=["arg1", "done.arg1"])
 
@@ -158,7 +158,7 @@ def test_start_fields_outside_latency_histograms_are_refused(options, words):
 def test_a_function_argument_is_its_entry_value():
     request = make_request(["uprobe:/x:f"], latency=True, events=False, hist="latency", hist_by=["arg0", "retval"])
     assert [str(f) for f in request.hist.by_fields] == ["start.arg0", "retval"]
-    assert request.start_indexes() == (0,) and request.handler_indexes() == (1,)
+    assert [(r.kind, r.name) for r in request.probes] == [("uprobe", "f"), ("uretprobe", "f")]
 
 
 @pytest.mark.parametrize("keys, start, done", [

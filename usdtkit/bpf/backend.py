@@ -3,8 +3,9 @@
 A :class:`Backend` turns a :class:`~usdtkit.bpf.layout.ProgramLayout` into a :class:`LoadedProgram`;
 everything above speaks only this interface and the layout, never bcc:
 
-* attach an entry function at call sites of one file (``attach``) or to a kernel tracepoint
-  (``attach_tracepoint``), detach everything (``detach_all``);
+* attach an entry function at call sites of one file (``attach``), each with the attach cookie that tells
+  a shared function which probe fired, or to a kernel tracepoint (``attach_tracepoint``), and detach
+  everything (``detach_all``);
 * read a map as raw key and value bytes, per-CPU values summed (``read_map``), set a key
   (``update_map``), delete some of its keys (a long-running reader forgets series that stopped
   changing), write a ``config`` slot;
@@ -31,7 +32,7 @@ class LoadedProgram(Protocol):
     links: int  # attachments made as multi-site links (the rest are one perf event per site)
 
     def attach(self, function: str, path: str, offsets: Sequence[int], ref_ctr_offsets: Sequence[int],
-               pid: int = -1, retprobe: bool = False) -> None: ...
+               pid: int = -1, retprobe: bool = False, cookies: Optional[Sequence[int]] = None) -> None: ...
 
     def attach_tracepoint(self, function: str, category: str, name: str) -> None: ...
 

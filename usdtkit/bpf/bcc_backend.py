@@ -158,28 +158,35 @@ class Program:
         self._fds.pop(function, None)
 
     def attach(self, function: str, path: str, offsets: Sequence[int], ref_ctr_offsets: Sequence[int],
-               pid: int = -1, retprobe: bool = False) -> None:
+               pid: int = -1, retprobe: bool = False, cookies: Optional[Sequence[int]] = None) -> None:
         """Attach ``function`` at every offset of ``path``: one uprobe_multi link where the kernel has
-        them (fast to attach and to detach), else one perf event per site."""
+        them (fast to attach and to detach), else one perf event per site; ``cookies`` (one per offset)
+        are what the function's ``bpf_get_attach_cookie`` returns there."""
         if self._multi and capabilities.detect().has_uprobe_multi:
             prog_fd = self.program_fd(function, multi=True)
             try:
-                self._events.append(uprobe_multi.attach(prog_fd, path, offsets, ref_ctr_offsets, pid, retprobe))
+                self._events.append(uprobe_multi.attach(prog_fd, path, offsets, ref_ctr_offsets, pid, retprobe,
+                                                        cookies))
                 self.links += 1
                 return
             except uprobe_multi.Unsupported:
                 self._multi = False  # an older kernel: perf events from now on
                 self._unload(function)
-        for offset, ref_ctr in zip(offsets, ref_ctr_offsets):
-            self.attach_uprobe(function, path, offset, pid, retprobe, ref_ctr)
+        marks: Sequence[Optional[int]] = cookies if cookies is not None else [None] * len(offsets)
+        for offset, ref_ctr, cookie in zip(offsets, ref_ctr_offsets, marks):
+            self.attach_uprobe(function, path, offset, pid, retprobe, ref_ctr, cookie)
 
     def attach_uprobe(self, function: str, path: str, offset: int, pid: int = -1,
-                      retprobe: bool = False, ref_ctr_offset: int = 0) -> int:
-        """Attach ``function`` at ``path``+``offset``; returns the perf event fd (owned here)."""
+                      retprobe: bool = False, ref_ctr_offset: int = 0, cookie: Optional[int] = None) -> int:
+        """Attach ``function`` at ``path``+``offset`` (through a perf link carrying ``cookie`` when one is
+        given); returns the perf event fd (owned here)."""
         prog_fd = self.program_fd(function)
         event_fd = perf_uprobe.open_uprobe(path, offset, pid, retprobe, ref_ctr_offset)
         self._events.append(event_fd)
-        perf_uprobe.attach_program(event_fd, prog_fd)
+        if cookie is None:
+            perf_uprobe.attach_program(event_fd, prog_fd)
+        else:
+            self._events.append(perf_uprobe.link_program(event_fd, prog_fd, cookie))
         return event_fd
 
     def attach_tracepoint(self, function: str, category: str, name: str) -> None:

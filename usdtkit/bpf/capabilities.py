@@ -14,12 +14,18 @@ Decisions elsewhere read ``if caps.has_sema_refcnt`` rather than comparing kerne
   buffer and verifier support for it"); without it events go through the per-CPU perf buffer.
 * ``has_uprobe_multi``: BPF uprobe_multi links (kernel 6.6, commit 89ae89f53d20 "bpf: Add multi uprobe
   link"): every call site of a probe in one link, attached and detached at once (see ``uprobe_multi``).
+* ``has_bpf_cookie``: attach cookies (kernel 5.15, commits 7adfc6c9b315 "bpf: Add bpf_get_attach_cookie()
+  BPF helper to access bpf_cookie value" and 82e6b1eee6a8 "bpf: Allow to specify user-provided
+  bpf_cookie for BPF perf links"): a number given with each attachment (``BPF_LINK_CREATE`` of a perf
+  event, each offset of a uprobe_multi link) that the program reads back, so one program can serve
+  many probes and still tell them apart.
 * ``tracefs``: where tracefs is mounted, if anywhere (only needed by fallbacks and diagnostics).
 
 ``USDTKIT_NO_SEMA_REFCNT=1`` makes usdtkit behave as on a kernel without the reference counter (it then
 writes semaphores itself), ``USDTKIT_NO_RINGBUF=1`` as on one without the ring buffer (events go
-through the perf buffer) and ``USDTKIT_NO_UPROBE_MULTI=1`` as on one without uprobe_multi links (one
-perf event per site); they exist to exercise those paths on new kernels.
+through the perf buffer), ``USDTKIT_NO_UPROBE_MULTI=1`` as on one without uprobe_multi links (one
+perf event per site) and ``USDTKIT_NO_BPF_COOKIE=1`` as on one without attach cookies (one program per
+probe); they exist to exercise those paths on new kernels.
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ class Capabilities:
     tracefs: Optional[str]
     has_ringbuf: bool
     has_uprobe_multi: bool
+    has_bpf_cookie: bool = False
 
     @property
     def has_uprobe_pmu(self) -> bool:
@@ -100,4 +107,5 @@ def detect() -> Capabilities:
         tracefs=find_tracefs(),
         has_ringbuf=os.environ.get("USDTKIT_NO_RINGBUF") != "1" and version >= (5, 8),
         has_uprobe_multi=os.environ.get("USDTKIT_NO_UPROBE_MULTI") != "1" and version >= (6, 6),
+        has_bpf_cookie=os.environ.get("USDTKIT_NO_BPF_COOKIE") != "1" and version >= (5, 15),
     )

@@ -10,13 +10,18 @@ Layout of a generated program:
 
 * one *entry function* per probe and distinct way of reading its arguments (call sites whose argument
   specs and relocation agree share one function; libbpf shares specs the same way), named
-  ``usdtkit_pN_gM``; it reads the arguments into ``u64 args[]`` (sign-extended where the spec says
-  signed), applies the filters and calls
+  ``usdtkit_pN_gM``; it sets ``probe`` to the probe's index, reads the arguments into ``u64 args[]``
+  (sign-extended where the spec says signed), applies the filters and calls
 * ``usdtkit_handle``, inlined, which counts the hit, then feeds the collectors: a count map keyed by the
   chosen fields, a log2 or linear histogram, the event ring buffer.
 * ``stats``, a per-CPU array of five counters per probe: hits, events lost (ring buffer full), keys lost
   (map full), argument and string reads that failed, and done/return hits without a matching start
   (latency).  Nothing is dropped without being counted.
+
+Where the kernel passes attach cookies (5.15+), the probes whose entry functions would differ only in
+that index share one function, ``usdtkit_sK``, which reads the index from the cookie set on each of its
+attachments (``bpf_get_attach_cookie``): a pattern matching 500 probes that are counted alike compiles,
+loads and attaches one function instead of 500.
 
 Strings (``str(argN)`` keys, event strings) keep one byte more than they show, so a string longer than
 the limit is told apart from one that fits exactly and shown as cut.
@@ -32,7 +37,7 @@ shared library, without knowing the load bias.
 from __future__ import annotations
 
 import platform
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ..elf.model import Arg, Constant, Memory, Register, RegisterValue, SymbolRelative, Unsupported
 from ..errors import TargetError, UsageError
@@ -55,6 +60,7 @@ _X86_REGS = {
     "rsp": "sp", "rip": "ip", **{f"r{i}": f"r{i}" for i in range(8, 16)},
 }
 _X86_PARAMS = ("di", "si", "dx", "cx", "r8", "r9")
+_Shape = Tuple[bool, Tuple[str, ...]]  # an entry function: whether it is a return probe, and its body
 
 
 def _key_word(index: int) -> str:
@@ -171,10 +177,11 @@ def record_args(spec: AttachPlan) -> int:
 class Generator:
     """Builds the C text and the layout of one program for a plan."""
 
-    def __init__(self, plan: AttachPlan, ringbuf: bool = True,
+    def __init__(self, plan: AttachPlan, ringbuf: bool = True, cookies: bool = False,
                  follow_format: Optional[follow.FollowFormat] = None) -> None:
         self.plan = plan
         self.ringbuf = ringbuf
+        self.cookies = cookies
         self.follow_format = follow_format if follow_format is not None or not plan.follow else follow.read_format()
         self.nargs = record_args(plan)
         self.attachments: List[Attachment] = []
@@ -414,9 +421,8 @@ class Generator:
         out += ["    return 0;", "}"]
 
     # ------------------------------------------------------------------ entry functions
-    def _prologue(self, probe_index: int, probe: ResolvedProbe) -> List[str]:
+    def _prologue(self) -> List[str]:
         lines = [
-            f"    u32 probe = {probe_index};",
             "    u64 id = bpf_get_current_pid_tgid();",
             "    u32 pid = id >> 32, tid = (u32)id;",
         ]
@@ -443,24 +449,44 @@ class Generator:
                       "    bpf_get_current_comm(comm_words, sizeof(comm_words));"]
         return lines + [f"    if (!({test})) return 0;"]
 
-    def _entries(self) -> None:
-        plan, out = self.plan, self._lines
+    def _bodies(self) -> List[Tuple[int, int, _Shape, List[Site]]]:
+        """``(probe index, group, shape, sites)`` of each entry function: one per probe and distinct way
+        of reading its arguments; the shape is the code after ``u32 probe = N;``."""
+        plan = self.plan
+        out = []
         for p_index, probe in enumerate(plan.probes):
             groups: Dict[Tuple[str, ...], List[Site]] = {}
             for site in probe.sites:
                 groups.setdefault(_site_reads(probe, site, needed_args(plan, p_index)), []).append(site)
             for g_index, (reads, sites) in enumerate(groups.items()):
-                name = f"usdtkit_p{p_index}_g{g_index}"
-                body = self._prologue(p_index, probe) + [f"    {r}" for r in reads]
+                body = self._prologue() + [f"    {r}" for r in reads]
                 if probe.ref.is_return:
                     body.append("    retval = PT_REGS_RC(ctx);")
                 body += self._filters(p_index, probe)
                 body += self._latency(p_index, probe)
                 mask = string_mask(plan, p_index)
                 body.append(f"    return usdtkit_handle(ctx, probe, args, errs, retval, latency, pid, tid, {mask});")
-                out += [f"int {name}(struct pt_regs *ctx) {{", *body, "}"]
-                for site in sites:
-                    self.attachments.append(Attachment(name, site, probe.ref.is_return))
+                out.append((p_index, g_index, (probe.ref.is_return, tuple(body)), sites))
+        return out
+
+    def _entries(self) -> None:
+        """Entry functions and where each is attached; probes of one shape share one function where
+        attach cookies tell them apart."""
+        bodies = self._bodies()
+        users: Dict[_Shape, Set[int]] = {}
+        for p_index, _, shape, _ in bodies:
+            users.setdefault(shape, set()).add(p_index)
+        shared: Dict[_Shape, str] = {}
+        for p_index, g_index, shape, sites in bodies:
+            cookie = p_index if self.cookies and len(users[shape]) > 1 else None
+            name = shared.get(shape) if cookie is not None else None
+            if name is None:
+                name = f"usdtkit_p{p_index}_g{g_index}" if cookie is None else f"usdtkit_s{len(shared)}"
+                source = str(p_index) if cookie is None else "(u32)bpf_get_attach_cookie(ctx)"
+                self._lines += [f"int {name}(struct pt_regs *ctx) {{", f"    u32 probe = {source};", *shape[1], "}"]
+                if cookie is not None:
+                    shared[shape] = name
+            self.attachments += [Attachment(name, site, shape[0], p_index, cookie) for site in sites]
 
     def _latency(self, p_index: int, probe: ResolvedProbe) -> List[str]:
         """Time a function (uprobe+uretprobe) or a start/done probe pair; entry sides return early."""
@@ -526,12 +552,13 @@ class Generator:
             tracepoints=follow.TRACEPOINTS if self.plan.follow else ())
 
 
-def generate(plan: AttachPlan, ringbuf: bool = True,
+def generate(plan: AttachPlan, ringbuf: bool = True, cookies: bool = False,
              follow_format: Optional[follow.FollowFormat] = None) -> ProgramLayout:
     """The program for ``plan``: C text, maps, layouts and attachments.
 
-    ``ringbuf=False`` sends events through the per-CPU perf buffer (kernels before 5.8).  A plan that
-    follows children reads this kernel's tracepoint records at ``follow_format`` (read from tracefs
-    when not given).
+    ``ringbuf=False`` sends events through the per-CPU perf buffer (kernels before 5.8); ``cookies=True``
+    lets probes of the same shape share an entry function (kernels from 5.15 pass attach cookies).  A
+    plan that follows children reads this kernel's tracepoint records at ``follow_format`` (read from
+    tracefs when not given).
     """
-    return Generator(plan, ringbuf, follow_format).generate()
+    return Generator(plan, ringbuf, cookies, follow_format).generate()

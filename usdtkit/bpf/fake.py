@@ -25,6 +25,7 @@ class FakeProgram:
         self.config: Dict[int, int] = {}
         self.attached: List[Tuple[str, str, Tuple[int, ...], Tuple[int, ...], int, bool]] = []
         self.tracepoints: List[Tuple[str, str, str]] = []
+        self.cookies: Dict[Tuple[str, str, int], int] = {}  # (function, path, offset) -> attach cookie
         self.pending: Deque[bytes] = deque()
         self.closed = False
         self._on_record: Optional[RecordCallback] = None
@@ -35,6 +36,23 @@ class FakeProgram:
         stats = self.maps["stats"]
         stats[key] = stats.get(key, 0) + count
 
+    def probe_at(self, path: str, offset: int) -> int:
+        """The probe index the program counts a hit at ``path``+``offset`` under: the one its entry
+        function has built in, or the cookie given with the attachment there (what
+        ``bpf_get_attach_cookie`` returns)."""
+        for attachment in self.layout.attachments:
+            site = attachment.site
+            if (site.attach_path, site.file_offset) != (path, offset):
+                continue
+            if attachment.cookie is None:
+                return attachment.probe
+            return self.cookies[(attachment.function, path, offset)]
+        raise KeyError(f"nothing attached at {path}+{offset:#x}")
+
+    def hit_site(self, path: str, offset: int) -> None:
+        """A hit at ``path``+``offset``, counted under the probe the program would count it under."""
+        self.hit_stat(self.probe_at(path, offset), 0)
+
     def add(self, name: str, key: bytes, count: int = 1) -> None:
         table = self.maps[name]
         table[key] = table.get(key, 0) + count
@@ -44,8 +62,10 @@ class FakeProgram:
 
     # the backend interface
     def attach(self, function: str, path: str, offsets: Sequence[int], ref_ctr_offsets: Sequence[int],
-               pid: int = -1, retprobe: bool = False) -> None:
+               pid: int = -1, retprobe: bool = False, cookies: Optional[Sequence[int]] = None) -> None:
         self.attached.append((function, path, tuple(offsets), tuple(ref_ctr_offsets), pid, retprobe))
+        for offset, cookie in zip(offsets, cookies or ()):
+            self.cookies[(function, path, offset)] = cookie
 
     def attach_tracepoint(self, function: str, category: str, name: str) -> None:
         self.tracepoints.append((function, category, name))
@@ -81,6 +101,7 @@ class FakeProgram:
     def detach_all(self) -> None:
         self.attached.clear()
         self.tracepoints.clear()
+        self.cookies.clear()
 
     def close(self) -> None:
         self.detach_all()

@@ -129,11 +129,15 @@ class MapLayout:
 
 
 class Attachment(NamedTuple):
-    """One call site and the entry function attached there."""
+    """One call site of probe ``probe`` (its index) and the entry function attached there.  ``cookie``,
+    when set, is given to the kernel with the attachment: an entry function shared by several probes
+    reads it back (``bpf_get_attach_cookie``) as the index of the probe that fired."""
 
     function: str
     site: Site
     retprobe: bool
+    probe: int = 0
+    cookie: Optional[int] = None
 
 
 class TracepointAttachment(NamedTuple):

@@ -11,8 +11,11 @@ closes, including when the tracer is killed, and never creates a tracefs entry. 
   semaphore set.  (bcc 0.26's Python binding drops this argument: bcc issue 5236.)
 
 A tracepoint is a perf event of type ``PERF_TYPE_TRACEPOINT`` with the tracepoint's tracefs id as
-``config`` (:func:`open_tracepoint`).  A BPF program is attached to either with ``PERF_EVENT_IOC_SET_BPF``
-and the event started with ``PERF_EVENT_IOC_ENABLE``.  With ``pid=-1`` the uprobe applies to every process that maps the file; the
+``config`` (:func:`open_tracepoint`).  A BPF program is attached to either with ``PERF_EVENT_IOC_SET_BPF``,
+or, to give it an attach cookie (kernel 5.15), through a BPF perf link: ``BPF_LINK_CREATE`` with
+``attach_type = BPF_PERF_EVENT``, the event's fd as ``target_fd`` and the cookie in
+``link_create.perf_event.bpf_cookie``; the event is then started with ``PERF_EVENT_IOC_ENABLE``.  With
+``pid=-1`` the uprobe applies to every process that maps the file; the
 ``cpu`` argument must then name a CPU, but uprobe BPF programs run on whichever CPU hits the probe.
 """
 from __future__ import annotations
@@ -34,6 +37,9 @@ _PERF_EVENT_IOC_DISABLE = 0x2401
 _PERF_EVENT_IOC_SET_BPF = 0x40042408
 _PERF_ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5: enough for every field used here
 _PERF_TYPE_TRACEPOINT = 2
+_BPF_LINK_CREATE = 28
+_BPF_PERF_EVENT = 41  # enum bpf_attach_type
+_LINK_ATTR_SIZE = 64
 
 
 class _PerfEventAttr(ctypes.Structure):
@@ -93,7 +99,7 @@ def open_uprobe(path: str, offset: int, pid: int = -1, retprobe: bool = False,
         if err == errno_mod.EINVAL and ref_ctr_offset:
             raise AttachError(f"cannot create uprobe at {where}: the kernel refused it (another uprobe on "
                               "this instruction uses a different semaphore offset, or it is not a valid site)")
-        raise AttachError(f"cannot create uprobe at {where}: {os.strerror(err)}")
+        raise AttachError(f"cannot create uprobe at {where}: {syscalls.describe(err)}")
     return fd
 
 
@@ -125,6 +131,32 @@ def attach_program(event_fd: int, prog_fd: int, what: str = "uprobe") -> None:
         fcntl.ioctl(event_fd, _PERF_EVENT_IOC_ENABLE, 0)
     except OSError as exc:
         raise AttachError(f"cannot attach BPF program to {what}: {exc.strerror}") from None
+
+
+class _LinkCreatePerfEvent(ctypes.Structure):
+    """``union bpf_attr`` for ``BPF_LINK_CREATE`` of a perf event: four 32-bit words, then the cookie."""
+
+    _fields_ = [(name, ctypes.c_uint32) for name in ("prog_fd", "target_fd", "attach_type", "flags")] + [
+        ("bpf_cookie", ctypes.c_uint64), ("_rest", ctypes.c_uint8 * (_LINK_ATTR_SIZE - 24))]
+
+
+def link_program(event_fd: int, prog_fd: int, cookie: int) -> int:
+    """Attach a loaded BPF program to a uprobe event through a BPF perf link carrying ``cookie``, enable
+    the event, and return the link's fd (closing it detaches the program)."""
+    nr = syscalls.number("bpf")
+    if nr is None:
+        raise EnvironmentProblem(f"unsupported architecture {platform.machine()}")
+    attr = _LinkCreatePerfEvent(prog_fd=prog_fd, target_fd=event_fd, attach_type=_BPF_PERF_EVENT,
+                                bpf_cookie=cookie)
+    fd, err = syscalls.call(nr, _BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        raise AttachError(f"cannot link BPF program to uprobe: {os.strerror(err)}")
+    try:
+        fcntl.ioctl(event_fd, _PERF_EVENT_IOC_ENABLE, 0)
+    except OSError as exc:
+        os.close(fd)
+        raise AttachError(f"cannot enable uprobe: {exc.strerror}") from None
+    return fd
 
 
 def close_event(event_fd: Optional[int]) -> None:

@@ -8,14 +8,15 @@ a global mutex, about 0.1 s per site here: 512 sites took over a minute to detac
 as long to exit.  With a link it takes milliseconds.
 
 The program must be loaded with ``expected_attach_type = BPF_TRACE_UPROBE_MULTI``; it sees the same
-``struct pt_regs`` as any uprobe program.
+``struct pt_regs`` as any uprobe program.  ``cookies`` gives each offset a number the program reads with
+``bpf_get_attach_cookie``.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import platform
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..errors import AttachError, EnvironmentProblem
 from . import syscalls
@@ -48,23 +49,27 @@ class Unsupported(Exception):
 
 
 def attach(prog_fd: int, path: str, offsets: Sequence[int], ref_ctr_offsets: Sequence[int],
-           pid: int = -1, retprobe: bool = False) -> int:
+           pid: int = -1, retprobe: bool = False, cookies: Optional[Sequence[int]] = None) -> int:
     """Attach ``prog_fd`` at every offset of ``path`` in one link; returns the link fd."""
     nr = syscalls.number("bpf")
     if nr is None:
         raise Unsupported(platform.machine())
     if not offsets or len(offsets) != len(ref_ctr_offsets):
         raise AttachError(f"{path}: no sites to attach")
+    if cookies is not None and len(cookies) != len(offsets):
+        raise AttachError(f"{path}: {len(cookies)} cookies for {len(offsets)} sites")
     count = len(offsets)
     path_buf = ctypes.create_string_buffer(os.fsencode(path))
     offs = (ctypes.c_uint64 * count)(*offsets)
     refs = (ctypes.c_uint64 * count)(*ref_ctr_offsets)
+    marks = (ctypes.c_uint64 * count)(*cookies) if cookies is not None else None
     attr = _LinkCreateUprobeMulti()
     attr.prog_fd = prog_fd
     attr.attach_type = BPF_TRACE_UPROBE_MULTI
     attr.path = ctypes.addressof(path_buf)
     attr.offsets = ctypes.addressof(offs)
     attr.ref_ctr_offsets = ctypes.addressof(refs) if any(ref_ctr_offsets) else 0
+    attr.cookies = ctypes.addressof(marks) if marks is not None else 0
     attr.cnt = count
     attr.multi_flags = _BPF_F_UPROBE_MULTI_RETURN if retprobe else 0
     attr.pid = pid if pid > 0 else 0
@@ -78,4 +83,4 @@ def attach(prog_fd: int, path: str, offsets: Sequence[int], ref_ctr_offsets: Seq
         raise EnvironmentProblem(f"not allowed to attach uprobes at {where}: {os.strerror(err)}")
     if err == 3:
         raise AttachError(f"cannot attach at {where}: the process does not exist")
-    raise AttachError(f"cannot attach uprobes at {where}: {os.strerror(err)}")
+    raise AttachError(f"cannot attach uprobes at {where}: {syscalls.describe(err)}")

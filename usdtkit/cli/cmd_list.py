@@ -26,7 +26,8 @@ mapped by process PID (including deleted and memfd-backed objects, and files ins
 By default both USDT probes and functions are listed, like `bpftrace -l`; --usdt or --functions
 restrict the listing to one kind.  PATTERN is a shell glob (*, ?, [...]) matched against
 provider:name for probes (or against the name alone when PATTERN has no colon) and against the
-function name for functions (and its demangled form with --demangle)."""
+function name for functions (and its demangled form with --demangle, without its parameter list
+unless PATTERN has a '('), as the probe specs of trace, count, hist and latency match them."""
 
 EPILOG = """\
 examples:
@@ -80,7 +81,7 @@ class Listed:
 
 
 def _probe_filter(pattern: Optional[str]) -> Callable[[object], bool]:
-    from ..elf.symbols import compile_glob
+    from ..elf.glob import compile_glob
 
     match = compile_glob(pattern)
     if match is None:
@@ -92,10 +93,11 @@ def _probe_filter(pattern: Optional[str]) -> Callable[[object], bool]:
 
 def _gather(display: str, open_path: str, args: argparse.Namespace, usdt: bool, functions: bool,
             obj=None) -> Listed:
+    from ..elf.glob import demangled_matcher
     from ..elf.image import ElfImage
     from ..elf.known_issues import issues_in_image
     from ..elf.notes import probes_from_image
-    from ..elf.symbols import compile_glob, function_table
+    from ..elf.symbols import function_table
 
     listed = Listed(display, open_path, obj)
     with ElfImage(open_path, display) as image:
@@ -117,9 +119,9 @@ def _gather(display: str, open_path: str, args: argparse.Namespace, usdt: bool, 
         table = listed.functions
         pretty = demangle_names(table.names)
         demangled = list(map(pretty.get, table.names))
-        match = compile_glob(args.pattern)
-        if match is not None:
-            keep_rows = [bool(match(n) or (d is not None and match(d))) for n, d in zip(table.names, demangled)]
+        if args.pattern is not None:
+            match = demangled_matcher(args.pattern)
+            keep_rows = [match(n, d) for n, d in zip(table.names, demangled)]
             table = table.select(keep_rows)
             demangled = [d for d, k in zip(demangled, keep_rows) if k]
         listed.functions = table

@@ -74,7 +74,9 @@ def _string_size(parser: argparse.ArgumentParser, what: str) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("probes", nargs="+", metavar="PROBE",
-                        help="usdt:BINARY:PROVIDER:NAME, uprobe:BINARY:FUNCTION or uretprobe:BINARY:FUNCTION")
+                        help="usdt:BINARY:PROVIDER:NAME, uprobe:BINARY:FUNCTION or uretprobe:BINARY:FUNCTION; "
+                        "names may be globs (usdt:BINARY:hello:*, uprobe:libc:mall*) and C++ functions go by "
+                        "their demangled names (uprobe:BINARY:cpp:ns::Cache::*)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("-p", "--pid", type=_positive(int), help="trace this process only")
     where.add_argument("-c", "--command",
@@ -92,6 +94,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cgroup", metavar="PATH",
                         help="keep only hits from tasks in this cgroup v2 directory (a container, a service)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--max-probes", type=_positive(int), metavar="N",
+                        help="attach up to N probes when patterns match many (default 512, like bpftrace)")
     parser.add_argument("--unsafe", action="store_true",
                         help="allow uprobes at FUNC+OFFSET or addresses usdtkit cannot verify to start an "
                         "instruction (a wrong one corrupts the traced program)")
@@ -103,6 +107,7 @@ TRACE_EXAMPLES = epilog(
     "usdtkit trace --json -c 'demo_apps/build/hello_usdt 2' uretprobe:libc:nanosleep",
     "usdtkit trace --string-size 200 -s arg1 -c 'demo_apps/build/hello_usdt 1 reader' usdt::hello:greet",
     "usdtkit trace -F -c \"sh -c 'demo_apps/build/hello_usdt 2; true'\" usdt:demo_apps/build/hello_usdt:hello:tick",
+    "usdtkit trace -c 'demo_apps/build/hello_usdt 2' 'usdt::hello:*'",
 )
 COUNT_EXAMPLES = epilog(
     "usdtkit count -c 'demo_apps/build/hello_usdt 5' usdt::hello:greet usdt::hello:tick",
@@ -114,6 +119,7 @@ COUNT_EXAMPLES = epilog(
     "usdtkit count -i 0.2 --top 3 --by arg1 -c 'demo_apps/build/hello_usdt 20' usdt::hello:tick",
     "usdtkit count -F --by pid -c \"sh -c 'demo_apps/build/hello_usdt 2; demo_apps/build/hello_usdt 3'\" "
     "usdt:demo_apps/build/hello_usdt:hello:tick",
+    "usdtkit count --max-probes 100 -c 'demo_apps/build/hello_usdt 3' 'uprobe:libc:str*' 'uprobe:libc:mall*'",
 )
 HIST_EXAMPLES = epilog(
     "usdtkit hist -v arg1 -c 'demo_apps/build/hello_usdt 20' usdt::hello:tick",
@@ -132,6 +138,7 @@ LATENCY_EXAMPLES = epilog(
     "usdt::demo_httpd:request__done",
     "usdtkit latency -p PID -k arg0,arg1 usdt::demo_httpd:conn__accept usdt::demo_httpd:request__start",
     "usdtkit latency -p PID -k 'arg0&tid' usdt::demo_httpd:request__start usdt::demo_httpd:request__done",
+    "usdtkit latency -c 'demo_apps/build/hello_usdt 3' 'uprobe:libc:*nanosleep'",
 )
 
 

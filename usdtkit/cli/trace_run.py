@@ -62,6 +62,8 @@ def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None
         options["string_size"] = args.string_size
     if getattr(args, "cgroup", None):
         options["cgroup"] = args.cgroup
+    if getattr(args, "max_probes", None) is not None:
+        options["max_probes"] = args.max_probes
     return trace(*args.probes, on_event=on_event, filters=args.filter, unsafe=args.unsafe, **options)
 
 

@@ -132,7 +132,7 @@ class MapReader:
             pid = self.plan.pid if self.plan.pid is not None else int(members.get("k_pid", -1))  # type: ignore[arg-type]
             return self._folded(program, signed64(int(value)), pid)  # type: ignore[call-overload]
         if getattr(fld, "side"):  # read at the start probe: its own argument types
-            probe = self.plan.request.start_indexes()[0]
+            probe = self.plan.start_indexes()[0]
         signs = self.signs[probe] if probe < len(self.signs) else []
         index = getattr(fld, "index")
         if name == "arg" and index < len(signs) and signs[index]:

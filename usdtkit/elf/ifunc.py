@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Dict, FrozenSet, Iterator, Optional, Tuple
 
 from ..errors import ElfError, UsdtkitError
 from .image import ElfImage
@@ -159,17 +159,37 @@ def _users(pid: Optional[int]) -> Iterator[Tuple[int, str]]:
     yield os.getpid(), "on this CPU, usdtkit's own process calls"
 
 
+_RESOLVERS: Dict[Tuple[int, int, int, int], FrozenSet[int]] = {}
+_RESOLVERS_KEPT = 64
+
+
+def _exported_resolvers(path: str) -> FrozenSet[int]:
+    """Link-time addresses of the IFUNC resolvers ``path`` exports (in ``.dynsym``), read once per file
+    (by device, inode, size and modification time): a pattern's hundreds of probes in one library are
+    checked against one reading."""
+    info = os.stat(path)
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    found = _RESOLVERS.get(key)
+    if found is None:
+        with ElfImage(path) as image:
+            quick = function_table(image, use_debug=False)
+        found = frozenset(a for a, flag in zip(quick.addresses, quick.ifuncs or ()) if flag)
+        if len(_RESOLVERS) >= _RESOLVERS_KEPT:
+            _RESOLVERS.clear()
+        _RESOLVERS[key] = found
+    return found
+
+
 def ifunc_warning(path: str, address: int, pid: Optional[int] = None, name: Optional[str] = None) -> Optional[str]:
     """A one-line warning when link-time ``address`` of ``path`` is an indirect function's resolver
     (``name``: how the user called it): the implementations it may pick and, when it can be read, the
     one process ``pid`` (else usdtkit's own process) calls.  None for an ordinary function or an
     unreadable file."""
     try:
+        # Exported IFUNCs are in .dynsym: a cheap first look spares ordinary functions the debug file.
+        if address not in _exported_resolvers(path):
+            return None
         with ElfImage(path) as image:
-            # Exported IFUNCs are in .dynsym: a cheap first look spares ordinary functions the debug file.
-            quick = function_table(image, use_debug=False)
-            if not quick.ifuncs or address not in {a for a, f in zip(quick.addresses, quick.ifuncs) if f}:
-                return None
             table = function_table(image)
             ifunc = find_ifunc(image, table, address, name)
             if ifunc is None:
@@ -179,7 +199,7 @@ def ifunc_warning(path: str, address: int, pid: Optional[int] = None, name: Opti
                 used = implementation_in(user, path, image, ifunc)
                 if used is not None:
                     break
-    except ElfError:
+    except (ElfError, OSError):
         return None
     message = (f"{ifunc.name} is an indirect function (IFUNC): its symbol is the resolver that picks an "
                "implementation once, at load time, so this probe misses the calls")

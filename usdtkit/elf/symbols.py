@@ -21,15 +21,14 @@ names are sliced out of the string table decoded once, which is ~20x faster than
 """
 from __future__ import annotations
 
-import re
 import struct
 import sys
 from array import array
-from fnmatch import translate
 from itertools import accumulate, compress, repeat
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from ..errors import ElfError, ProbeNotFound
+from .glob import NameFilter, compile_glob, demangled_matcher
 from .image import (
     ET_REL,
     SHN_LORESERVE,
@@ -52,14 +51,6 @@ _BINDINGS[10] = "GNU_UNIQUE"
 #: A function as a plain tuple, the fast internal form of :class:`~usdtkit.elf.model.FunctionSymbol`:
 #: (name, address, size, file_offset, binding, version, source, ifunc).
 Row = Tuple[str, int, int, int, str, Optional[str], str, bool]
-NameFilter = Optional[Callable[[str], object]]
-
-
-def compile_glob(pattern: Optional[str]) -> NameFilter:
-    """A fast case-sensitive matcher for an fnmatch glob (None matches everything)."""
-    if pattern is None or pattern == "*":
-        return None
-    return re.compile(translate(pattern)).match
 
 
 # --------------------------------------------------------------------------- raw tables
@@ -560,11 +551,11 @@ def read_functions(
     from .demangle import demangle_names
 
     table = demangle_names(r[0] for r in rows)
-    match = compile_glob(pattern)
+    match = demangled_matcher(pattern)
     out = []
     for r in rows:
         pretty = table.get(r[0])
-        if match is not None and not (match(r[0]) or (pretty is not None and match(pretty))):
+        if not match(r[0], pretty):
             continue
         out.append(FunctionSymbol(r[0], r[1], r[2], r[3], r[4], shown, r[5], r[6], pretty, r[7]))
     return out

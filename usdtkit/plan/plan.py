@@ -20,7 +20,7 @@ from .cgroups import cgroup_id
 from .objects import ObjectTable
 from .refs import ProbeRef
 from .request import Target, TraceRequest
-from .resolve import ResolvedProbe, maps_binary, resolve, resolving
+from .resolve import ResolvedProbe, distinct, expand, maps_binary, resolving
 
 X86_PARAM_REGISTERS = 6  # uprobe entry arguments: rdi, rsi, rdx, rcx, r8, r9
 
@@ -62,8 +62,8 @@ class AttachPlan:
     cgroup_id: Optional[int] = None  # the target cgroup's id at the time of planning
 
     def __post_init__(self) -> None:
-        if len(self.probes) != len(self.request.probes):
-            raise UsageError("a plan resolves every probe of its request")
+        if not self.probes:
+            raise UsageError("a plan resolves at least one probe")
         self._check_fields()
 
     @property
@@ -99,9 +99,26 @@ class AttachPlan:
                      if not (names & ({"arg", "str"} if probe.ref.is_return else {"retval"}))]
         return both(tuple(terms))
 
+    def handler_indexes(self) -> Tuple[int, ...]:
+        """Indexes of the probes where counts, histograms and events are taken (the done/return side of
+        a latency trace, every probe otherwise)."""
+        if self.pair is not None:
+            return (self.pair.done,)
+        if self.function_latency:
+            return tuple(i for i, p in enumerate(self.probes) if p.ref.is_return)
+        return tuple(range(len(self.probes)))
+
+    def start_indexes(self) -> Tuple[int, ...]:
+        """Indexes of the probes where a latency starts (the start probe, a function's entry)."""
+        if self.pair is not None:
+            return (self.pair.start,)
+        if self.function_latency:
+            return tuple(i for i, p in enumerate(self.probes) if not p.ref.is_return)
+        return ()
+
     def handler_probes(self) -> Tuple[ResolvedProbe, ...]:
         """The probes where counts, histograms and events are taken."""
-        return tuple(self.probes[i] for i in self.request.handler_indexes())
+        return tuple(self.probes[i] for i in self.handler_indexes())
 
     def labels(self) -> List[str]:
         """One distinct name per probe for results.  In a function latency trace the return side, where
@@ -110,7 +127,7 @@ class AttachPlan:
         labels = [p.label for p in self.probes]
         if self.function_latency:
             for i, probe in enumerate(self.probes):
-                labels[i] = probe.ref.name if probe.ref.is_return else f"{probe.ref.name}:entry"
+                labels[i] = probe.name if probe.ref.is_return else f"{probe.name}:entry"
         for label in list(labels):
             if labels.count(label) > 1:
                 labels = [f"{lab} [{os.path.basename(self.probes[j].binary)}]" if lab == label else lab
@@ -149,7 +166,7 @@ class AttachPlan:
                 for by in request.hist.by_fields:
                     if not by.side:
                         _check_field(by, probe, "histogram by", latency)
-        for index in request.start_indexes():
+        for index in self.start_indexes():
             for fld in request.start_fields:
                 _check_field(fld, self.probes[index], "histogram by", latency)
         for index in request.event_strings:
@@ -193,6 +210,16 @@ def _resolved_in(ref: ProbeRef, pid: Optional[int], target: Target) -> Optional[
     return pid
 
 
+def _check_limit(request: TraceRequest, count: int) -> None:
+    """Refuse more probes than the request allows (each costs kernel memory and attach time)."""
+    if count <= request.max_probes:
+        return
+    patterns = [str(ref) for ref in request.probes if ref.is_pattern]
+    named = f"{', '.join(patterns)} match" if patterns else "the probe specs name"
+    raise UsageError(f"{named} {count} probes, more than the limit of {request.max_probes}: to attach them "
+                     f"all, pass --max-probes {count} (max_probes={count} in Python)")
+
+
 def make_plan(request: TraceRequest) -> AttachPlan:
     """Resolve every probe of ``request`` now (again at any later time, for a fresh plan)."""
     target = request.target
@@ -201,7 +228,11 @@ def make_plan(request: TraceRequest) -> AttachPlan:
         check_process(in_pid)
     cgroup = cgroup_id(target.cgroup) if target.cgroup is not None else None
     with resolving() as objects:
-        resolved = tuple(resolve(ref, _resolved_in(ref, in_pid, target), request.unsafe) for ref in request.probes)
+        expanded = [probe for ref in request.probes
+                    for probe in expand(ref, _resolved_in(ref, in_pid, target), request.unsafe)]
+        # A start/done pair is two exact probes, by position, even when they are one probe.
+        resolved = tuple(expanded if request.pair is not None else distinct(expanded))
+        _check_limit(request, len(resolved))
         used = [site.obj for probe in resolved for site in probe.sites if site.obj is not None]
         objects.keep_only(used)
         try:

@@ -23,6 +23,7 @@ MAX_STRING_SIZE = 256
 MAX_EVENT_STRINGS = 4
 MAX_PAIR_KEY_FIELDS = 4
 PAIR_KEY_NAMES = ("arg", "pid", "tid", "cpu")
+DEFAULT_MAX_PROBES = 512  # bpftrace's default (BPFTRACE_MAX_PROBES): a pattern matching more is refused
 
 FieldLike = Union[str, Field]
 
@@ -184,10 +185,13 @@ class TraceRequest:
     stacks: bool = False
     ring_pages: int = 256
     unsafe: bool = False
+    max_probes: int = DEFAULT_MAX_PROBES  # more probes than this (patterns expanded) are refused
 
     def __post_init__(self) -> None:
         if not self.probes:
             raise UsageError("no probe to attach")
+        if not isinstance(self.max_probes, int) or isinstance(self.max_probes, bool) or self.max_probes <= 0:
+            raise UsageError(f"max_probes must be a positive number, not {self.max_probes!r}")
         if not MIN_STRING_SIZE <= self.string_size <= MAX_STRING_SIZE:
             raise UsageError(f"string size must be between {MIN_STRING_SIZE} and {MAX_STRING_SIZE}")
         if self.ring_pages <= 0 or self.ring_pages & (self.ring_pages - 1):
@@ -227,23 +231,6 @@ class TraceRequest:
         if self.hist is not None:
             used.extend(self.hist.by_fields)
         return bool(self.event_strings) or any(f.name == "str" for f in used)
-
-    def handler_indexes(self) -> Tuple[int, ...]:
-        """Indexes of the probes where counts, histograms and events are taken (the done/return side of
-        a latency trace, every probe otherwise)."""
-        if self.pair is not None:
-            return (self.pair.done,)
-        if self.function_latency:
-            return tuple(i for i, p in enumerate(self.probes) if p.is_return)
-        return tuple(range(len(self.probes)))
-
-    def start_indexes(self) -> Tuple[int, ...]:
-        """Indexes of the probes where a latency starts (the start probe, a function's entry)."""
-        if self.pair is not None:
-            return (self.pair.start,)
-        if self.function_latency:
-            return tuple(i for i, p in enumerate(self.probes) if not p.is_return)
-        return ()
 
 
 def _field(value: FieldLike, sides: bool = False) -> Field:
@@ -297,6 +284,7 @@ def make_request(
     stacks: bool = False,
     ring_pages: Optional[int] = None,
     unsafe: bool = False,
+    max_probes: Optional[int] = None,
 ) -> TraceRequest:
     """Parse and validate everything a trace needs, reading no file.
 
@@ -309,6 +297,9 @@ def make_request(
     allows uprobes at ``func+OFFSET`` or addresses that usdtkit cannot verify to start an instruction.
     An option that would be ignored (``hist_by`` without ``hist``, ``strings`` without events...) is a
     :class:`UsageError`.
+
+    Patterns (``uprobe:libc:mall*``) stand for every probe they match, up to ``max_probes`` probes in
+    all (default 512); the latency of a function pattern times each function it matches.
     """
     if isinstance(probes, (str, ProbeRef)):
         probes = [probes]
@@ -340,13 +331,18 @@ def make_request(
             ref = refs[0]
             if ref.address is not None or ref.offset or ref.is_return:
                 raise UsageError(f"latency of {ref}: name a function (uprobe:BINARY:FUNCTION)")
-            refs = [ProbeRef("uprobe", ref.binary, ref.name), ProbeRef("uretprobe", ref.binary, ref.name)]
+            # A pattern expands to the same functions, in the same order, on both sides.
+            refs = [ref, replace(ref, kind="uretprobe")]
             function_latency = True
             if pair_keys is not None:
                 raise UsageError("pair_keys match two USDT probes; a function is timed per call")
             if hist_spec is not None:
                 hist_spec = _entry_arguments(hist_spec)
         elif len(refs) == 2 and all(r.is_usdt for r in refs):
+            for ref in refs:
+                if ref.is_pattern:
+                    raise UsageError(f"latency between {ref} and another probe: a start and a done probe "
+                                     "take exact names, not patterns")
             keys = list(pair_keys) if pair_keys is not None else [None, None]
             if len(keys) != 2:
                 raise UsageError("pair_keys needs two fields: the start key and the done key")
@@ -367,7 +363,8 @@ def make_request(
         probes=tuple(refs), target=target, filters=predicates, events=events,
         event_strings=_strings(strings), string_size=DEFAULT_STRING_SIZE if string_size is None else string_size,
         count_by=count_fields, hist=hist_spec, function_latency=function_latency, pair=pair,
-        stacks=stacks, ring_pages=256 if ring_pages is None else ring_pages, unsafe=unsafe)
+        stacks=stacks, ring_pages=256 if ring_pages is None else ring_pages, unsafe=unsafe,
+        max_probes=DEFAULT_MAX_PROBES if max_probes is None else max_probes)
     if string_size is not None and not request.reads_strings:
         raise UsageError("string_size applies to strings read (strings=, 'str(argN)' keys), and this "
                          "trace reads none")

@@ -1,7 +1,9 @@
 """Resolve a :class:`ProbeRef` to the call sites a uprobe must be placed on.
 
 ``usdt::PROVIDER:NAME`` with neither binary nor PID searches every running process (runtime providers
-declared with :mod:`usdtkit.provider`, for instance).
+declared with :mod:`usdtkit.provider`, for instance).  A pattern (``usdt:BIN:hello:*``,
+``uprobe:libc:mall*``) resolves to every probe or function it matches (:mod:`.matching`), each a
+:class:`ResolvedProbe` of its own, sorted by name.
 
 A USDT probe resolves to every call site in its notes (each with its own argument spec and the
 semaphore's file offset); a uprobe to one function's file offset plus an optional offset; an address to
@@ -19,13 +21,14 @@ import contextlib
 import os
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 from .. import elf
 from ..elf.model import Arg, UsdtProbe
-from ..elf.suggest import did_you_mean, near_probes
+from ..elf.suggest import close_names, did_you_mean, near_probes
 from ..errors import NoSuchProcess, ProbeNotFound, TargetError, UsageError, UsdtkitError
 from ..elf.process import parse_device
+from .matching import function_labels, matching_functions, usdt_matcher
 from .objects import ObjectFile, ObjectTable
 from .refs import ProbeRef
 
@@ -52,6 +55,12 @@ class Site:
         """The name the kernel is given: the opened file itself where there is one."""
         return self.obj.proc_path if self.obj is not None else self.path
 
+    @property
+    def place(self) -> tuple:
+        """Where the uprobe goes: the file (by device and inode once opened), the offset, the process."""
+        where = (self.obj.device, self.obj.inode) if self.obj is not None else self.path
+        return (where, self.file_offset, self.pid)
+
 
 @dataclass(frozen=True)
 class ResolvedProbe:
@@ -59,14 +68,20 @@ class ResolvedProbe:
     binary: str
     sites: Tuple[Site, ...]
     arg_count: int
+    shown: Optional[str] = None  # a matched function's name for people (demangled, told apart from others)
+
+    @property
+    def name(self) -> str:
+        """The probe's or function's name as people know it (a C++ function's demangled name)."""
+        return self.shown or self.ref.name
 
     @property
     def label(self) -> str:
         """The name events and results carry: ``provider:name``, the function (``func+0x10``,
-        ``0x1139``), or ``func:return`` for a uretprobe."""
+        ``0x1139``, ``ns::Cache::get(int)``), or ``func:return`` for a uretprobe."""
         if self.ref.is_usdt:
             return f"{self.ref.provider}:{self.ref.name}" if self.ref.provider else self.ref.name
-        name = str(self.ref).split(":", 2)[2]
+        name = self.shown or str(self.ref).split(":", 2)[2]
         return f"{name}:return" if self.ref.is_return else name
 
 
@@ -220,11 +235,38 @@ def _probes_of(open_path: str) -> List[UsdtProbe]:
         return []  # unreadable objects of other processes are not the user's target
 
 
-def _resolve_everywhere(ref: ProbeRef) -> ResolvedProbe:
+_Matches = Dict[Tuple[str, str], List[Tuple[ObjectFile, UsdtProbe, Optional[int]]]]
+
+
+def _what(ref: ProbeRef) -> str:
+    """``a USDT probe matching hello:*`` or ``USDT probe hello:tick``, for not-found messages."""
+    named = f"{ref.provider + ':' if ref.provider else ''}{ref.name}"
+    return f"a USDT probe matching {named}" if ref.is_pattern else f"USDT probe {named}"
+
+
+def _usdt_probes(ref: ProbeRef, matches: _Matches, disagree: str) -> List[ResolvedProbe]:
+    """One probe per ``provider:name`` found, sorted, with the call sites of every object holding it
+    (``matches`` gives each object, its probe and the pid to attach for, if any)."""
+    out = []
+    for provider, name in sorted(matches):
+        found = matches[(provider, name)]
+        sites: List[Site] = []
+        counts = set()
+        for obj, probe, owner in found:
+            counts.add(_check_args(probe, obj.path))
+            sites += [Site(obj.path, loc.file_offset, loc.pc, loc.semaphore_offset or 0, loc.args, pid=owner,
+                           obj=obj) for loc in probe.locations]
+        concrete = ProbeRef(ref.kind, ref.binary, name, provider)
+        if len(counts) > 1:
+            raise ProbeNotFound(f"{concrete}: {disagree} disagree on the argument count {sorted(counts)}")
+        out.append(ResolvedProbe(concrete, found[0][0].path, tuple(sites), counts.pop()))
+    return out
+
+
+def _resolve_everywhere(ref: ProbeRef) -> List[ResolvedProbe]:
     """``usdt::PROVIDER:NAME`` without a PID: the probe in every process that has it loaded."""
-    sites: List[Site] = []
-    counts = set()
-    binary = ""
+    wanted = usdt_matcher(ref)
+    matches: _Matches = {}
     seen: List[UsdtProbe] = []
     for mapped, owner in _all_process_objects():
         try:
@@ -234,54 +276,41 @@ def _resolve_everywhere(ref: ProbeRef) -> ResolvedProbe:
         found = False
         for probe in _probes_of(obj.proc_path):
             seen.append(probe)
-            if probe.name == ref.name and probe.provider == ref.provider:
+            if wanted(probe):
                 found = True
-                counts.add(_check_args(probe, mapped.path))
-                binary = binary or mapped.path
-                for loc in probe.locations:
-                    sites.append(Site(mapped.path, loc.file_offset, loc.pc, loc.semaphore_offset or 0, loc.args,
-                                      pid=owner, obj=obj))
+                matches.setdefault((probe.provider, probe.name), []).append((obj, probe, owner))
         if found:
             _table().use(obj)
         else:
             _table().discard(obj)  # thousands of objects are searched: keep only the fds in use
-    if not sites:
+    if not matches:
         near = did_you_mean(near_probes(ref.provider, ref.name, seen))
-        raise ProbeNotFound(f"no running process has USDT probe {ref.provider}:{ref.name} loaded{near}")
-    if len(counts) > 1:
-        raise ProbeNotFound(f"{ref}: processes disagree on the argument count {sorted(counts)}")
-    return ResolvedProbe(ref, binary, tuple(sites), counts.pop())
+        raise ProbeNotFound(f"no running process has {_what(ref)} loaded{near}")
+    return _usdt_probes(ref, matches, "processes")
 
 
-def _resolve_usdt(ref: ProbeRef, pid: Optional[int]) -> ResolvedProbe:
+def _resolve_usdt(ref: ProbeRef, pid: Optional[int]) -> List[ResolvedProbe]:
     if pid is None and not ref.binary and ref.provider:
         return _resolve_everywhere(ref)
-    matches: List[Tuple[ObjectFile, UsdtProbe]] = []
+    wanted = usdt_matcher(ref)
+    matches: _Matches = {}
     seen: List[UsdtProbe] = []
     for obj in _candidates(ref, pid):
         for probe in (_named(obj, elf.read_usdt_probes) if ref.binary else _probes_of(obj.proc_path)):
             seen.append(probe)
-            if probe.name == ref.name and (ref.provider is None or probe.provider == ref.provider):
-                matches.append((obj, probe))
+            if wanted(probe):
+                matches.setdefault((probe.provider, probe.name), []).append((obj, probe, None))
     if not matches:
         where = ref.binary or f"pid {pid}"
         near = did_you_mean(near_probes(ref.provider, ref.name, seen))
-        raise ProbeNotFound(f"{where}: no USDT probe {ref.provider + ':' if ref.provider else ''}{ref.name}{near}")
-    providers = {p.provider for _, p in matches}
-    if ref.provider is None and len(providers) > 1:
+        raise ProbeNotFound(f"{where}: no {_what(ref)}{near}")
+    providers = {provider for provider, _ in matches}
+    if not ref.is_pattern and len(providers) > 1:
         raise UsageError(f"probe {ref}: ambiguous, provided by {', '.join(sorted(providers))}")
-    sites: List[Site] = []
-    arg_counts = set()
-    for obj, probe in matches:
-        _table().use(obj)
-        arg_counts.add(_check_args(probe, obj.path))
-        for loc in probe.locations:
-            sites.append(Site(obj.path, loc.file_offset, loc.pc, loc.semaphore_offset or 0, loc.args, obj=obj))
-    if len(arg_counts) > 1:
-        raise ProbeNotFound(f"{ref}: objects disagree on the argument count {sorted(arg_counts)}")
-    provider = ref.provider or providers.pop()
-    full = ProbeRef(ref.kind, ref.binary, ref.name, provider)
-    return ResolvedProbe(full, matches[0][0].path, tuple(sites), arg_counts.pop())
+    for found in matches.values():
+        for obj, _, _ in found:
+            _table().use(obj)
+    return _usdt_probes(ref, matches, "objects")
 
 
 def _is_usdt_site(path: str, address: int) -> bool:
@@ -330,9 +359,47 @@ def _resolve_function(ref: ProbeRef, pid: Optional[int], unsafe: bool = False) -
     raise ProbeNotFound(errors[0] if errors else f"{ref}: not found")
 
 
-def resolve(ref: ProbeRef, pid: Optional[int] = None, unsafe: bool = False) -> ResolvedProbe:
-    """Find every call site of ``ref`` (in ``pid``'s objects when given).  ``unsafe`` allows uprobes
-    at offsets and addresses usdtkit cannot verify to start an instruction."""
+def _expand_functions(ref: ProbeRef, pid: Optional[int]) -> List[ResolvedProbe]:
+    """Every function a pattern names, one probe per address, sorted by name."""
+    candidates = _candidates(ref, pid)
+    if pid is not None and not ref.binary:
+        candidates = candidates[:1]  # the main executable, as bpftrace does
+    out: List[ResolvedProbe] = []
+    names: List[str] = []
+    for obj in candidates:
+        functions = _named(obj, lambda where: elf.read_functions(where, demangle=ref.cpp))
+        names += [f.name for f in functions]
+        matched = matching_functions(ref, functions)
+        for function, shown in zip(matched, function_labels(matched)):
+            site = Site(obj.path, function.file_offset, function.address, obj=_table().use(obj))
+            out.append(ResolvedProbe(ProbeRef(ref.kind, ref.binary, function.name), obj.path, (site,),
+                                     6 if ref.kind == "uprobe" else 0, shown))
+    if not out:
+        where = ref.binary or f"pid {pid}"
+        near = "" if ref.cpp else did_you_mean(close_names(ref.name, names))
+        raise ProbeNotFound(f"{where}: no function matches {ref.name}{near}")
+    return out
+
+
+def expand(ref: ProbeRef, pid: Optional[int] = None, unsafe: bool = False) -> List[ResolvedProbe]:
+    """Every probe ``ref`` names, with its call sites (in ``pid``'s objects when given): the one an
+    exact spec names, or each one a pattern matches.  ``unsafe`` allows uprobes at offsets and
+    addresses usdtkit cannot verify to start an instruction."""
     if ref.is_usdt:
         return _resolve_usdt(ref, pid)
-    return _resolve_function(ref, pid, unsafe)
+    if ref.is_pattern:
+        return _expand_functions(ref, pid)
+    return [_resolve_function(ref, pid, unsafe)]
+
+
+def distinct(probes: Iterable[ResolvedProbe]) -> List[ResolvedProbe]:
+    """``probes`` without repeats: a probe of the kind and at the places of an earlier one (two patterns
+    naming one probe, two names of one function) is attached once, under the earlier one's name."""
+    seen = set()
+    out = []
+    for probe in probes:
+        key = (probe.ref.kind, frozenset(site.place for site in probe.sites))
+        if key not in seen:
+            seen.add(key)
+            out.append(probe)
+    return out

@@ -73,7 +73,7 @@ class Session:
         self.perf_lost = 0
         self.delivered = 0  # records handed over by the backend
         self.uses_ringbuf = capabilities.detect().has_ringbuf
-        self.layout = codegen.generate(plan, self.uses_ringbuf)
+        self.layout = codegen.generate(plan, self.uses_ringbuf, capabilities.detect().has_bpf_cookie)
         self.labels = plan.labels()
         self._symbolizer = Symbolizer()
         self._reader = MapReader(plan, self.layout, self.labels, self._symbolizer)
@@ -170,21 +170,23 @@ class Session:
     def _attach_sites(self, program: LoadedProgram, pid: int) -> None:
         """Attach sites grouped by function, file, side and pid: one link (or call) per group."""
         kernel_counts = capabilities.detect().has_sema_refcnt
-        groups: Dict[Tuple[str, str, bool, int], Tuple[List[int], List[int]]] = {}
+        groups: Dict[Tuple[str, str, bool, int], Tuple[List[int], List[int], List[int]]] = {}
         for attachment in self.layout.attachments:
             site = attachment.site
             ref_ctr = site.ref_ctr_offset if kernel_counts else 0
             if site.ref_ctr_offset and not kernel_counts:
                 self._write_semaphore(site)
             site_pid = site.pid if site.pid is not None else pid
-            offsets, ref_ctrs = groups.setdefault((attachment.function, site.attach_path, attachment.retprobe,
-                                                   site_pid), ([], []))
+            offsets, ref_ctrs, cookies = groups.setdefault((attachment.function, site.attach_path,
+                                                            attachment.retprobe, site_pid), ([], [], []))
             offsets.append(site.file_offset)
             ref_ctrs.append(ref_ctr)
+            if attachment.cookie is not None:  # set on every site of a shared function, on none of others
+                cookies.append(attachment.cookie)
         shown = {s.attach_path: s.path for s in (a.site for a in self.layout.attachments)}
-        for (function, path, retprobe, site_pid), (offsets, ref_ctrs) in groups.items():
+        for (function, path, retprobe, site_pid), (offsets, ref_ctrs, cookies) in groups.items():
             try:
-                program.attach(function, path, offsets, ref_ctrs, site_pid, retprobe)
+                program.attach(function, path, offsets, ref_ctrs, site_pid, retprobe, cookies or None)
             except (AttachError, EnvironmentProblem) as exc:
                 if path == shown.get(path, path):
                     raise
@@ -328,7 +330,7 @@ class Session:
         return max(0, written - self.delivered)
 
     def _per_probe_stats(self) -> List[ProbeStats]:
-        indexes = self.plan.request.handler_indexes()
+        indexes = self.plan.handler_indexes()
         stats = self._current("per_probe") or []
         return [stats[i] for i in indexes if i < len(stats)]  # type: ignore[index]
 
