@@ -212,3 +212,20 @@ def test_an_unquoted_name_is_one_line_pointing_at_it(hello):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "column 9: unknown name 'hello_usdt'" in result.stderr
     assert "strings are quoted" in result.stderr
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("expr,timed", [("arg1 == 0", 3), ("arg1 != 0", 0), ("retval == 0", 3), ("retval != 0", 0),
+                                        ("arg1 == 0 && retval != 0", 0)])
+def test_a_filtered_call_is_neither_timed_nor_a_loss(hello, expr, timed):
+    """In a function latency trace argument filters act at entry and retval filters at return; a call
+    either drops is gone, not counted as a return without its entry or an entry without its return."""
+    result = subprocess.run(
+        [sys.executable, "-m", "usdtkit.cli.main", "latency", "--json", "-f", expr, "-c", f"{hello} 3",
+         "uprobe:libc:nanosleep"], capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout.splitlines()[-1])
+    assert sum(b["count"] for h in doc["histograms"] for b in h["buckets"]) == timed
+    for stats in doc["stats"].values():
+        assert stats["unmatched"] == stats["unfinished"] == 0, doc["stats"]
+    assert "without a start" not in result.stderr and "without a done" not in result.stderr

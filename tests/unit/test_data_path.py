@@ -13,7 +13,8 @@ import pytest
 
 from usdtkit.bpf import codegen
 from usdtkit.bpf.fake import FakeBackend, FakeProgram
-from usdtkit.bpf.layout import STAT_HITS, STAT_LOST_EVENTS, STAT_READ_ERRORS, STAT_UNMATCHED, StructLayout
+from usdtkit.bpf.layout import (STAT_HITS, STAT_LOST_EVENTS, STAT_PAIRED, STAT_READ_ERRORS, STAT_UNMATCHED,
+                                StructLayout)
 from usdtkit.collect.results import Histogram
 from usdtkit.collect.text import CUT_MARK
 from usdtkit.elf.model import Arg, Memory, Register, RegisterValue
@@ -135,6 +136,7 @@ def test_latency_pair_stats_say_what_was_not_matched():
                                   hist=HistSpec(Field("latency")))
     program.hit_stat(0, STAT_HITS, 10)
     program.hit_stat(1, STAT_HITS, 7)
+    program.hit_stat(1, STAT_PAIRED, 7)
     program.hit_stat(1, STAT_UNMATCHED, 2)
     program.hit_stat(1, STAT_READ_ERRORS, 1)
     stats = session.stats()
@@ -149,7 +151,8 @@ def test_function_latency_labels_and_unfinished_calls():
     ret = ResolvedProbe(ProbeRef("uretprobe", "/x", "f"), "/x", (Site("/x", 0x10, 0x10),), 0)
     session, program = session_of((fn, ret), function_latency=True, hist=HistSpec(Field("latency")))
     program.hit_stat(0, STAT_HITS, 101)
-    program.hit_stat(1, STAT_HITS, 64)
+    program.hit_stat(1, STAT_HITS, 50)  # a return filter kept 50 of the 64 calls that returned
+    program.hit_stat(1, STAT_PAIRED, 64)
     stats = session.stats()
     assert set(stats) == {"f:entry", "f"} and stats["f"].unfinished == 37
 

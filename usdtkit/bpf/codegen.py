@@ -47,7 +47,7 @@ from ..plan.plan import AttachPlan, pointer_like
 from ..plan.resolve import ResolvedProbe, Site
 from . import follow
 from .filter_c import FilterC, FilterHelpers, arg_signed, u64_literal
-from .layout import (STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_READ_ERRORS, STAT_UNMATCHED, STATS_PER_PROBE,
+from .layout import (STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_PAIRED, STAT_READ_ERRORS, STAT_UNMATCHED, STATS_PER_PROBE,
                      Attachment, MapLayout, Member, ProgramLayout, StructLayout, key_members, string_buffer)
 
 COUNT_MAP_ENTRIES = 65536
@@ -436,18 +436,29 @@ class Generator:
         lines += ["    u64 args[USDTKIT_NARGS] = {};", "    u32 errs = 0;", "    u64 retval = 0, latency = 0;"]
         return lines
 
-    def _filters(self, p_index: int, probe: ResolvedProbe) -> List[str]:
-        """The statement dropping hits the plan's filter does not keep at this probe."""
+    def _condition(self, p_index: int, probe: ResolvedProbe) -> Tuple[List[str], Optional[str]]:
+        """``(statements, C condition)`` of the plan's filter at this probe (no condition: keep all)."""
         condition = self.plan.filter_for(p_index)
         if condition is None:
-            return []
+            return [], None
         to_c = FilterC(probe, self.filter_helpers)
         test = to_c.condition(condition)
         lines = []
         if to_c.reads_comm:
             lines += [f"    u64 comm_words[{COMM_LEN // 8}] = {{}};",
                       "    bpf_get_current_comm(comm_words, sizeof(comm_words));"]
-        return lines + [f"    if (!({test})) return 0;"]
+        return lines, test
+
+    def _filters(self, p_index: int, probe: ResolvedProbe) -> List[str]:
+        """The statements dropping hits the plan's filter does not keep at this probe."""
+        lines, test = self._condition(p_index, probe)
+        return lines + [f"    if (!({test})) return 0;"] if test is not None else []
+
+    def _is_start(self, p_index: int, probe: ResolvedProbe) -> bool:
+        """Whether the probe starts a latency (a function's entry, a pair's start)."""
+        if self.plan.function_latency:
+            return not probe.ref.is_return
+        return self.plan.pair is not None and p_index == self.plan.pair.start
 
     def _bodies(self) -> List[Tuple[int, int, _Shape, List[Site]]]:
         """``(probe index, group, shape, sites)`` of each entry function: one per probe and distinct way
@@ -462,8 +473,13 @@ class Generator:
                 body = self._prologue() + [f"    {r}" for r in reads]
                 if probe.ref.is_return:
                     body.append("    retval = PT_REGS_RC(ctx);")
-                body += self._filters(p_index, probe)
-                body += self._latency(p_index, probe)
+                if self._is_start(p_index, probe):
+                    # A start the filter drops is still kept, timeless, so that its done ends it quietly
+                    # rather than as a done without a start.
+                    lines, test = self._condition(p_index, probe)
+                    body += lines + self._latency(p_index, probe, test)
+                else:  # a done ends its start whether or not its own filter keeps the pair
+                    body += self._latency(p_index, probe) + self._filters(p_index, probe)
                 mask = string_mask(plan, p_index)
                 body.append(f"    return usdtkit_handle(ctx, probe, args, errs, retval, latency, pid, tid, {mask});")
                 out.append((p_index, g_index, (probe.ref.is_return, tuple(body)), sites))
@@ -488,15 +504,16 @@ class Generator:
                     shared[shape] = name
             self.attachments += [Attachment(name, site, shape[0], p_index, cookie) for site in sites]
 
-    def _latency(self, p_index: int, probe: ResolvedProbe) -> List[str]:
-        """Time a function (uprobe+uretprobe) or a start/done probe pair; entry sides return early."""
+    def _latency(self, p_index: int, probe: ResolvedProbe, kept: Optional[str] = None) -> List[str]:
+        """Time a function (uprobe+uretprobe) or a start/done probe pair; entry sides return early (a
+        start stores itself as filtered out unless ``kept``, its filter's condition, holds)."""
         plan = self.plan
         if plan.function_latency and probe.ref.kind in ("uprobe", "uretprobe"):
             # Keyed by thread and stack pointer: at entry %rsp points at the return address, after the
             # return it is 8 bytes higher.  Each recursion level has its own key, and a level the
             # kernel does not probe on return (past 64 nested uretprobes) is never mispaired.
             if probe.ref.kind == "uprobe":
-                return self._start("    struct usdtkit_start_key sk = {.key = id, .scope = ctx->sp};")
+                return self._start("    struct usdtkit_start_key sk = {.key = id, .scope = ctx->sp};", kept)
             return self._done("    struct usdtkit_start_key sk = {.key = id, .scope = ctx->sp - 8};")
         pair = plan.pair
         if pair is None or p_index not in (pair.start, pair.done):
@@ -511,18 +528,22 @@ class Generator:
         unread = sum(1 << f.index for f in key_fields if f.name == "arg")
         if unread:
             lookup = f"    if (errs & {unread}U) return 0;\n{lookup}"
-        return self._start(lookup) if p_index == pair.start else self._done(lookup)
+        return self._start(lookup, kept) if p_index == pair.start else self._done(lookup)
 
-    def _start(self, lookup: str) -> List[str]:
-        """A start: keep its time (and the start-side values of the histogram key) under ``sk``."""
-        lines = ["    usdtkit_stat(probe, 0);", lookup]
+    def _start(self, lookup: str, kept: Optional[str]) -> List[str]:
+        """A start: keep its time (and the start-side values of the histogram key) under ``sk``; a time
+        of 0 marks a start the filter dropped."""
+        if kept is None:
+            lines = ["    usdtkit_stat(probe, 0);", lookup, "    u64 now = bpf_ktime_get_ns();"]
+        else:
+            lines = [f"    u64 kept = ({kept}) != 0;", "    if (kept) usdtkit_stat(probe, 0);", lookup,
+                     "    u64 now = kept ? bpf_ktime_get_ns() : 0;"]
         if self.start_value is None:
-            lines += ["    u64 now = bpf_ktime_get_ns();",
-                      f"    if (starts.update(&sk, &now) < 0) usdtkit_stat(probe, {STAT_LOST_KEYS});"]
+            lines.append(f"    if (starts.update(&sk, &now) < 0) usdtkit_stat(probe, {STAT_LOST_KEYS});")
         else:  # named `key`, the start value is filled as keys are
             lines += ["    u32 start_slot = 0; struct usdtkit_start *key = start_scratch.lookup(&start_slot);",
                       "    if (!key) return 0;", "    __builtin_memset(key, 0, sizeof(*key));",
-                      "    key->time = bpf_ktime_get_ns(); key->probe = probe;"]
+                      "    key->time = now; key->probe = probe;"]
             lines += [self._key_fill(fld, bit) for bit, fld in enumerate(self._start_order())]
             lines.append(f"    if (starts.update(&sk, key) < 0) usdtkit_stat(probe, {STAT_LOST_KEYS});")
         return lines + ["    return 0;"]
@@ -530,8 +551,11 @@ class Generator:
     def _done(self, lookup: str) -> List[str]:
         """A done: the latency since its start, whose entry is removed; unmatched when there is none."""
         value = "u64" if self.start_value is None else "struct usdtkit_start"
+        time = "*started" if self.start_value is None else "started->time"
         lines = [lookup, f"    {value} *started = starts.lookup(&sk);",
-                 f"    if (!started) {{ usdtkit_stat(probe, {STAT_UNMATCHED}); return 0; }}"]
+                 f"    if (!started) {{ usdtkit_stat(probe, {STAT_UNMATCHED}); return 0; }}",
+                 f"    if (!{time}) {{ starts.delete(&sk); return 0; }}  /* its start was filtered out */",
+                 f"    usdtkit_stat(probe, {STAT_PAIRED});"]
         if self.start_value is None:
             return lines + ["    latency = bpf_ktime_get_ns() - *started; starts.delete(&sk);"]
         # Copied out before the delete: another CPU may reuse a deleted LRU element at once.

@@ -14,8 +14,11 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 from ..expr.fields import Field
 from ..plan.resolve import Site
 
-STATS_PER_PROBE = 5
-STAT_HITS, STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_READ_ERRORS, STAT_UNMATCHED = range(5)
+# Per probe: hits kept, events lost, keys lost, reads failed, dones without a start, and dones that
+# found their start (kept by the done's own filter or not: what tells a start that was never finished).
+STATS_PER_PROBE = 6
+STAT_HITS, STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_READ_ERRORS, STAT_UNMATCHED, STAT_PAIRED = range(6)
+PROBE_STATS = 5  # the first five are the ProbeStats users see
 
 _SIZES = {"u8": 1, "char": 1, "u32": 4, "s32": 4, "u64": 8, "s64": 8}
 _CODES = {"u8": "B", "char": "s", "u32": "I", "s32": "i", "u64": "Q", "s64": "q"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..bpf.backend import LoadedProgram
-from ..bpf.layout import STATS_PER_PROBE, ProgramLayout, StructLayout
+from ..bpf.layout import PROBE_STATS, STAT_PAIRED, STATS_PER_PROBE, ProgramLayout, StructLayout
 from ..plan.buckets import SUM_SLOT
 from ..plan.plan import AttachPlan
 from .results import Counts, Histogram, ProbeStats
@@ -49,11 +49,13 @@ class MapReader:
             index = int.from_bytes(key[:4], "little")
             if index < len(totals):
                 totals[index] = value
-        stats = [ProbeStats(*totals[i * STATS_PER_PROBE:(i + 1) * STATS_PER_PROBE]) for i in range(len(self.plan.probes))]
-        return self._with_unfinished(stats)
+        first = [i * STATS_PER_PROBE for i in range(len(self.plan.probes))]
+        stats = [ProbeStats(*totals[at:at + PROBE_STATS]) for at in first]
+        return self._with_unfinished(stats, [totals[at + STAT_PAIRED] for at in first])
 
-    def _with_unfinished(self, stats: List[ProbeStats]) -> List[ProbeStats]:
-        """Latency: starts counted at the entry/start side that no done/return side matched."""
+    def _with_unfinished(self, stats: List[ProbeStats], paired: List[int]) -> List[ProbeStats]:
+        """Latency: starts kept at the entry/start side that no done/return side found (a done its own
+        filter drops still ends its start)."""
         plan = self.plan
         pairs: List[Tuple[int, int]] = []
         if plan.pair is not None:
@@ -64,7 +66,7 @@ class MapReader:
             pairs.extend(zip(entries, returns))
         out = list(stats)
         for start, done in pairs:
-            missing = max(0, stats[start].hits - stats[done].hits)
+            missing = max(0, stats[start].hits - paired[done])
             fields = stats[done].to_json()
             fields["unfinished"] = missing
             out[done] = ProbeStats(**fields)
