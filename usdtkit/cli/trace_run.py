@@ -129,8 +129,9 @@ def _report_losses(session: Session, stats: Optional[Dict[str, ProbeStats]] = No
 
 
 def _no_hits_hint(session: Session, args: argparse.Namespace) -> None:
-    """A process that did its work in children (a server's workers) shows no hits: say why."""
-    if args.follow or any(s.hits for s in session.stats().values()):
+    """A process that did its work in children (a server's workers) shows no hits: say why (unless a
+    filter may be the reason)."""
+    if args.follow or getattr(args, "filter", None) or any(s.hits for s in session.stats().values()):
         return
     if args.command is not None:
         print("note: no hits in the command itself; if it starts other programs (as a shell does), add -F to trace "
