@@ -188,7 +188,7 @@ def test_a_full_length_comm_filter_loads_and_matches(tmp_path):
     long_name.write_bytes(open(HELLO, "rb").read())
     long_name.chmod(0o755)
     for name, hits in (("abcdefghijklmno", 3), ("abcdefghijklmnp", 0)):
-        result = usdtkit("count", "--json", "-f", f"comm == {name}", "-c", f"{long_name} 3", "usdt::hello:tick")
+        result = usdtkit("count", "--json", "-f", f"comm == \"{name}\"", "-c", f"{long_name} 3", "usdt::hello:tick")
         assert result.returncode == 0, result.stderr
         doc = json.loads(result.stdout.splitlines()[-1])
         assert sum(r["count"] for r in doc["counts"]["counts"]) == hits
