@@ -100,6 +100,28 @@ def test_by_thread_splits_each_function_by_thread(cli, processes):
     assert all(r["self_ns"] <= r["total_ns"] for r in doc["functions"])
 
 
+def test_profiling_a_service_leaves_its_probes_off(processes, read_semaphore):
+    from usdtkit.tracing.pycalls import PyCalls
+
+    target = start_target(processes, "--forever", "--inner-ms", "1", "--outer-ms", "1")
+    with open(f"/proc/{target.pid}/maps") as maps:
+        (provider,) = {line.split()[-1] for line in maps if "/pycalls-" in line and line.rstrip().endswith(".so")}
+    python = os.path.realpath(f"/proc/{target.pid}/exe")
+
+    def semaphores():
+        return (read_semaphore(target.pid, provider, "function__return"),
+                read_semaphore(target.pid, python, "gc__start"), read_semaphore(target.pid, python, "gc__done"))
+
+    for _ in range(2):  # profiled now and then: every time from a clean state
+        with PyCalls(pid=target.pid) as profile:
+            assert semaphores() == (1, 1, 1)
+            profile.session.run(duration=0.3)
+        assert semaphores() == (0, 0, 0)  # both programs detached, while this process lives on
+        assert {r.function for r in profile.functions()} == {"__main__:Shop.checkout", "__main__:lookup"}
+        assert profile.source.name == "pycalls" and profile.gc() is not None
+    assert target.poll() is None
+
+
 NATIVE_SCRIPT = '''
 import sys
 def leaf(n):
