@@ -41,9 +41,9 @@ class CallSource:
     name: str
     probe: str
     timed: bool  # whether it carries the call's total and self times
-    function: Field  # where the function's name, its file and first line are
-    file: Field
-    line: Field
+    function: Field  # the argument holding the function's name
+    file: Field  # its file
+    line: Field  # its first line (pycalls), or the line it returns from (python)
     described: str
 
 
