@@ -208,6 +208,52 @@ def _exporter_check(out: str) -> None:
     assert out.strip() == "demo_apps/exporter.yaml: 2 metrics, 2 probe sites found"
 
 
+def _call_rows(out: str) -> List[Dict[str, str]]:
+    """The rows of a ``usdtkit pycalls`` table (cells are two or more spaces apart), by column name."""
+    lines = out.splitlines()
+    header = re.split(r"\s{2,}", lines[1].strip())
+    return [dict(zip(header, re.split(r"\s{2,}", line.strip()))) for line in lines[2:]
+            if line.strip() and not line.startswith(("...", "gc:"))]
+
+
+PYCALLS_FUNCTIONS = {"__main__:Shop.checkout", "__main__:lookup"}  # of fixtures/pycalls_target.py
+
+
+def _pycalls_profile(out: str) -> None:
+    assert out.startswith("source: pycalls:function__return of usdtkit.instrument")
+    rows = {row["function"]: row for row in _call_rows(out)}
+    assert set(rows) == PYCALLS_FUNCTIONS and list(rows)[0] == "__main__:Shop.checkout"
+    lookup = rows["__main__:lookup"]
+    assert lookup["self"] == lookup["total"] and lookup["p50<="] == "16.8 ms"  # 10 ms sleeps
+    assert re.search(r"^gc: \d+ collection\(s\), ", out, re.M)
+
+
+def _pycalls_threads(out: str) -> None:
+    rows = _call_rows(out)
+    assert len(rows) == 3 and {row["function"] for row in rows} <= PYCALLS_FUNCTIONS
+    assert all(row["tid"].isdigit() for row in rows)
+    assert "... and 1 more functions (4 in all; --top 0 shows every row)" in out  # 2 functions x 2 threads
+
+
+def _pycalls_json(out: str) -> None:
+    doc = json.loads(out)
+    assert doc["source"] == "pycalls" and doc["gc"] is not None
+    assert {row["function"] for row in doc["functions"]} == PYCALLS_FUNCTIONS
+    for row in doc["functions"]:
+        assert set(row) == {"function", "file", "line", "calls", "total_ns", "self_ns", "p50_ns", "p99_ns"}
+        assert row["file"].endswith("pycalls_target.py") and 0 < row["self_ns"] <= row["total_ns"]
+
+
+def _pycalls_cpython(out: str) -> None:
+    assert out.startswith("source: python:function__return of CPython itself (calls only)")
+    rows = _call_rows(out)
+    assert len(rows) == 5 and re.search(r"^\.\.\. and \d+ more functions", out, re.M)
+    json_calls = {(row["function"], row["file:return_line"].rsplit(":", 1)[0], row["calls"]) for row in rows[:3]}
+    assert json_calls == {("dumps", "/usr/lib/python3.11/json/__init__.py", "2000"),
+                          ("encode", "/usr/lib/python3.11/json/encoder.py", "2000"),
+                          ("iterencode", "/usr/lib/python3.11/json/encoder.py", "2000")}
+
+
 def test_the_exporter_config_shown_is_the_file_checked():
     (shown,) = [body for lang, body in BLOCKS if lang == "yaml"]
     assert shown == (ROOT / "demo_apps" / "exporter.yaml").read_text()
@@ -250,6 +296,11 @@ CHECKS: Dict[str, Callable[[str], None]] = {
     "usdtkit latency -c 'demo_apps/build/hello_usdt 5' 'uprobe:libc:*nanosleep'": _latency_every_nanosleep,
     "usdtkit count -c 'java -version' "
     "'uprobe:/usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so:cpp:Threads::create_vm'": _count_cpp_name,
+    "usdtkit pycalls -p PID -d 1": _pycalls_profile,
+    "usdtkit pycalls -p PID --top 3 --by-thread": _pycalls_threads,
+    "usdtkit pycalls --json -p PID -d 1": _pycalls_json,
+    "usdtkit pycalls --top 5 -c \"/usr/bin/python3.11 -c 'import json; [json.dumps(i) for i in range(2000)]'\"":
+        _pycalls_cpython,
     "./dev.sh demo": _dev_demo,
     "usdtkit exporter --config demo_apps/exporter.yaml --check": _exporter_check,
 }

@@ -29,6 +29,7 @@ _LAZY = {
     "trace": ("usdtkit.tracing.api", "trace"),
     "build_plan": ("usdtkit.tracing.api", "build_plan"),
     "Session": ("usdtkit.tracing.session", "Session"),
+    "PyCalls": ("usdtkit.tracing.pycalls", "PyCalls"),
     "TraceRequest": ("usdtkit.plan.request", "TraceRequest"),
     "make_request": ("usdtkit.plan.request", "make_request"),
     "Target": ("usdtkit.plan.request", "Target"),

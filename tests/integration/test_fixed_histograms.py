@@ -47,3 +47,13 @@ def test_a_histogram_split_by_two_fields():
     hists = session.histograms()
     assert set(hists) == {("hello:greet", "ann", "hello_usdt")}
     assert hists[("hello:greet", "ann", "hello_usdt")].total == 3
+
+
+@pytest.mark.bpf
+def test_a_histogram_adds_up_other_fields_of_each_key():
+    # hello:tick carries (i, i*i): a histogram of i that also adds up i*i
+    with trace("usdt::hello:tick", command=[HELLO, "8"], events=False,
+               hist=HistSpec(Field("arg", 0), sum=True, sums=(Field("arg", 1),))) as session:
+        session.run(duration=30)
+    hist = session.histograms()["hello:tick"]
+    assert (hist.total, hist.sum, hist.sums) == (8, 36, {"arg1": 204})

@@ -139,3 +139,19 @@ def test_index_only_memory_operand():
     args = (Arg(8, False, Memory(None, 0x40, reg("rdx"), 8), "8@0x40(,%rdx,8)"),)
     text = generated(plan_of((usdt("p", args),), events=True))
     assert "(void *)(0x40ULL + ctx->dx * 8)" in text
+
+
+def test_a_histogram_adds_up_other_fields_in_slots_of_their_own():
+    from usdtkit.plan.buckets import SUM_SLOT, sum_slot
+
+    unreadable = Arg(8, False, Unsupported("xmm registers are not readable"), "8@%xmm0")
+    probe = usdt("p", (ARGS_A[0], ARGS_A[1], unreadable))
+    text = generated(plan_of((probe,), hist=HistSpec(Field("arg", 0), sum=True, sums=(Field("arg", 1),))))
+    # the summed argument is read (only it: arg2 stays untouched), and added in the first slot below the sum's
+    assert "args[1] =" in text and "args[2] =" not in text
+    assert f"key->slot = {SUM_SLOT}U;" in text and f"key->slot = {sum_slot(0)}U;" == f"key->slot = {SUM_SLOT - 1}U;"
+    assert f"key->slot = {sum_slot(0)}U;" in text and "__sync_fetch_and_add(total, args[1])" in text
+    # a failed read of the summed argument adds nothing
+    assert "if (!(errs & 2U)) {" in text
+    with pytest.raises(UsageError, match="histogram sum of arg2: prov:p has 2 argument"):
+        plan_of((usdt("p", ARGS_A),), hist=HistSpec(Field("arg", 0), sums=(Field("arg", 2),)))

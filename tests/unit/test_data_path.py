@@ -241,3 +241,23 @@ def test_a_histogram_sum_is_read_back_signed():
     program.add("hist", key(layout, probe=0, slot=SUM_SLOT), (1 << 64) - 7)  # -3 + -4, as the kernel adds
     hist = session.histograms()["app:v"]
     assert hist.sum == -7 and hist.total == 2 and SUM_SLOT not in hist.buckets
+
+
+def test_histogram_sums_of_other_fields_are_read_back_with_their_signs_and_differenced():
+    from usdtkit.collect.deltas import histograms_delta
+    from usdtkit.plan.buckets import SUM_SLOT, sum_slot
+
+    probe = usdt("call", SIGNED, POINTER, UNSIGNED)
+    spec = HistSpec(Field("arg", 2), by=Field("str", 1), sum=True, sums=(Field("arg", 0),))
+    session, program = session_of((probe,), hist=spec, string_size=8)
+    layout = program.layout.hist_key
+    for slot, value in ((4, 3), (SUM_SLOT, 30), (sum_slot(0), (1 << 64) - 5)):
+        program.add("hist", key(layout, probe=0, slot=slot, k_str_arg1=b"f\0"), value)
+    before = session.histograms()
+    hist = before[("app:call", "f")]
+    assert (hist.total, hist.sum, hist.sums) == (3, 30, {"arg0": -5})  # arg0 is signed: it wrapped below zero
+    assert hist.to_json()["sums"] == {"arg0": -5} and sum_slot(0) not in hist.buckets
+    program.add("hist", key(layout, probe=0, slot=4, k_str_arg1=b"f\0"), 1)
+    program.add("hist", key(layout, probe=0, slot=sum_slot(0), k_str_arg1=b"f\0"), 7)
+    later = histograms_delta(session.histograms(), before)[("app:call", "f")]
+    assert (later.total, later.sums) == (1, {"arg0": 7})

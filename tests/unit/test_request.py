@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from usdtkit.errors import UsageError
-from usdtkit.plan.request import DEFAULT_STRING_SIZE, Target, make_request
+from usdtkit.expr.fields import Field
+from usdtkit.plan.request import DEFAULT_STRING_SIZE, HistSpec, Target, make_request
 from usdtkit.tracing.api import trace
 
 PROBE = "usdt:/nonexistent/app:p:n"  # nothing is resolved: the refusals come first
@@ -196,3 +197,23 @@ def test_the_cli_refuses_bad_latency_keys_in_one_line(argv, words):
     result = subprocess.run([sys.executable, "-m", "usdtkit.cli.main", "latency", *argv, *PAIR],
                             capture_output=True, text=True)
     assert result.returncode == 2 and words in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("sums, words", [
+    ((Field("str", 1),), "only numbers"),
+    ((Field("comm"),), "only numbers"),
+    ((Field("arg", 1, "start"),), "only numbers"),
+    ((Field("arg", 0),), "own field; use sum=True"),
+    ((Field("arg", 1), Field("arg", 1)), "twice"),
+    (tuple(Field("arg", i) for i in range(1, 6)), "at most 4"),
+    (("arg1",), "only numbers"),
+])
+def test_histogram_sums_take_distinct_numbers_other_than_the_histogram_field(sums, words):
+    with pytest.raises(UsageError, match=words):
+        HistSpec(Field("arg", 0), sums=sums)
+
+
+def test_histogram_sums_accept_one_field_or_several():
+    assert HistSpec(Field("arg", 0), sums=Field("arg", 1)).sums == (Field("arg", 1),)
+    spec = HistSpec(Field("latency"), sums=(Field("arg", 1), Field("retval")))
+    assert make_request([PROBE], events=False, hist=spec).hist.sums == (Field("arg", 1), Field("retval"))

@@ -42,7 +42,7 @@ from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 from ..elf.model import Arg, Constant, Memory, Register, RegisterValue, SymbolRelative, Unsupported
 from ..errors import TargetError, UsageError
 from ..expr.fields import COMM_LEN, Field
-from ..plan.buckets import LOG2_NEGATIVE, SUM_SLOT
+from ..plan.buckets import LOG2_NEGATIVE, SUM_SLOT, sum_slot
 from ..plan.plan import AttachPlan, pointer_like
 from ..plan.resolve import ResolvedProbe, Site
 from . import follow
@@ -166,6 +166,7 @@ def needed_args(spec: AttachPlan, probe_index: int) -> FrozenSet[int]:
             used.update(spec.pair.done_fields)
     if spec.hist is not None:
         used.update(spec.hist.by_fields)
+        used.update(spec.hist.sums)
     return frozenset(f.index for f in used if f.argument is not None and f.index < probe.arg_count)
 
 
@@ -333,6 +334,15 @@ class Generator:
                 else f"key->{member} = start->{member};")
         return f"    {copy}\n    if (start->errs & {1 << start_bit}U) key->errs |= {1 << bit}U;"
 
+    def _sum_of(self, fld: Field, slot: int) -> List[str]:
+        """Statements adding ``fld`` into the histogram key's ``slot`` (a value whose read failed is left
+        out: its read error is counted already)."""
+        unread = f"(errs & {1 << fld.index}U)" if fld.name == "arg" else "0"
+        return [f"    if (!{unread}) {{", f"    key->slot = {slot}U;",
+                "    u64 *total = hist.lookup_or_try_init(key, &zero);",
+                f"    if (total) __sync_fetch_and_add(total, {self._value_of(fld)}); "
+                f"else usdtkit_stat(probe, {STAT_LOST_KEYS});", "    }"]
+
     def _handler(self) -> None:
         plan, out = self.plan, self._lines
         out += [
@@ -385,6 +395,8 @@ class Generator:
                 out += [f"    key->slot = {SUM_SLOT}U;",
                         "    u64 *sum = hist.lookup_or_try_init(key, &zero);",
                         f"    if (sum) __sync_fetch_and_add(sum, value); else usdtkit_stat(probe, {STAT_LOST_KEYS});"]
+            for index, fld in enumerate(hist.sums):
+                out += self._sum_of(fld, sum_slot(index))
             out.append("    }")
         if plan.events:
             if self.ringbuf:

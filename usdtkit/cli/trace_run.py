@@ -12,7 +12,7 @@ import shlex
 import signal
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..collect.deltas import counts_delta, histograms_delta, stats_delta
 from ..collect.render import format_value, key_text, printable, render_counts
@@ -38,6 +38,17 @@ def _hist_spec(text: Optional[str], fld: Field, by: Optional[str]) -> HistSpec:
     return HistSpec(fld, "linear", low, high, step, by=by_field)
 
 
+def command_argv(text: str) -> List[str]:
+    """The argv of ``-c COMMAND``, split as a shell would (without running one)."""
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise UsageError(f"-c {text!r}: {exc}") from None
+    if not argv:
+        raise UsageError("-c needs a command")
+    return argv
+
+
 def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None]] = None,
              **options: object) -> Session:
     """The session the command line describes; with ``-c`` it owns the command (gated until attached,
@@ -45,13 +56,7 @@ def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None
     if getattr(args, "cumulative", False) and not getattr(args, "interval", None):
         raise UsageError("--cumulative applies to what -i INTERVAL prints: give -i as well")
     if args.command is not None:
-        try:
-            argv = shlex.split(args.command)
-        except ValueError as exc:
-            raise UsageError(f"-c {args.command!r}: {exc}") from None
-        if not argv:
-            raise UsageError("-c needs a command")
-        options.update(command=argv, command_stdout=sys.stderr.fileno())
+        options.update(command=command_argv(args.command), command_stdout=sys.stderr.fileno())
     else:
         options["pid"] = args.pid
     if args.follow:
@@ -76,12 +81,14 @@ class _Totals:
         self.stats: Dict[str, ProbeStats] = {}
 
 
-def _collect(session: Session, args: argparse.Namespace, on_tick: Optional[Callable[[], None]] = None) -> str:
-    """Attach, collect until the end condition, detach.  Returns why it stopped, in words.
+def _collect(session: Session, args: argparse.Namespace, on_tick: Optional[Callable[[], None]] = None,
+             also: Sequence[Session] = ()) -> str:
+    """Attach, collect until the end condition, detach.  Returns why it stopped, in words.  Sessions
+    ``also`` given attach first and detach last: they read their maps when the trace ends.
 
     SIGTERM is a flag from before attaching until the summary is printed, so a trace terminated while
     it compiles or attaches still detaches cleanly and says what it collected."""
-    for warning in session.warnings:
+    for warning in [w for s in (*also, session) for w in s.warnings]:
         print(f"warning: {warning}", file=sys.stderr)
     terminated: List[int] = []
 
@@ -94,14 +101,21 @@ def _collect(session: Session, args: argparse.Namespace, on_tick: Optional[Calla
     signal.signal(signal.SIGTERM, on_term)
     loop = RunLoop(session, duration=args.duration, interval=getattr(args, "interval", None), on_tick=on_tick)
     try:
+        for other in also:
+            other.attach()
         session.attach()  # releases the -c command once every probe is in place
-        what = f"{len(session.attachments)} site(s) of {len(session.plan.probes)} probe(s)"
-        print(f"Attached {what} in {session.attach_seconds:.2f}s. Ctrl-C to stop.", file=sys.stderr, flush=True)
+        everything = (*also, session)
+        what = (f"{sum(len(s.attachments) for s in everything)} site(s) of "
+                f"{sum(len(s.plan.probes) for s in everything)} probe(s)")
+        seconds = sum(s.attach_seconds for s in everything)
+        print(f"Attached {what} in {seconds:.2f}s. Ctrl-C to stop.", file=sys.stderr, flush=True)
         reason = loop.run()
     except KeyboardInterrupt:
         reason = "interrupted"
     finally:
         session.close()  # detaches, and stops a -c command
+        for other in also:
+            other.close()
     if terminated:
         reason = "terminated"
     return {"duration": "done", "detached": "done", "until": "done"}.get(reason, reason)

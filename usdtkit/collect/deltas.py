@@ -26,8 +26,9 @@ def histograms_delta(current: Dict[object, Histogram], previous: Dict[object, Hi
         buckets = {i: n for i, n in buckets.items() if n}
         if buckets:
             total = None if hist.sum is None else hist.sum - ((before.sum or 0) if before else 0)
+            sums = {name: value - (before.sums.get(name, 0) if before else 0) for name, value in hist.sums.items()}
             out[label] = Histogram(hist.kind, buckets, hist.low, hist.high, hist.step, hist.unit, hist.upper_bounds,
-                                   total)
+                                   total, sums)
     return out
 
 

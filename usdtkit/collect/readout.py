@@ -11,7 +11,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..bpf.backend import LoadedProgram
 from ..bpf.layout import PROBE_STATS, STAT_PAIRED, STATS_PER_PROBE, ProgramLayout, StructLayout
-from ..plan.buckets import SUM_SLOT
+from ..expr.fields import Field
+from ..plan.buckets import SUM_SLOT, sum_slot
 from ..plan.plan import AttachPlan
 from .results import Counts, Histogram, ProbeStats
 from .symbolize import Symbolizer
@@ -39,8 +40,13 @@ class MapReader:
         self.signs = [probe_signs(plan, i) for i in range(len(plan.probes))]
         hist = plan.hist
         # a sum of signed values wraps like the values: read it back as a signed number
-        self._signed_value = hist is not None and (hist.field.name == "retval" or (
-            hist.field.name == "arg" and any(s[hist.field.index] for s in self.signs if hist.field.index < len(s))))
+        self._signed_value = hist is not None and self._signed(hist.field)
+        self._sum_slots = {sum_slot(i): (str(f), self._signed(f)) for i, f in enumerate(hist.sums)} if hist else {}
+
+    def _signed(self, fld: Field) -> bool:
+        """Whether values of ``fld`` can be negative: a retval, or an argument some probe declares signed."""
+        return fld.name == "retval" or (
+            fld.name == "arg" and any(s[fld.index] for s in self.signs if fld.index < len(s)))
 
     def per_probe(self, program: LoadedProgram) -> List[ProbeStats]:
         """Stats of each probe by index (labels may repeat)."""
@@ -188,6 +194,9 @@ class MapReader:
             slot = int(members["slot"])  # type: ignore[call-overload]
             if slot == SUM_SLOT:
                 h.sum = (h.sum or 0) + (signed64(value) if self._signed_value else value)
+            elif slot in self._sum_slots:
+                name, signed = self._sum_slots[slot]
+                h.sums[name] = h.sums.get(name, 0) + (signed64(value) if signed else value)
             else:
                 h.buckets[slot] = h.buckets.get(slot, 0) + value
         return out

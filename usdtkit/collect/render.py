@@ -62,13 +62,17 @@ def key_text(value: object) -> str:
     return "?" if value is None else printable(str(value))
 
 
-def render_counts(counts: "Counts", limit: int = 50) -> str:
-    """An aligned table of the largest counts."""
-    rows = [[*(key_text(k) for k in key), str(value)] for key, value in counts.most_common(limit)]
-    header = [*counts.fields, "count"]
-    if not rows:
-        return "(no hits)"
+def render_table(header: List[str], rows: List[List[str]]) -> str:
+    """``rows`` under ``header``, each column as wide as its widest cell, two spaces apart."""
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)
+
+
+def render_counts(counts: "Counts", limit: int = 50) -> str:
+    """An aligned table of the largest counts."""
+    rows = [[*(key_text(k) for k in key), str(value)] for key, value in counts.most_common(limit)]
+    if not rows:
+        return "(no hits)"
+    return render_table([*counts.fields, "count"], rows)

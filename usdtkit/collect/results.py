@@ -125,6 +125,7 @@ class Histogram:
     unit: str = ""
     upper_bounds: Tuple[int, ...] = ()  # fixed histograms: the inclusive upper bound of each bucket
     sum: Optional[int] = None  # the sum of the values, where the trace kept it (HistSpec(sum=True))
+    sums: Dict[str, int] = field(default_factory=dict)  # other fields added up, by name (HistSpec(sums=...))
 
     def __getitem__(self, index: int) -> int:
         return self.buckets.get(index, 0)
@@ -178,7 +179,9 @@ class Histogram:
             k: v for k, v in self.buckets.items() if v} == {k: v for k, v in other.buckets.items() if v}
 
     def to_json(self) -> dict:
-        extra = {} if self.sum is None else {"sum": self.sum}
+        extra: Dict[str, object] = {} if self.sum is None else {"sum": self.sum}
+        if self.sums:
+            extra["sums"] = dict(self.sums)
         return {"kind": self.kind, "unit": self.unit, **extra,
                 "buckets": [{"low": self.bounds(i)[0], "high": self.bounds(i)[1], "count": self.buckets[i]}
                             for i in self.ordered() if self.buckets[i]]}

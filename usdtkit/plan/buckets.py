@@ -16,10 +16,19 @@ from typing import Sequence, Tuple
 
 LOG2_NEGATIVE = 65
 SUM_SLOT = 0xFFFFFFFF  # not a bucket: the key where a histogram that keeps its sum adds every value
+MAX_SUMS = 4  # other fields a histogram can add up per key, in the slots below SUM_SLOT
 MAX_LINEAR_BUCKETS = 4096
 MAX_FIXED_BOUNDS = 64
 _MIN = -(1 << 63)
 _TOP = 1 << 64
+
+
+def sum_slot(index: int) -> int:
+    """The key slot where a histogram adds up its ``index``-th other field (``HistSpec.sums``): just
+    below :data:`SUM_SLOT`, far above any bucket number."""
+    if not 0 <= index < MAX_SUMS:
+        raise ValueError(f"sum index {index} out of range")
+    return SUM_SLOT - 1 - index
 
 
 def linear_count(low: int, high: int, step: int) -> int:

@@ -166,6 +166,8 @@ class AttachPlan:
                 for by in request.hist.by_fields:
                     if not by.side:
                         _check_field(by, probe, "histogram by", latency)
+                for fld in request.hist.sums:
+                    _check_field(fld, probe, "histogram sum of", latency)
         for index in self.start_indexes():
             for fld in request.start_fields:
                 _check_field(fld, self.probes[index], "histogram by", latency)

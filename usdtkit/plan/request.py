@@ -24,6 +24,7 @@ MAX_EVENT_STRINGS = 4
 MAX_PAIR_KEY_FIELDS = 4
 PAIR_KEY_NAMES = ("arg", "pid", "tid", "cpu")
 DEFAULT_MAX_PROBES = 512  # bpftrace's default (BPFTRACE_MAX_PROBES): a pattern matching more is refused
+SUMMABLE = ("arg", "retval", "latency")  # numbers a histogram can add up per key besides its own field
 
 FieldLike = Union[str, Field]
 
@@ -31,7 +32,12 @@ FieldLike = Union[str, Field]
 @dataclass(frozen=True)
 class HistSpec:
     """A histogram of ``field``: ``log2`` buckets, or ``linear`` from ``low`` to ``high`` by ``step``;
-    one histogram per value of ``by`` (a route, a status...) when given."""
+    one histogram per value of ``by`` (a route, a status...) when given.
+
+    ``sum=True`` also adds up the histogram's values per key; ``sums`` adds up other fields of the same
+    hits per key (a call's time spent in itself next to a histogram of its total time), each in a slot
+    of its own (:func:`usdtkit.plan.buckets.sum_slot`), so one program gives the count, the
+    distribution and several totals of each key."""
 
     field: Field
     kind: str = "log2"
@@ -41,10 +47,12 @@ class HistSpec:
     by: Union[None, Field, Tuple[Field, ...]] = None  # one field, or several (one histogram per combination)
     bounds: Tuple[int, ...] = ()  # fixed: inclusive upper bounds, increasing
     sum: bool = False  # also keep the sum of the values (one more map update per value)
+    sums: Tuple[Field, ...] = ()  # other fields added up per key (one more map update each)
 
     def __post_init__(self) -> None:
         if self.field.name in ("comm", "ustack", "probe", "str"):
             raise UsageError(f"cannot make a histogram of {self.field}")
+        self._check_sums()
         if isinstance(self.by, tuple) and len(self.by) == 1:
             object.__setattr__(self, "by", self.by[0])
         by = self.by_fields
@@ -76,6 +84,21 @@ class HistSpec:
             if self.step <= 0 or self.high <= self.low or self.buckets > buckets.MAX_LINEAR_BUCKETS:
                 raise UsageError(f"linear histogram needs low < high, step > 0 and at most "
                                  f"{buckets.MAX_LINEAR_BUCKETS} buckets")
+
+    def _check_sums(self) -> None:
+        if isinstance(self.sums, Field):
+            object.__setattr__(self, "sums", (self.sums,))
+        if not isinstance(self.sums, tuple):
+            raise UsageError(f"histogram sums {self.sums!r}: give a tuple of fields")
+        if len(self.sums) > buckets.MAX_SUMS:
+            raise UsageError(f"a histogram keeps at most {buckets.MAX_SUMS} other sums")
+        if len(set(self.sums)) != len(self.sums):
+            raise UsageError("a histogram sums a field twice")
+        for fld in self.sums:
+            if not isinstance(fld, Field) or fld.name not in SUMMABLE or fld.side:
+                raise UsageError(f"histogram sum of {fld}: only numbers of the hit add up (argN, retval, latency)")
+            if fld == self.field:
+                raise UsageError(f"histogram sum of {fld}: the histogram's own field; use sum=True")
 
     @property
     def by_fields(self) -> Tuple[Field, ...]:
