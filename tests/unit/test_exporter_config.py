@@ -13,7 +13,7 @@ import pytest
 from usdtkit.collect.results import Histogram
 from usdtkit.errors import ConfigError
 from usdtkit.exporter.collector import cumulative, kernel_les, limit_series
-from usdtkit.exporter.config import load_config, parse_config
+from usdtkit.exporter.config import load_config
 from usdtkit.exporter.metrics import BucketSpec, MetricSpec, exposed_bounds, kernel_buckets
 
 ROOT = Path(__file__).resolve().parents[2]

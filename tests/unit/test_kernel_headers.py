@@ -3,7 +3,6 @@ another user's tree needs root)."""
 from __future__ import annotations
 
 import os
-import stat
 import tempfile
 
 import pytest
