@@ -18,8 +18,8 @@ HELLO = os.path.join(ROOT, "demo_apps", "build", "hello_usdt")
 
 @pytest.mark.bpf
 def test_only_hits_from_the_cgroup_are_kept(cgroup):
-    inside = subprocess.Popen([HELLO, "60"], stdout=subprocess.DEVNULL)
-    outside = subprocess.Popen([HELLO, "60"], stdout=subprocess.DEVNULL)
+    inside = subprocess.Popen([HELLO, "3000"], stdout=subprocess.DEVNULL)
+    outside = subprocess.Popen([HELLO, "3000"], stdout=subprocess.DEVNULL)
     try:
         with open(os.path.join(cgroup, "cgroup.procs"), "w") as handle:
             handle.write(str(inside.pid))
@@ -36,7 +36,7 @@ def test_only_hits_from_the_cgroup_are_kept(cgroup):
 
 @pytest.mark.bpf
 def test_the_cli_takes_a_cgroup_and_counts_by_it(cgroup):
-    inside = subprocess.Popen([HELLO, "60"], stdout=subprocess.DEVNULL)
+    inside = subprocess.Popen([HELLO, "3000"], stdout=subprocess.DEVNULL)
     try:
         with open(os.path.join(cgroup, "cgroup.procs"), "w") as handle:
             handle.write(str(inside.pid))
