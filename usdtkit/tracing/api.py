@@ -14,10 +14,13 @@ from typing import Optional, Sequence, Union
 
 from ..bpf.backend import Backend
 from ..errors import UsageError
+from ..plan import late
 from ..plan.plan import AttachPlan, make_plan
-from ..plan.refs import ProbeRef
+from ..plan.refs import ProbeRef, parse_probe
 from ..plan.request import Target, make_request
+from .late import LateSession
 from .launch import GatedCommand
+from .rendezvous import Rendezvous
 from .session import EventCallback, Session
 
 
@@ -48,8 +51,11 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
     that program with the probes attached before its first instruction (probe specs may leave the
     binary empty); the session ends when it exits, and closing the session stops it and everything it
     started (``command_stdout``: an fd for its output, ``subprocess.PIPE`` for
-    ``session.command.process.stdout``).  ``keep_events`` bounds the events kept in ``session.events``
-    (None: all, 0: none; ``on_event`` still sees them all).
+    ``session.command.process.stdout``).  A command's ``usdt::PROVIDER:NAME`` that its executable lacks
+    is a probe the command declares at run time (:mod:`usdtkit.provider`): the session
+    (a :class:`~usdtkit.tracing.late.LateSession`) attaches it when the command loads the provider, before
+    its first hit, and ``session.waiting`` names those not declared (yet).  ``keep_events`` bounds the
+    events kept in ``session.events`` (None: all, 0: none; ``on_event`` still sees them all).
     """
     if command is None:
         if command_stdout is not None:
@@ -67,8 +73,21 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
         raise UsageError("empty command")
     # Validate everything the user typed before anything is started.
     make_request(list(probes), target=Target(), **options)  # type: ignore[arg-type]
-    gated = GatedCommand(argv, stdout=command_stdout)
+    specs = [p if isinstance(p, ProbeRef) else parse_probe(p) for p in probes]
+    rendezvous = Rendezvous() if any(late.may_wait(ref) for ref in specs) else None
     try:
+        gated = GatedCommand(argv, stdout=command_stdout, rendezvous=rendezvous)
+    except BaseException:
+        if rendezvous is not None:
+            rendezvous.close()
+        raise
+    try:
+        waiting = late.waiting(specs, gated.executable) if rendezvous is not None else ()
+        if waiting:
+            return LateSession(specs, waiting, gated, rendezvous, options, cgroup, follow,  # type: ignore[arg-type]
+                               on_event=on_event, keep_events=keep_events, backend=backend)
+        if rendezvous is not None:
+            rendezvous.close()  # the command's loads find nobody listening, and do not wait
         request = make_request(list(probes), target=Target(gated.pid, gated.executable, cgroup, follow),
                                **options)  # type: ignore[arg-type]
         plan = make_plan(request)
@@ -78,5 +97,7 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
             plan.close()
             raise
     except BaseException:
+        if rendezvous is not None:
+            rendezvous.close()
         gated.stop()
         raise
