@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from usdtkit.errors import ProbeNotFound
 from usdtkit.tracing.api import trace
 
 from test_lifecycle import assert_no_new_programs, bpf_fds_of_this_process, open_fds, programs_before  # noqa: F401
@@ -251,3 +252,30 @@ def test_an_answer_after_the_wait_is_reported(script):
     assert "enabled at load: 0" in done.stderr
     assert "stopped waiting for the trace" in done.stderr and "may be missing" in done.stderr
     assert all(f"rdv_svc:order  {100 + i}" in done.stdout for i in range(5)), done.stdout
+
+
+def test_declared_later_false_refuses_what_the_executable_lacks_at_once(script):
+    started = time.monotonic()
+    with pytest.raises(ProbeNotFound, match="no USDT probe rdv_svc:order"):
+        trace("usdt::rdv_svc:order", command=[sys.executable, script(SERVICE), "1"], declared_later=False)
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.bpf
+def test_declared_later_true_waits_even_for_a_provider_the_executable_has(script):
+    """A runtime provider named like the interpreter's own: only the declared one is attached."""
+    shadow = script("""
+import sys
+from usdtkit.provider import Provider
+app = Provider("python")
+gc_start = app.probe("gc__start", int)
+app.load()
+for _ in range(int(sys.argv[1])):
+    gc_start(77)
+import gc
+gc.collect()
+""")
+    with trace("usdt::python:gc__start", command=[sys.executable, shadow, str(N)], declared_later=True,
+               count_by=["arg0"], events=False) as session:
+        session.run(duration=60)
+    assert dict(session.counts()) == {("python:gc__start", 77): N}  # not the collector's own gc__start

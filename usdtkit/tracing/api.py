@@ -39,7 +39,8 @@ def build_plan(probes: Sequence[Union[str, ProbeRef]], pid: Optional[int] = None
 def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = None,
           command: Optional[Sequence[str]] = None, command_stdout: Optional[int] = None,
           keep_events: Optional[int] = 1_000_000, pid: Optional[int] = None, cgroup: Optional[str] = None,
-          follow: bool = False, backend: Optional[Backend] = None, **options: object) -> Session:
+          follow: bool = False, backend: Optional[Backend] = None, declared_later: Optional[bool] = None,
+          **options: object) -> Session:
     """Build a trace of ``probes``; use the result as a context manager to attach and detach.
 
     Options are those of :func:`usdtkit.plan.request.make_request` (``filters``, ``events``, ``strings``,
@@ -54,12 +55,18 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
     ``session.command.process.stdout``).  A command's ``usdt::PROVIDER:NAME`` that its executable lacks
     is a probe the command declares at run time (:mod:`usdtkit.provider`): the session
     (a :class:`~usdtkit.tracing.late.LateSession`) attaches it when the command loads the provider, before
-    its first hit, and ``session.waiting`` names those not declared (yet).  ``keep_events`` bounds the
-    events kept in ``session.events`` (None: all, 0: none; ``on_event`` still sees them all).
+    its first hit, and ``session.waiting`` names those not declared (yet).  ``declared_later=True`` makes
+    every ``usdt::PROVIDER:NAME`` wait so, even one the executable has; ``False``, none (one it lacks is
+    then :class:`~usdtkit.errors.ProbeNotFound` at once).  ``keep_events`` bounds the events kept in
+    ``session.events`` (None: all, 0: none; ``on_event`` still sees them all).
     """
+    if declared_later not in (None, True, False):
+        raise UsageError(f"declared_later is True, False or None, not {declared_later!r}")
     if command is None:
         if command_stdout is not None:
             raise UsageError("command_stdout is where a started command writes: give command= as well")
+        if declared_later:
+            raise UsageError("declared_later waits for a command's declarations: give command= as well")
         plan = build_plan(list(probes), pid=pid, cgroup=cgroup, follow=follow, **options)
         try:
             return Session(plan, on_event=on_event, keep_events=keep_events, backend=backend)
@@ -74,7 +81,8 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
     # Validate everything the user typed before anything is started.
     make_request(list(probes), target=Target(), **options)  # type: ignore[arg-type]
     specs = [p if isinstance(p, ProbeRef) else parse_probe(p) for p in probes]
-    rendezvous = Rendezvous() if any(late.may_wait(ref) for ref in specs) else None
+    may_wait = declared_later is not False and any(late.may_wait(ref) for ref in specs)
+    rendezvous = Rendezvous() if may_wait else None
     try:
         gated = GatedCommand(argv, stdout=command_stdout, rendezvous=rendezvous)
     except BaseException:
@@ -82,7 +90,11 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
             rendezvous.close()
         raise
     try:
-        waiting = late.waiting(specs, gated.executable) if rendezvous is not None else ()
+        waiting: Sequence[ProbeRef] = ()
+        if declared_later:
+            waiting = tuple(ref for ref in specs if late.may_wait(ref))
+        elif rendezvous is not None:
+            waiting = late.waiting(specs, gated.executable)
         if waiting:
             return LateSession(specs, waiting, gated, rendezvous, options, cgroup, follow,  # type: ignore[arg-type]
                                on_event=on_event, keep_events=keep_events, backend=backend)
