@@ -195,30 +195,36 @@ class LateSession(Session):
     # ------------------------------------------------------------------ serving declarations
     def _serve(self) -> None:
         """The thread that answers the command's announcements, attaching what they declare first."""
-        while not self._closed:
-            try:
+        try:
+            while not self._closed:
                 announcement = self._rendezvous.receive(wake=self._wake_read)
-            except OSError:
-                return
-            if announcement is None:
-                continue
-            outcome = "failed"
-            try:
-                outcome = self._declaration(announcement)
-            except NoSuchProcess:
-                outcome = "gone"  # it exited while being looked at: nothing of it to trace
-            except BaseException as exc:
-                if self._failure is None:
-                    exc.args = (f"{announcement.provider}, declared by pid {announcement.pid}: {exc}",)
-                    self._failure = exc  # before the answer: raised before the command can exit
-            finally:
-                self._seen.append((announcement.pid, announcement.provider, outcome))
-                announcement.answer()
-            late = time.monotonic() - announcement.deadline
-            if late > 0:
-                self._notice(f"warning: pid {announcement.pid} stopped waiting for the trace {late:.2f}s before "
-                             f"it was answered: its first hits of {announcement.provider} may be missing (set "
-                             f"{TIMEOUT_ENVIRONMENT} to wait longer than 5 seconds)")
+                if announcement is not None:
+                    self._answer(announcement)
+        except BaseException as exc:
+            if self._failure is None and not self._closed:
+                self._failure = exc
+        finally:
+            self._rendezvous.close()  # no process waits for a tracer that no longer answers
+
+    def _answer(self, announcement: Announcement) -> None:
+        """Attach what ``announcement`` declares, then let its process go on."""
+        outcome = "failed"
+        try:
+            outcome = self._declaration(announcement)
+        except NoSuchProcess:
+            outcome = "gone"  # it exited while being looked at: nothing of it to trace
+        except BaseException as exc:
+            if self._failure is None:
+                exc.args = (f"{announcement.provider}, declared by pid {announcement.pid}: {exc}",)
+                self._failure = exc  # before the answer: raised before the command can exit
+        finally:
+            self._seen.append((announcement.pid, announcement.provider, outcome))
+            announcement.answer()
+        late = time.monotonic() - announcement.deadline
+        if late > 0:
+            self._notice(f"warning: pid {announcement.pid} stopped waiting for the trace {late:.2f}s before "
+                         f"it was answered: its first hits of {announcement.provider} may be missing (it waits "
+                         f"{TIMEOUT_ENVIRONMENT} seconds, 5 unless set)")
 
     def _declaration(self, announcement: Announcement) -> str:
         """Attach what ``announcement`` declares of the waiting specs, if anything; say what came of it
