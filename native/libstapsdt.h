@@ -30,6 +30,10 @@
  *   - Every call accepts NULL and bad arguments without crashing: pointer
  *     results are NULL and int results -1 (or 0 for predicates), and when a
  *     provider exists its `errno`/`error` fields say what went wrong.
+ *   - A process started by a tracer that hands it a rendezvous
+ *     (USDTKIT_RENDEZVOUS, see rendezvous.c) announces each providerLoad()
+ *     to that tracer and waits, at most 5 seconds, until the tracer has
+ *     attached, so the first probe fired is seen.  Otherwise it never waits.
  *   - Calls on one provider must not run concurrently with each other
  *     (firing concurrently from many threads is fine); different providers
  *     are independent.

@@ -340,6 +340,9 @@ SDT_API int providerLoad(SDTProvider_t *provider) {
     free(p->own_file);
     p->own_file = seen ? strdup(stored.path) : NULL;
   }
+  /* Mapped, and no probe can have fired yet: a tracer that started this
+   * process attaches now, so it sees the first hit. */
+  sdt_rendezvous(provider->name, provider->_filename, provider->_memfd);
   return 0;
 }
 

@@ -2,7 +2,8 @@
  * sdt_internal.h - private interfaces between the parts of usdtkit's
  * libstapsdt: the ELF image writer (elf_image.c), SHA-256 (sha256.c), where
  * images are stored (storage.c), removing stored files no process maps any
- * more (reclaim.c) and the public ABI (provider.c).
+ * more (reclaim.c), announcing loads to a tracer that started the process
+ * (rendezvous.c) and the public ABI (provider.c).
  */
 #ifndef USDTKIT_SDT_INTERNAL_H
 #define USDTKIT_SDT_INTERNAL_H
@@ -96,6 +97,14 @@ SDT_HIDDEN int sdt_reclaim_after_load(int dfd, const char *dir, const char *load
 /* Remove the object at `path` unless some process maps it, waiting up to
  * wait_ms for loads in progress. */
 SDT_HIDDEN void sdt_reclaim_file(const char *path, int wait_ms);
+
+/* ---- announcing a load to a tracer (rendezvous.c) ----------------------- */
+
+/* After a provider's object is loaded from `path` (or the memfd `memfd`, or
+ * -1 in file mode): if a tracer that started this process left a rendezvous
+ * in the environment, tell it about the object and wait, bounded, until it
+ * has attached.  Keeps errno; never fails. */
+SDT_HIDDEN void sdt_rendezvous(const char *provider, const char *path, int memfd);
 
 /* ---- names (provider.c) ------------------------------------------------- */
 

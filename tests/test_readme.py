@@ -123,6 +123,16 @@ def _count_followed(out: str) -> None:
     assert sorted(int(row[2]) for row in rows) == [2, 3] and len({row[1] for row in rows}) == 2, out
 
 
+def _trace_orders(out: str) -> None:
+    assert [line.split()[-3:] for line in out.splitlines()] == [
+        ["demo_orders:order", str(i), f'"{item}"'] for i, item in enumerate(("espresso", "latte", "tea"))]
+
+
+def _count_worker_orders(out: str) -> None:
+    rows = _rows(out)
+    assert [row[2] for row in rows] == ["50", "50"] and len({row[1] for row in rows}) == 2, out
+
+
 def _hist_squares(out: str) -> None:
     assert "hello:tick arg1: 20 values" in out
     assert _hist(out) == _log2_buckets([i * i for i in range(1, 21)])
@@ -276,6 +286,9 @@ CHECKS: Dict[str, Callable[[str], None]] = {
     "usdtkit count --by 'str(arg1)' -c '/usr/bin/python3.11 -c pass' 'usdt::python:function__entry'": _count_python,
     "usdtkit count -F --by pid -c \"sh -c 'demo_apps/build/hello_usdt 2; demo_apps/build/hello_usdt 3'\" "
     "usdt:demo_apps/build/hello_usdt:hello:tick": _count_followed,
+    "usdtkit trace -s arg1 -c '.venv/bin/python3 demo_apps/orders.py 3' 'usdt::demo_orders:order'": _trace_orders,
+    "usdtkit count -F --by pid -c '.venv/bin/python3 demo_apps/orders.py 50 --workers 2' 'usdt::demo_orders:order'":
+        _count_worker_orders,
     "usdtkit hist -v arg1 -c 'demo_apps/build/hello_usdt 20' 'usdt::hello:tick'": _hist_squares,
     "usdtkit latency -c 'demo_apps/build/hello_usdt 5' 'uprobe:libc:nanosleep'": _latency_nanosleep,
     "usdtkit latency -p PID --key arg0 --by 'str(arg2)' usdt::demo_httpd:request__start "

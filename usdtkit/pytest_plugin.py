@@ -5,8 +5,9 @@ Fixtures (each cleans up every process and attachment it made, even when the tes
 * ``usdtkit_trace(*probes, **options)``: attach a trace (options of :func:`usdtkit.trace`) and return
   the live :class:`~usdtkit.tracing.session.Session`;
 * ``traced_process(argv, *probes, **options)``: start ``argv`` with the probes attached before its first
-  instruction (probe specs may leave the binary empty: ``usdt::provider:name``); returns an object with
-  ``.process``, ``.pid``, ``.session`` and ``.expect(probe)``;
+  instruction (probe specs may leave the binary empty: ``usdt::provider:name``; a runtime provider the
+  process declares is attached when it loads it, before its first hit: :mod:`usdtkit.tracing.late`);
+  returns an object with ``.process``, ``.pid``, ``.session`` and ``.expect(probe)``;
 * ``provider_trace(provider, *names, **options)``: trace probes of a :class:`usdtkit.provider.Provider`
   loaded in the test's own process.
 

@@ -14,6 +14,7 @@ import io
 import os
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -36,11 +37,14 @@ def import_bcc() -> Any:
     return bcc
 
 
+_STDERR_LOCK = threading.Lock()  # fd 2 is the process's: two threads compiling at once would swap it twice
+
+
 @contextlib.contextmanager
 def _quiet_stderr() -> Iterator[io.StringIO]:
     """Capture what libbcc and clang print on fd 2, so a failure is reported in one line."""
     captured = io.StringIO()
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
+    with _STDERR_LOCK, tempfile.TemporaryFile(mode="w+b") as tmp:
         sys.stderr.flush()
         saved = os.dup(2)
         os.dup2(tmp.fileno(), 2)

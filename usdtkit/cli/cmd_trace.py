@@ -81,7 +81,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     where.add_argument("-p", "--pid", type=_positive(int), help="trace this process only")
     where.add_argument("-c", "--command",
                        help="start this command and trace it from its first instruction (quote it as one "
-                       "argument; its standard output goes to stderr)")
+                       "argument; its standard output goes to stderr); usdt::PROVIDER:NAME it declares at run "
+                       "time is attached as it loads the provider")
     parser.add_argument("-F", "--follow", action="store_true",
                         help="with -p or -c: trace its descendants too, running or started later (the trace "
                         "still ends when PID or CMD exits)")
@@ -108,6 +109,7 @@ TRACE_EXAMPLES = epilog(
     "usdtkit trace --string-size 200 -s arg1 -c 'demo_apps/build/hello_usdt 1 reader' usdt::hello:greet",
     "usdtkit trace -F -c \"sh -c 'demo_apps/build/hello_usdt 2; true'\" usdt:demo_apps/build/hello_usdt:hello:tick",
     "usdtkit trace -c 'demo_apps/build/hello_usdt 2' 'usdt::hello:*'",
+    "usdtkit trace -s arg1 -c '.venv/bin/python3 demo_apps/orders.py 3' usdt::demo_orders:order",
 )
 COUNT_EXAMPLES = epilog(
     "usdtkit count -c 'demo_apps/build/hello_usdt 5' usdt::hello:greet usdt::hello:tick",

@@ -17,10 +17,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..collect.deltas import counts_delta, histograms_delta, stats_delta
 from ..collect.render import format_value, key_text, printable, render_counts
 from ..collect.results import Counts, Event, Histogram, ProbeStats
-from ..errors import UsageError
+from ..errors import TargetError, UsageError
 from ..expr.fields import Field
 from ..plan.request import HistSpec
 from ..tracing.api import trace
+from ..tracing.late import LateSession
 from ..tracing.runloop import RunLoop
 from ..tracing.session import Session
 
@@ -100,15 +101,20 @@ def _collect(session: Session, args: argparse.Namespace, on_tick: Optional[Calla
     # shortens the trace.
     signal.signal(signal.SIGTERM, on_term)
     loop = RunLoop(session, duration=args.duration, interval=getattr(args, "interval", None), on_tick=on_tick)
+    waiting = ""
+    if isinstance(session, LateSession):  # attached as the command declares them, said as it happens
+        session.on_notice = lambda text: print(text, file=sys.stderr, flush=True)
+        waiting = f"Waiting for the command to declare {', '.join(map(str, session.waiting))}. "
     try:
         for other in also:
             other.attach()
         session.attach()  # releases the -c command once every probe is in place
         everything = (*also, session)
         what = (f"{sum(len(s.attachments) for s in everything)} site(s) of "
-                f"{sum(len(s.plan.probes) for s in everything)} probe(s)")
+                f"{sum(len(s.labels) for s in everything)} probe(s)")
         seconds = sum(s.attach_seconds for s in everything)
-        print(f"Attached {what} in {seconds:.2f}s. Ctrl-C to stop.", file=sys.stderr, flush=True)
+        attached = f"Attached {what} in {seconds:.2f}s. " if session.labels else ""
+        print(f"{attached}{waiting}Ctrl-C to stop.", file=sys.stderr, flush=True)
         reason = loop.run()
     except KeyboardInterrupt:
         reason = "interrupted"
@@ -119,6 +125,14 @@ def _collect(session: Session, args: argparse.Namespace, on_tick: Optional[Calla
     if terminated:
         reason = "terminated"
     return {"duration": "done", "detached": "done", "until": "done"}.get(reason, reason)
+
+
+def _check_declared(session: Session) -> int:
+    """0, or a one-line error naming the probes the command never declared (after its results)."""
+    missing = session.undeclared() if isinstance(session, LateSession) else None
+    if missing:
+        raise TargetError(missing)
+    return 0
 
 
 def _loss_lines(session: Session, stats: Dict[str, ProbeStats]) -> List[str]:
@@ -198,7 +212,7 @@ def run_trace(args: argparse.Namespace) -> int:
         reason = f"stopped after {args.max_events} events"
     if not args.json:
         print(f"{printed[0]} events ({reason})", file=sys.stderr)
-    return 0
+    return _check_declared(session)
 
 
 def _interval_view(session: Session, args: argparse.Namespace, totals: _Totals):
@@ -244,7 +258,7 @@ def run_count(args: argparse.Namespace) -> int:
     _no_hits_hint(session, args)
     if not args.json:
         print(f"({reason})", file=sys.stderr)
-    return 0
+    return _check_declared(session)
 
 
 def _print_hists(session: Session, args: argparse.Namespace, title: str, totals: _Totals) -> None:
@@ -283,7 +297,7 @@ def run_hist(args: argparse.Namespace) -> int:
     _no_hits_hint(session, args)
     if not args.json:
         print(f"({reason})", file=sys.stderr)
-    return 0
+    return _check_declared(session)
 
 
 def run_latency(args: argparse.Namespace) -> int:
@@ -304,4 +318,4 @@ def run_latency(args: argparse.Namespace) -> int:
     _no_hits_hint(session, args)
     if not args.json:
         print(f"({reason})", file=sys.stderr)
-    return 0
+    return _check_declared(session)

@@ -40,6 +40,11 @@ def usdt_matcher(ref: ProbeRef) -> Callable[[UsdtProbe], bool]:
     return lambda probe: name(probe.name) and provider(probe.provider)
 
 
+def names_provider(ref: ProbeRef, provider: str) -> bool:
+    """Whether a USDT spec can name probes of ``provider`` (any provider when it gives none)."""
+    return ref.provider is None or _name_matcher(ref.provider, not ref.is_pattern)(provider)
+
+
 def function_label(function: FunctionSymbol) -> str:
     """The name a matched function goes by in results: its demangled name where it has one."""
     return function.demangled or function.name

@@ -48,6 +48,12 @@ is missing or broken, importing this module still works and the first use (``Pro
 ``uint8``...) raises :class:`~usdtkit.errors.ProviderError` naming the library, what is wrong with it
 and how to fix it.
 
+A process started by a tracer that waits for its providers (``usdtkit trace -c``, ``trace(command=...)``,
+the pytest plugin's ``traced_process``) has a rendezvous in its environment (``USDTKIT_RENDEZVOUS``):
+there ``load()`` tells the tracer about the object it loaded and returns once the tracer has attached
+(at most ``USDTKIT_RENDEZVOUS_TIMEOUT`` seconds, 5 by default), so the first probe fired is seen.
+Elsewhere it never waits (``native/rendezvous.c``, :mod:`usdtkit.tracing.rendezvous`).
+
 Where the object lives: by default a file named by its content in a private runtime directory
 (``$XDG_RUNTIME_DIR/usdtkit``, ``/run/user/UID/usdtkit``, ``/run/usdtkit`` for root, else
 ``/tmp/usdtkit-UID``; ``$USDTKIT_RUNTIME_DIR`` overrides), so every process of a service maps the

@@ -232,7 +232,8 @@ class Provider:
 
     def load(self) -> "Provider":
         """Generate, store and load the object (a reload if probes were added since the last
-        load; a no-op if nothing changed).  Raises :class:`ProviderError` on failure."""
+        load; a no-op if nothing changed).  Raises :class:`ProviderError` on failure.  In a process
+        started by a waiting tracer it returns once that tracer has attached (see the package doc)."""
         with self._lock:
             handle = self._handle()
             if self._loaded:

@@ -14,10 +14,13 @@ from typing import Optional, Sequence, Union
 
 from ..bpf.backend import Backend
 from ..errors import UsageError
+from ..plan import late
 from ..plan.plan import AttachPlan, make_plan
-from ..plan.refs import ProbeRef
+from ..plan.refs import ProbeRef, parse_probe
 from ..plan.request import Target, make_request
+from .late import LateSession
 from .launch import GatedCommand
+from .rendezvous import Rendezvous
 from .session import EventCallback, Session
 
 
@@ -36,7 +39,8 @@ def build_plan(probes: Sequence[Union[str, ProbeRef]], pid: Optional[int] = None
 def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = None,
           command: Optional[Sequence[str]] = None, command_stdout: Optional[int] = None,
           keep_events: Optional[int] = 1_000_000, pid: Optional[int] = None, cgroup: Optional[str] = None,
-          follow: bool = False, backend: Optional[Backend] = None, **options: object) -> Session:
+          follow: bool = False, backend: Optional[Backend] = None, declared_later: Optional[bool] = None,
+          **options: object) -> Session:
     """Build a trace of ``probes``; use the result as a context manager to attach and detach.
 
     Options are those of :func:`usdtkit.plan.request.make_request` (``filters``, ``events``, ``strings``,
@@ -48,12 +52,21 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
     that program with the probes attached before its first instruction (probe specs may leave the
     binary empty); the session ends when it exits, and closing the session stops it and everything it
     started (``command_stdout``: an fd for its output, ``subprocess.PIPE`` for
-    ``session.command.process.stdout``).  ``keep_events`` bounds the events kept in ``session.events``
-    (None: all, 0: none; ``on_event`` still sees them all).
+    ``session.command.process.stdout``).  A command's ``usdt::PROVIDER:NAME`` that its executable lacks
+    is a probe the command declares at run time (:mod:`usdtkit.provider`): the session
+    (a :class:`~usdtkit.tracing.late.LateSession`) attaches it when the command loads the provider, before
+    its first hit, and ``session.waiting`` names those not declared (yet).  ``declared_later=True`` makes
+    every ``usdt::PROVIDER:NAME`` wait so, even one the executable has; ``False``, none (one it lacks is
+    then :class:`~usdtkit.errors.ProbeNotFound` at once).  ``keep_events`` bounds the events kept in
+    ``session.events`` (None: all, 0: none; ``on_event`` still sees them all).
     """
+    if declared_later not in (None, True, False):
+        raise UsageError(f"declared_later is True, False or None, not {declared_later!r}")
     if command is None:
         if command_stdout is not None:
             raise UsageError("command_stdout is where a started command writes: give command= as well")
+        if declared_later:
+            raise UsageError("declared_later waits for a command's declarations: give command= as well")
         plan = build_plan(list(probes), pid=pid, cgroup=cgroup, follow=follow, **options)
         try:
             return Session(plan, on_event=on_event, keep_events=keep_events, backend=backend)
@@ -67,8 +80,26 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
         raise UsageError("empty command")
     # Validate everything the user typed before anything is started.
     make_request(list(probes), target=Target(), **options)  # type: ignore[arg-type]
-    gated = GatedCommand(argv, stdout=command_stdout)
+    specs = [p if isinstance(p, ProbeRef) else parse_probe(p) for p in probes]
+    may_wait = declared_later is not False and any(late.may_wait(ref) for ref in specs)
+    rendezvous = Rendezvous() if may_wait else None
     try:
+        gated = GatedCommand(argv, stdout=command_stdout, rendezvous=rendezvous)
+    except BaseException:
+        if rendezvous is not None:
+            rendezvous.close()
+        raise
+    try:
+        waiting: Sequence[ProbeRef] = ()
+        if declared_later:
+            waiting = tuple(ref for ref in specs if late.may_wait(ref))
+        elif rendezvous is not None:
+            waiting = late.waiting(specs, gated.executable)
+        if waiting:
+            return LateSession(specs, waiting, gated, rendezvous, options, cgroup, follow,  # type: ignore[arg-type]
+                               on_event=on_event, keep_events=keep_events, backend=backend)
+        if rendezvous is not None:
+            rendezvous.close()  # the command's loads find nobody listening, and do not wait
         request = make_request(list(probes), target=Target(gated.pid, gated.executable, cgroup, follow),
                                **options)  # type: ignore[arg-type]
         plan = make_plan(request)
@@ -78,5 +109,7 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
             plan.close()
             raise
     except BaseException:
+        if rendezvous is not None:
+            rendezvous.close()
         gated.stop()
         raise

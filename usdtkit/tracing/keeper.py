@@ -5,7 +5,9 @@ holds none of the tracer's threads, locks or file descriptors).  The keeper:
 
 * forks the command, which joins the tracer's process group (a terminal treats it as before: it may
   read the terminal and gets Ctrl-C), asks for SIGKILL when the keeper dies, and blocks reading a gate
-  pipe until the tracer says ``go``, then becomes the command with ``exec`` (its PID and argv are its own);
+  pipe until the tracer says ``go``, then becomes the command with ``exec`` (its PID and argv are its own;
+  it inherits one more fd when the tracer asks, a rendezvous of :mod:`.rendezvous`, which the keeper
+  does not keep);
 * is a *child subreaper* (``PR_SET_CHILD_SUBREAPER``): a descendant whose parent exits is reparented to
   the keeper, not to init, so even a daemon that double-forks and calls ``setsid`` stays in its reach;
 * keeps the command's zombie until the end, so the command's PID cannot be reused while the tracer may
@@ -66,10 +68,10 @@ def status_of(info: "os.waitid_result") -> int:
 class Keeper:
     """Start one command gated, then keep it and its descendants until told (or left) to stop."""
 
-    def __init__(self, control: int, status: int, tracer: int, stdout: int, group: int,
+    def __init__(self, control: int, status: int, tracer: int, stdout: int, inherited: int, group: int,
                  executable: str, argv: list[str]) -> None:
         self.control, self.status, self.tracer = control, status, tracer
-        self.stdout, self.group = stdout, group
+        self.stdout, self.inherited, self.group = stdout, inherited, group
         self.executable, self.argv = executable, argv
         self.pid = 0
         self.gate: int | None = None
@@ -105,6 +107,8 @@ class Keeper:
             finally:
                 os._exit(127)
         os.close(gate_read)
+        if self.inherited >= 0:
+            os.close(self.inherited)  # the command's: the keeper has no use for it
         try:
             os.setpgid(self.pid, self.group)  # here too, so the group is set before the tracer hears the PID
         except OSError:
@@ -253,9 +257,10 @@ class Keeper:
 
 
 def main(args: list[str]) -> int:
-    """``CONTROL STATUS TRACER_PIDFD STDOUT GROUP EXECUTABLE ARGV0 [ARG...]`` (fds: -1 for none)."""
-    control, status, tracer, stdout, group = (int(value) for value in args[:5])
-    keeper = Keeper(control, status, tracer, stdout, group, args[5], args[6:])
+    """``CONTROL STATUS TRACER_PIDFD STDOUT INHERITED GROUP EXECUTABLE ARGV0 [ARG...]`` (fds: -1 for none;
+    INHERITED: one more fd the command inherits at its number, such as a rendezvous)."""
+    control, status, tracer, stdout, inherited, group = (int(value) for value in args[:6])
+    keeper = Keeper(control, status, tracer, stdout, inherited, group, args[6], args[7:])
     try:
         keeper.start()
     except OSError as exc:

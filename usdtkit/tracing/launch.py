@@ -6,7 +6,8 @@ blocks reading a pipe before ``exec`` (no shell in between: the PID and argv are
 gate after attaching, and the command runs from its first instruction with every probe in place.  The
 PID survives ``exec``, and the kernel arms uprobes (and semaphore counts) in mappings created after
 attach.  Its standard output goes where the caller says (the CLI sends it to stderr, so the tracer's
-own stdout stays machine-readable).
+own stdout stays machine-readable).  A command whose probes it declares at run time also inherits a
+rendezvous (:mod:`.rendezvous`), through which its providers wait for the tracer as they are loaded.
 
 The command lives exactly as long as its session, and so does everything it starts.  That takes a
 process of its own, the *keeper* (:mod:`usdtkit.tracing.keeper`), which forks the command and stays
@@ -45,6 +46,7 @@ from typing import IO, Callable, List, Optional, Tuple
 from ..errors import TargetError, UsageError
 from . import keeper
 from .keeper import GRACE_SECONDS
+from .rendezvous import Rendezvous
 
 _ANSWER_SECONDS = 30.0  # the keeper answers in milliseconds; this only bounds a wedged machine
 
@@ -143,9 +145,10 @@ class ChildProcess:
 class GatedCommand:
     """A command forked gated before ``exec`` by its keeper; released once the probes are attached."""
 
-    def __init__(self, argv: List[str], stdout: Optional[int] = None) -> None:
+    def __init__(self, argv: List[str], stdout: Optional[int] = None, rendezvous: Optional[Rendezvous] = None) -> None:
         """Start ``argv`` gated.  ``stdout``: an fd to write to, ``subprocess.PIPE`` for a readable pipe
-        (``process.stdout``), ``subprocess.DEVNULL``, or None to inherit."""
+        (``process.stdout``), ``subprocess.DEVNULL``, or None to inherit.  ``rendezvous``: handed to the
+        command (its fd and environment variable), so that providers it loads wait for the tracer."""
         if not argv:
             raise UsageError("empty command")
         executable = shutil.which(argv[0])
@@ -160,13 +163,15 @@ class GatedCommand:
         self._status, status_write = os.pipe()
         tracer = _pidfd_of_this_process()
         spawn_only += [control_read, status_write, tracer]
+        inherited = rendezvous.child_fd if rendezvous is not None else -1
         failure = "its keeper did not start"
         try:
             self._keeper: Optional[subprocess.Popen] = subprocess.Popen(
                 [sys.executable, "-I", "-S", keeper.__file__,
-                 *(str(fd) for fd in (control_read, status_write, tracer, target)), str(os.getpgrp()),
+                 *(str(fd) for fd in (control_read, status_write, tracer, target, inherited)), str(os.getpgrp()),
                  self.executable, *argv],
-                pass_fds=[fd for fd in (control_read, status_write, tracer, target) if fd >= 0])
+                pass_fds=[fd for fd in (control_read, status_write, tracer, target, inherited) if fd >= 0],
+                env=None if rendezvous is None else {**os.environ, **rendezvous.environment()})
         except OSError as exc:
             self._keeper = None
             failure = f"cannot start its keeper ({sys.executable or 'no Python executable'}): {exc.strerror}"
@@ -174,6 +179,8 @@ class GatedCommand:
             for fd in spawn_only:
                 if fd >= 0:
                     os.close(fd)
+            if rendezvous is not None:
+                rendezvous.handed_over()
         first = self._receive(_ANSWER_SECONDS) if self._keeper is not None else ""
         if not first.startswith("pid "):
             if self._keeper is not None:

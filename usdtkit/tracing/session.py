@@ -57,19 +57,9 @@ class Session:
     def __init__(self, plan: AttachPlan, on_event: Optional[EventCallback] = None,
                  keep_events: Optional[int] = 1_000_000, command: Optional[GatedCommand] = None,
                  backend: Optional[Backend] = None) -> None:
-        if keep_events is not None and keep_events < 0:
-            raise UsageError("keep_events must be 0 or more (or None for all)")
-        if not plan.events and on_event is not None:
-            raise UsageError("on_event receives events, and this trace collects none (events=False)")
+        self._init_delivery(plan.events, on_event, keep_events)
         self.plan = plan
         self.command = command
-        self.on_event = on_event
-        self.keep_events = keep_events  # how many recent events stay in `events` (None: all; 0: none)
-        self.events: Deque[Event] = deque(maxlen=keep_events)
-        self._stream: Optional[Deque[Event]] = None
-        self._stop = False
-        self._callback_error: Optional[BaseException] = None
-        self.dropped_by_user_queue = 0
         self.perf_lost = 0
         self.delivered = 0  # records handed over by the backend
         self.uses_ringbuf = capabilities.detect().has_ringbuf
@@ -91,6 +81,21 @@ class Session:
         self.warnings: List[str] = self._site_warnings()
         self._semaphores: Optional[SemaphoreWriter] = None
         self._semaphores_done: set = set()
+
+    def _init_delivery(self, events: bool, on_event: Optional[EventCallback], keep_events: Optional[int]) -> None:
+        """Where events go: a stream, the kept ``events``, the callback (see :meth:`_deliver`)."""
+        if keep_events is not None and keep_events < 0:
+            raise UsageError("keep_events must be 0 or more (or None for all)")
+        if not events and on_event is not None:
+            raise UsageError("on_event receives events, and this trace collects none (events=False)")
+        self.collects_events = events
+        self.on_event = on_event
+        self.keep_events = keep_events  # how many recent events stay in `events` (None: all; 0: none)
+        self.events: Deque[Event] = deque(maxlen=keep_events)
+        self._stream: Optional[Deque[Event]] = None
+        self._stop = False
+        self._callback_error: Optional[BaseException] = None
+        self.dropped_by_user_queue = 0
 
     # ------------------------------------------------------------------ what was planned
     @property
@@ -252,19 +257,22 @@ class Session:
             return True  # left unread: counted by undelivered()
         self.delivered += 1
         try:
-            event = self._records.decode(data)  # type: ignore[union-attr]
-            if self._stream is not None:
-                self._stream.append(event)
-            elif self.keep_events != 0:
-                if self.events.maxlen is not None and len(self.events) == self.events.maxlen:
-                    self.dropped_by_user_queue += 1
-                self.events.append(event)
-            if self.on_event is not None:
-                self.on_event(event)
+            self._deliver(self._records.decode(data))  # type: ignore[union-attr]
         except BaseException as exc:  # KeyboardInterrupt and signal-raised exceptions included
             self._callback_error = exc
             return True
         return self._stop
+
+    def _deliver(self, event: Event) -> None:
+        """Hand an event to a stream in progress or to the kept events, then to ``on_event``."""
+        if self._stream is not None:
+            self._stream.append(event)
+        elif self.keep_events != 0:
+            if self.events.maxlen is not None and len(self.events) == self.events.maxlen:
+                self.dropped_by_user_queue += 1
+            self.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
 
     def stop(self) -> None:
         """Stop delivering events (callable from ``on_event`` or a signal handler); a run loop returns
@@ -347,7 +355,7 @@ class Session:
     def stream(self, duration: Optional[float] = None, interval: float = 0.1) -> Iterator[Event]:
         """Yield events as they arrive, until ``duration`` passes, :meth:`stop` is called or the target
         exits.  Events yielded here are not kept in :attr:`events`."""
-        if not self.plan.events:
+        if not self.collects_events:
             raise UsageError("this trace collects no events (events=False)")
         from .runloop import RunLoop
 
