@@ -184,12 +184,10 @@ def test_a_command_is_profiled_from_its_first_call(cli, tmp_path):
     assert "ready" in result.stderr  # the command's output goes to stderr
 
 
-@pytest.mark.xfail(strict=True, reason="a provider declared after the command starts needs the -c rendezvous: "
-                   "today -c plans before the command runs, finds no pycalls provider in the executable and falls "
-                   "back to CPython's own probe")
 def test_a_command_declaring_the_pycalls_provider_is_timed(cli):
     # -d bounds the wait: without the pycalls probes enabled the target never starts its work
-    result = cli("pycalls", "--json", "--no-gc", "-d", "10", "-c", f"{sys.executable} {TARGET} --rounds 2")
+    result = cli("pycalls", "--json", "--no-gc", "--source", "pycalls", "-d", "10", "-c",
+                 f"{sys.executable} {TARGET} --rounds 2")
     doc = json.loads(result.stdout)
     assert doc["source"] == "pycalls"
     assert {r["function"]: r["calls"] for r in doc["functions"]} == {"__main__:Shop.checkout": 2, "__main__:lookup": 4}

@@ -56,7 +56,8 @@ def _gc_line(gc: GcPauses) -> str:
 def run_pycalls(args: argparse.Namespace) -> int:
     command = command_argv(args.command) if args.command is not None else None
     profile = PyCalls(pid=args.pid, command=command, by_thread=args.by_thread, string_size=args.string_size,
-                      command_stdout=sys.stderr.fileno() if command else None, gc=not args.no_gc)
+                      command_stdout=sys.stderr.fileno() if command else None, gc=not args.no_gc,
+                      source=args.source)
     reason = _collect(profile.session, args, also=[s for s in profile.sessions if s is not profile.session])
     rows = profile.functions()
     limit = args.top if args.top is not None else (0 if args.json else DEFAULT_TOP)

@@ -21,12 +21,13 @@ done on one thread): how many, and how long in all.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from ..collect.calls import FunctionCalls, GcPauses, counted_rows, timed_rows
 from ..elf.known_issues import known_issues
-from ..errors import ProbeNotFound
+from ..errors import ProbeNotFound, UsageError
 from ..expr.fields import Field
 from ..plan.plan import make_plan
 from ..plan.request import HistSpec, Target, make_request
@@ -65,6 +66,14 @@ def _options(source: CallSource, by_thread: bool) -> dict:
     return {"count_by": list(keys)}
 
 
+def instrumented(command: Sequence[str]) -> bool:
+    """Whether a command runs its program under usdtkit.instrument (``python -m usdtkit.instrument ...``,
+    or ``USDTKIT_INSTRUMENT=1`` in this environment, which the command inherits)."""
+    words = list(command)
+    by_module = any(a == "-m" and b == "usdtkit.instrument" for a, b in zip(words, words[1:]))
+    return by_module or os.environ.get("USDTKIT_INSTRUMENT") == "1"
+
+
 class PyCalls:
     """Calls per function of process ``pid``, or of ``command`` (an argv started gated, traced from its
     first instruction); use it as a context manager to attach and detach (the garbage collector's
@@ -74,11 +83,18 @@ class PyCalls:
     paths (default 128); ``gc=False`` leaves garbage collections untimed."""
 
     def __init__(self, pid: Optional[int] = None, command: Optional[Sequence[str]] = None, by_thread: bool = False,
-                 string_size: Optional[int] = None, command_stdout: Optional[int] = None, gc: bool = True) -> None:
+                 string_size: Optional[int] = None, command_stdout: Optional[int] = None, gc: bool = True,
+                 source: Optional[str] = None) -> None:
+        if source not in (None, "pycalls", "python"):
+            raise UsageError(f"source {source!r}: use pycalls, python, or None to choose")
         self.by_thread = by_thread
         where = f"pid {pid}" if command is None else str(command[0]) if command else "the command"
         options = dict(events=False, string_size=string_size, pid=pid, command=command, command_stdout=command_stdout)
-        self.source, self.session = self._calls(options, by_thread, where)
+        sources = {"pycalls": (PYCALLS,), "python": (PYTHON,), None: (PYCALLS, PYTHON)}[source]
+        # A command declares the pycalls provider as it starts, if at all: wait for it only where it will
+        # come (asked for, or a command run under usdtkit.instrument), else read CPython's own probes.
+        waits = command is not None and (source == "pycalls" or instrumented(command))
+        self.source, self.session = self._calls(options, by_thread, where, sources, waits)
         try:
             self.gc_session = self._gc_session(pid) if gc else None
         except BaseException:
@@ -86,11 +102,13 @@ class PyCalls:
             raise
 
     @staticmethod
-    def _calls(options: dict, by_thread: bool, where: str) -> Tuple[CallSource, Session]:
+    def _calls(options: dict, by_thread: bool, where: str, sources: Tuple[CallSource, ...],
+               waits: bool) -> Tuple[CallSource, Session]:
         """The first source the target has, and the session reading it."""
-        for source in (PYCALLS, PYTHON):
+        for source in sources:
+            late = {} if options["command"] is None else {"declared_later": waits and source is PYCALLS}
             try:
-                return source, trace(source.probe, **options, **_options(source, by_thread))
+                return source, trace(source.probe, **options, **late, **_options(source, by_thread))
             except ProbeNotFound:
                 continue
         raise ProbeNotFound(f"{where} has neither usdtkit's pycalls probes nor CPython's python:function__return: "
