@@ -48,9 +48,9 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--no-gc", action="store_true",
                         help="do not time garbage collections (python:gc__start/done; one program less to load)")
     parser.add_argument("--source", choices=("pycalls", "python"),
-                        help="read usdtkit.instrument's pycalls probes (with -c: wait for the command to declare "
-                        "them) or CPython's own python:function__return; default: pycalls where the process has "
-                        "them (with -c: where it runs under usdtkit.instrument), else python")
+                        help="read the pycalls probes of usdtkit.instrument (with -c: wait for the command to "
+                        "declare them) or the python:function__return probe of CPython itself; default: pycalls "
+                        "where the process has them (with -c: where it runs under usdtkit.instrument), else python")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     _string_size(parser, "function name and file name")
     parser.set_defaults(func=_run)
