@@ -54,3 +54,13 @@ def test_with_a_pid_the_warning_names_what_that_process_calls(build_c, processes
     used = re.search(rf"pid {proc.pid} calls (__strlen_\w+) \(probe that instead\)", ifunc_warning(result.stderr))
     assert used, result.stderr
     assert hits(usdtkit("count", "-p", str(proc.pid), "-d", "1", f"uprobe:libc:{used[1]}")) >= 20
+
+
+def test_a_wildcard_over_libc_says_each_kind_of_warning_once():
+    """`str*` matches some 20 IFUNCs and some 30 functions starting %rip-relative: two lines, not fifty."""
+    result = usdtkit("count", "-d", "0.2", "uprobe:libc:str*")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    (resolvers,) = [line for line in warnings if "indirect function" in line]
+    assert re.search(r"warning: \d+ functions are indirect functions \(IFUNC\).*strcmp", resolvers)
+    assert len(warnings) <= 3, warnings

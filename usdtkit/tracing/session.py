@@ -47,6 +47,21 @@ def _default_backend() -> Backend:
     return BccBackend()
 
 
+def _grouped(warnings: List[Tuple[str, str]], most: int = 3) -> List[str]:
+    """``where: what`` lines, one per site unless many sites share a warning (a wildcard over a
+    library): those are one line naming the first few."""
+    by_text: Dict[str, List[str]] = {}
+    for where, text in warnings:
+        by_text.setdefault(text, []).append(where)
+    lines = []
+    for text, places in by_text.items():
+        if len(places) <= most:
+            lines += [f"{where}: {text}" for where in places]
+        else:
+            lines.append(f"{len(places)} sites ({', '.join(places[:most])}, ...): {text}")
+    return lines
+
+
 def _power_of_two(n: int) -> int:
     return 1 << (n.bit_length() - 1)
 
@@ -104,7 +119,9 @@ class Session:
 
     def _site_warnings(self) -> List[str]:
         """Warnings known before attaching: expensive uprobe sites, IFUNC resolvers, misfiring USDT probes."""
-        out = []
+        out: List[str] = []
+        costly: List[Tuple[str, str]] = []
+        resolvers: List[Tuple[str, str]] = []
         for probe in self.plan.probes:
             if probe.ref.is_usdt:  # USDT sites are NOPs: the cheapest kind, but some builds misfire them
                 files = dict.fromkeys((s.attach_path, s.path) for s in probe.sites)
@@ -114,11 +131,19 @@ class Session:
             for site in probe.sites:
                 warning = site_cost.describe_site(site_cost.read_site(site.attach_path, site.file_offset))
                 if warning:
-                    out.append(f"{probe.label} at {site.path}+{site.file_offset:#x}: {warning}")
+                    costly.append((f"{probe.label} at {site.path}+{site.file_offset:#x}", warning))
                 pid = site.pid or (None if self.command else self.plan.pid)  # a gated command has not exec'd
                 warning = ifunc_warning(site.attach_path, site.pc, pid, probe.ref.name)
-                out += [f"{probe.label}: {warning}"] if warning else []
-        return out
+                if warning:
+                    resolvers.append((probe.label, warning))
+        if len(resolvers) > 3:  # a wildcard over a library: one line, not one per function
+            names = ", ".join(label for label, _ in resolvers[:8]) + (", ..." if len(resolvers) > 8 else "")
+            out.append(f"{len(resolvers)} functions are indirect functions (IFUNC), whose symbol is the resolver "
+                       f"run once at load time, so their probes miss the calls: {names}; probe an implementation "
+                       "instead (usdtkit list --functions LIBRARY 'NAME*' lists them)")
+        else:
+            out += [f"{label}: {warning}" for label, warning in resolvers]
+        return out + _grouped(costly)
 
     def _probe_decoder(self, index: int) -> ProbeDecoder:
         probe = self.plan.probes[index]
