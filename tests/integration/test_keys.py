@@ -241,3 +241,14 @@ def test_starts_evicted_from_a_full_map_are_counted(build_c, processes):
     assert stats["keys:start"].hits == fired and done.hits == hists["keys:done", "/flood"].total
     assert done.hits + done.unmatched == fired and done.unmatched >= fired - 65536
     assert done.unfinished == done.unmatched  # each evicted start is one start without its done
+
+
+@pytest.mark.bpf
+def test_stacks_of_a_command_that_ends_at_once_are_named(cli):
+    """A command that runs for a few ms is gone before the first poll: its mappings are read as soon as
+    it runs its program, so its frames are named."""
+    hello = os.path.join(ROOT, "demo_apps", "build", "hello_usdt")
+    result = cli("count", "--json", "--by", "ustack", "-c", f"{hello} 1", "usdt::hello:tick")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout.splitlines()[-1])["counts"]["counts"]
+    assert row["key"][1].split(";")[-1] == "main" and row["count"] == 1, row

@@ -192,10 +192,26 @@ class Session:
             self.attach_seconds = time.monotonic() - started
             if self.command is not None:
                 self.command.release()
+                if self.plan.needs_stacks:
+                    self._observe_after_exec(program)
         except BaseException:
             self.close()
             raise
         return self
+
+    def _observe_after_exec(self, program: LoadedProgram, limit: float = 0.05) -> None:
+        """Read a released command's mappings as soon as it runs its program: one that ends within
+        milliseconds is gone before the next look, and its stacks would stay addresses."""
+        assert self.command is not None
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            try:
+                if os.readlink(f"/proc/{self.command.pid}/exe") == self.command.executable:
+                    break
+            except OSError:
+                return  # exited already
+            time.sleep(0.002)
+        self._reader.observe_stack_owners(program)
 
     def _attach_sites(self, program: LoadedProgram, pid: int) -> None:
         """Attach sites grouped by function, file, side and pid: one link (or call) per group."""
