@@ -1,0 +1,25 @@
+"""The hooks of this interpreter: :mod:`.monitoring` on 3.12+, :mod:`.setprofile` on 3.11.
+
+Both offer ``on(decider, enter, leave)``, ``off()``, ``refresh()`` (called at every poll while on)
+and ``close()``; ``enter(info)``/``leave(info)`` are called for code in scope only (:mod:`.calls`).
+"""
+from __future__ import annotations
+
+import platform
+import sys
+from typing import Union
+
+from ..errors import InstrumentError
+from .monitoring import MonitoringHooks
+from .setprofile import ProfileHooks
+
+Hooks = Union[MonitoringHooks, ProfileHooks]
+
+
+def for_this_python() -> Hooks:
+    """The hooks for the running interpreter, or :class:`InstrumentError` saying why there are none."""
+    if sys.version_info >= (3, 12):
+        return MonitoringHooks()
+    if sys.version_info >= (3, 11):
+        return ProfileHooks()
+    raise InstrumentError(f"usdtkit.instrument needs Python 3.11 or newer; this is {platform.python_version()}")
