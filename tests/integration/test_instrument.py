@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import glob
 import os
+import re
 import select
 import shutil
 import signal
@@ -282,3 +283,97 @@ def _wait_exited(pid: int, timeout: float = 10) -> None:
         time.sleep(0.02)
     os.kill(pid, signal.SIGKILL)
     raise AssertionError(f"forked worker {pid} did not exit")
+
+
+PACKAGE_MAIN = '''\
+import json, os, select, sys
+from shop import helpers
+
+def main():
+    print("ready", os.getpid(), flush=True)
+    while not select.select([sys.stdin], [], [], 0.01)[0]:
+        helpers.tick()
+    sys.stdin.readline()
+    for i in range(5):
+        helpers.used(i)
+    helpers._hidden()
+    json.dumps({"a": [1, 2]})
+    print("done", flush=True)
+    sys.stdin.readline()
+
+main()
+'''
+HELPERS = '''\
+def tick():
+    pass
+
+def _private(i):
+    return i
+
+def used(i):
+    return _private(i)
+
+def _hidden():
+    pass
+'''
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("options,wanted", [
+    ((), {"shop.helpers:used": 5, "shop.helpers:_private": 5, "shop.helpers:_hidden": 1}),
+    (("--include", "shop.*", "--exclude", "*:_*"), {"shop.helpers:used": 5}),
+    (("--include", "json:*"), {"json:dumps": 1}),
+], ids=["default", "include-exclude", "stdlib-included"])
+def test_the_scope_decides_which_functions_fire(python: str, instrument_env: Dict[str, str], tmp_path: Path,
+                                               options: Tuple[str, ...], wanted: Dict[str, int]):
+    """``-m shop`` from its folder: by default the package's own code and not json; --include replaces
+    that, --exclude takes out."""
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "__init__.py").write_text("")
+    (tmp_path / "shop" / "__main__.py").write_text(PACKAGE_MAIN)
+    (tmp_path / "shop" / "helpers.py").write_text(HELPERS)
+    proc = subprocess.Popen([python, "-m", "usdtkit.instrument", *options, "-m", "shop"], cwd=str(tmp_path),
+                            env=instrument_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline().split()[1])
+        with trace(RETURN, pid=pid, count_by=["str(arg0)"]) as session:
+            if "json:*" in options:
+                time.sleep(ATTACH_TO_HOOKS_ON)  # nothing of this program fires while it waits
+            else:
+                session.run(duration=ATTACH_TO_HOOKS_ON + 5, interval=0.02,
+                            until=lambda: bool(session.counts()))  # tick() returns: the hooks are on
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == "done\n"
+            session.run(duration=0.2)
+            counts = {key[1]: n for key, n in session.counts().items()}
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    counts.pop("shop.helpers:tick", None)
+    assert counts == wanted
+
+
+@pytest.mark.bpf
+@pytest.mark.skipif(shutil.which("bpftrace") is None, reason="bpftrace is not installed")
+def test_bpftrace_counts_the_calls_too(instrument_env: Dict[str, str]):
+    program = Program(sys.executable, instrument_env)
+    try:
+        with open(f"/proc/{program.pid}/maps") as maps:
+            (path,) = {line.split()[-1] for line in maps if "/pycalls-" in line}
+        script = (f'BEGIN {{ printf("attached\\n"); }} usdt:{path}:pycalls:function__return '
+                  f'/pid == {program.pid}/ {{ @[str(arg0)] = count(); }}')
+        tracer = subprocess.Popen(["bpftrace", "-p", str(program.pid), "-e", script], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            assert "attached" in tracer.stdout.readline() + tracer.stdout.readline()
+            _until(lambda: program.ask("state"), "on on", ATTACH_TO_HOOKS_ON)
+            assert program.ask("fib") == "done" and program.ask("generator") == "done"
+        finally:
+            tracer.send_signal(signal.SIGINT)
+            out, err = tracer.communicate(timeout=60)
+        counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"@\[(\S+)\]: (\d+)", out)}
+        assert counts["__main__:fib"] == 177 and counts["__main__:numbers"] == 5, out + err
+        _until(lambda: program.ask("state"), "off off", ATTACH_TO_HOOKS_ON)
+    finally:
+        assert "Traceback" not in program.close()

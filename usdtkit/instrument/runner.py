@@ -14,10 +14,14 @@ instrumented the same way.
 from __future__ import annotations
 
 import argparse
+import builtins
+import importlib.machinery
 import importlib.util
+import io
 import os
 import runpy
 import sys
+import types
 from typing import List, Optional, Sequence, Tuple
 
 from ..errors import UsageError, UsdtkitError
@@ -103,6 +107,19 @@ def _share_scope(include: Optional[List[str]], exclude: Optional[List[str]]) -> 
             os.environ[variable] = ",".join(globs)
 
 
+def _run_file(path: str) -> None:
+    """Run a script as ``python path`` does: in a fresh ``__main__`` module, ``__file__`` absolute,
+    ``sys.argv[0]`` as given (:func:`runpy.run_path` would set both to the same)."""
+    filename = os.path.abspath(path)
+    with io.open_code(filename) as source:
+        code = compile(source.read(), filename, "exec", dont_inherit=True)
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=filename, __cached__=None, __builtins__=builtins,
+                         __loader__=importlib.machinery.SourceFileLoader("__main__", filename))
+    sys.modules["__main__"] = main
+    exec(code, main.__dict__)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     own, program_args = split_argv(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -128,5 +145,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.argv = [args.script, *program_args]
         if not sys.flags.safe_path:
             sys.path[0] = os.path.dirname(os.path.abspath(args.script))
-        runpy.run_path(args.script, run_name="__main__")
+        if os.path.isfile(args.script):
+            _run_file(args.script)
+        else:  # a folder or zip file with a __main__.py
+            runpy.run_path(args.script, run_name="__main__")
     return 0

@@ -7,7 +7,7 @@ the ``__name__`` of the globals its code runs in, the qualified name is the code
 The default scope is the application's own code: the ``__main__`` module, and every module whose
 file lies under the application's folder (the script's folder, or the current directory for
 ``-m MODULE``), except files of the standard library and of site-packages or dist-packages folders
-(a virtual environment inside the application folder included).  ``include`` globs replace the
+(any folder of that name, so a virtual environment inside the application folder too).  ``include`` globs replace the
 default scope: then exactly the functions whose name matches one of them are in scope.  ``exclude``
 globs take out the functions whose name matches one.  Globs are shell-style (:mod:`fnmatch`,
 case-sensitive) and ``*`` also matches ``.`` and ``:``, so ``app.*`` covers every function of app's
@@ -32,7 +32,7 @@ from ..errors import UsageError
 Info = Tuple[str, str, int]
 
 _OWN_FOLDER = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-_LIBRARY_FOLDER_NAMES = ("site-packages", "dist-packages")
+_LIBRARY_FOLDER_NAMES = frozenset(("site-packages", "dist-packages"))
 
 
 def check_globs(globs: Iterable[str], option: str) -> Tuple[str, ...]:
@@ -89,7 +89,8 @@ class Scope:
             else:
                 path = os.path.realpath(os.path.join(self._cwd, filename))
                 own = _inside(path, _OWN_FOLDER)
-                library = any(_inside(path, folder) for folder in self._libraries)
+                library = (any(_inside(path, folder) for folder in self._libraries)
+                           or not _LIBRARY_FOLDER_NAMES.isdisjoint(path.split(os.sep)))
                 known = (own, _inside(path, self.root) and not library)
             self._files[filename] = known
         return known
