@@ -65,8 +65,8 @@ def test_the_decider_names_each_code_object_once(app: Path):
     decider = Decider(Scope(root=os.path.dirname(__file__)))
     code = sample.__code__
     info = decider(code, globals())
-    assert info == (f"{__name__}:sample", code.co_filename, code.co_firstlineno)
+    assert info == (f"{__name__}:sample".encode(), code.co_filename.encode(), code.co_firstlineno)
     assert decider.cache == {code: info}
     assert Decider(Scope(root=str(app)))(code, globals()) is None  # this file is outside app/
     code = compile("def f(): pass", "ab.py", "exec").co_consts[0]
-    assert Decider(Scope(include=["*"]))(code, {"__name__": "m\0n"})[0] == "m?n:f"  # a C string has no NUL
+    assert Decider(Scope(include=["*"]))(code, {"__name__": "m\0n"})[0] == b"m?n:f"  # a C string has no NUL

@@ -2,24 +2,31 @@
 
 Both offer ``on(decider, enter, leave)``, ``off()``, ``refresh()`` (called at every poll while on)
 and ``close()``; ``enter(info)``/``leave(info)`` are called for code in scope only (:mod:`.calls`).
+Only the module of the running interpreter is imported.
 """
 from __future__ import annotations
 
-import platform
 import sys
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from ..errors import InstrumentError
-from .monitoring import MonitoringHooks
-from .setprofile import ProfileHooks
 
-Hooks = Union[MonitoringHooks, ProfileHooks]
+if TYPE_CHECKING:
+    from .monitoring import MonitoringHooks
+    from .setprofile import ProfileHooks
+
+Hooks = Union["MonitoringHooks", "ProfileHooks"]
 
 
 def for_this_python() -> Hooks:
     """The hooks for the running interpreter, or :class:`InstrumentError` saying why there are none."""
     if sys.version_info >= (3, 12):
+        from .monitoring import MonitoringHooks
+
         return MonitoringHooks()
     if sys.version_info >= (3, 11):
+        from .setprofile import ProfileHooks
+
         return ProfileHooks()
-    raise InstrumentError(f"usdtkit.instrument needs Python 3.11 or newer; this is {platform.python_version()}")
+    version = sys.version.split()[0]
+    raise InstrumentError(f"usdtkit.instrument needs Python 3.11 or newer; this is {version}")

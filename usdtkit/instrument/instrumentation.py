@@ -87,6 +87,11 @@ class Instrumentation:
         return self._on.wait(timeout)
 
     @property
+    def probes(self) -> Tuple[Probe, Probe]:
+        """The two probes, ``function__entry`` and ``function__return`` (``probe.enabled`` says if traced)."""
+        return self._entry, self._return
+
+    @property
     def path(self) -> Optional[str]:
         """The provider's object, as tracers can name it (``usdt:PATH:pycalls:function__return``)."""
         return self._provider.path

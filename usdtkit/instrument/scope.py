@@ -20,16 +20,15 @@ per code object and keep the answer: a :class:`Decider` holds those answers for 
 from __future__ import annotations
 
 import os
-import site
 import sys
-import sysconfig
-from fnmatch import fnmatchcase
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from ..errors import UsageError
+from ..provider import MAX_STRING_BYTES
 
-# What the probes carry about a function: (module:qualname, file, first line).
-Info = Tuple[str, str, int]
+# What the probes carry about a function: (module:qualname, file, first line), the strings encoded
+# once here rather than at every firing.
+Info = Tuple[bytes, bytes, int]
 
 _OWN_FOLDER = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 _LIBRARY_FOLDER_NAMES = frozenset(("site-packages", "dist-packages"))
@@ -46,6 +45,9 @@ def check_globs(globs: Iterable[str], option: str) -> Tuple[str, ...]:
 
 def library_folders() -> Tuple[str, ...]:
     """The folders of installed code: the standard library and every site-packages/dist-packages."""
+    import site
+    import sysconfig
+
     found = {path for key, path in sysconfig.get_paths().items()
              if key in ("stdlib", "platstdlib", "purelib", "platlib")}
     found.update(getattr(site, "getsitepackages", lambda: [])())
@@ -67,7 +69,9 @@ class Scope:
         self.exclude = check_globs(exclude, "exclude")
         self._cwd = os.getcwd()
         self.root = os.path.realpath(root or self._cwd)
-        self._libraries = library_folders()
+        # Found at the first decision, while traced: a program that is never traced does not pay.
+        self._libraries: Optional[Tuple[str, ...]] = None
+        self._match: Optional[Callable[[str, str], bool]] = None
         self._files: Dict[str, Tuple[bool, bool]] = {}  # co_filename -> (usdtkit's own, the app's)
 
     def covers(self, function: str, filename: str) -> bool:
@@ -75,11 +79,16 @@ class Scope:
         own, app = self._file(filename)
         if own:
             return False
+        if self._match is None:
+            from fnmatch import fnmatchcase
+
+            self._match = fnmatchcase
+        match = self._match
         if self.include:
-            chosen = any(fnmatchcase(function, glob) for glob in self.include)
+            chosen = any(match(function, glob) for glob in self.include)
         else:
             chosen = app or function.startswith("__main__:")
-        return chosen and not any(fnmatchcase(function, glob) for glob in self.exclude)
+        return chosen and not any(match(function, glob) for glob in self.exclude)
 
     def _file(self, filename: str) -> Tuple[bool, bool]:
         known = self._files.get(filename)
@@ -89,6 +98,8 @@ class Scope:
             else:
                 path = os.path.realpath(os.path.join(self._cwd, filename))
                 own = _inside(path, _OWN_FOLDER)
+                if self._libraries is None:
+                    self._libraries = library_folders()
                 library = (any(_inside(path, folder) for folder in self._libraries)
                            or not _LIBRARY_FOLDER_NAMES.isdisjoint(path.split(os.sep)))
                 known = (own, _inside(path, self.root) and not library)
@@ -102,8 +113,10 @@ class Scope:
         return chosen + (f", except {', '.join(self.exclude)}" if self.exclude else "")
 
 
-def _clean(text: str) -> str:
-    return text.replace("\0", "?")  # a probe's string argument is a C string
+def _encoded(text: str) -> bytes:
+    # A probe's string argument is a C string of at most MAX_STRING_BYTES: no NUL; a lone surrogate
+    # (possible in a file name) is replaced rather than refused.
+    return text.replace("\0", "?").encode("utf-8", "replace")[:MAX_STRING_BYTES]
 
 
 class Decider:
@@ -122,6 +135,6 @@ class Decider:
         function = f"{module if isinstance(module, str) else '?'}:{code.co_qualname}"
         info: Optional[Info] = None
         if self.scope.covers(function, code.co_filename):
-            info = (_clean(function), _clean(code.co_filename), code.co_firstlineno)
+            info = (_encoded(function), _encoded(code.co_filename), code.co_firstlineno)
         self.cache[code] = info
         return info
