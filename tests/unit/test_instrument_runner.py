@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ from typing import Dict, List
 
 import pytest
 
-from usdtkit.instrument.runner import split_argv
+from usdtkit.instrument.runner import EPILOG, PROG, split_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,3 +141,25 @@ def test_python_children_that_import_the_bootstrap_are_instrumented_alike(tmp_pa
                                         "plain False"]
     assert run(["child.py"], env, tmp_path).stdout == "plain False\n"  # no variable: the bootstrap does nothing
     assert os.listdir(tmp_path / "run") == []  # every process unloaded its provider: nothing left behind
+
+
+def help_examples() -> List[str]:
+    lines = EPILOG.splitlines()
+    return [line.strip() for line in lines[lines.index("examples:") + 1:lines.index("")]]
+
+
+@pytest.mark.parametrize("line", [line for line in help_examples() if line.startswith(PROG)])
+def test_every_help_example_runs(line: str, tmp_path: Path, env: Dict[str, str]):
+    ours = run(["-m", "usdtkit.instrument", *shlex.split(line)[3:]], env, ROOT)
+    assert ours.returncode == 0 and ours.stderr == "", ours.stderr
+
+
+def test_the_help_examples_that_trace_are_checked_by_the_readme_tests():
+    sys.path.insert(0, str(ROOT / "tests"))
+    import test_readme
+
+    tracing = [line for line in help_examples() if line.startswith("usdtkit ")]
+    assert tracing and set(tracing) <= set(test_readme.CHECKS)
+    help_text = subprocess.run([sys.executable, "-m", "usdtkit.instrument", "--help"], capture_output=True, text=True,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout
+    assert help_text.startswith(f"usage: {PROG} ") and all(line in help_text for line in help_examples())

@@ -30,8 +30,9 @@ from . import ENABLE_VARIABLE, EXCLUDE_VARIABLE, INCLUDE_VARIABLE, enable
 PROG = "python -m usdtkit.instrument"
 EPILOG = """\
 examples:
-  python -m usdtkit.instrument app.py --port 8000
-  python -m usdtkit.instrument --include 'app.*' --exclude '*:_*' -m app.server
+  python -m usdtkit.instrument demo_apps/pyorders.py 20
+  python -m usdtkit.instrument --include '__main__:*' --exclude '*:price' demo_apps/pyorders.py 20
+  python -m usdtkit.instrument -m timeit 'sum(range(100))'
   usdtkit count -p PID --by 'str(arg0)' usdt::pycalls:function__return
 
 Functions are named module:qualname (app.models:Order.save, __main__:main).  Without --include, the
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--include", action="append", default=None, metavar="GLOB",
                         help="instrument the functions matching GLOB instead of the program's own code "
-                             "(repeatable), e.g. 'app.*'")
+                             "(repeatable), e.g. 'app.*' or '__main__:*'")
     parser.add_argument("--exclude", action="append", default=None, metavar="GLOB",
                         help="do not instrument the functions matching GLOB (repeatable), e.g. '*:_*'")
     parser.add_argument("-m", dest="module", metavar="MODULE", help="run library module MODULE as a script")
