@@ -1,8 +1,8 @@
 """The hooks of this interpreter: :mod:`.monitoring` on 3.12+, :mod:`.setprofile` on 3.11.
 
-Both offer ``on(decider, enter, leave)``, ``off()``, ``refresh()`` (called at every poll while on)
-and ``close()``; ``enter(info)``/``leave(info)`` are called for code in scope only (:mod:`.calls`).
-Only the module of the running interpreter is imported.
+Both offer ``on(decider, entry, ret)`` (the scope's decisions and the two probes), ``off()``,
+``refresh()`` (called at every poll while on) and ``close()``.  Only the module of the running
+interpreter is imported.
 """
 from __future__ import annotations
 

@@ -13,7 +13,6 @@ from typing import Optional, Tuple
 
 from ..provider import Probe, Provider
 from . import hooks
-from .calls import make_calls
 from .scope import Decider, Scope
 from .watcher import INTERVAL, Watcher
 
@@ -64,9 +63,8 @@ class Instrumentation:
                 self._on.clear()
                 self._hooks.off()
                 return
-            enter, leave = make_calls(self._entry, self._return)
             try:
-                self._hooks.on(Decider(self.scope), enter, leave)
+                self._hooks.on(Decider(self.scope), self._entry, self._return)
             except BaseException:
                 self._hooks.off()
                 raise

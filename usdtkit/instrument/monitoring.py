@@ -20,7 +20,8 @@ import sys
 from typing import Any, Callable, Optional, Tuple
 
 from ..errors import InstrumentError
-from .calls import Enter, Leave
+from ..provider import Probe
+from .calls import Enter, make_calls
 from .scope import Decider
 
 TOOL_IDS = (4, 3)
@@ -36,7 +37,7 @@ class MonitoringHooks:
         self._tool: Optional[int] = None
         self._events: Tuple[int, ...] = ()
 
-    def on(self, decider: Decider, enter: Enter, leave: Leave) -> None:
+    def on(self, decider: Decider, entry: Probe, ret: Probe) -> None:
         monitoring: Any = sys.monitoring  # type: ignore[attr-defined]
         events = monitoring.events
         tool = self._tool
@@ -48,6 +49,7 @@ class MonitoringHooks:
             monitoring.use_tool_id(tool, TOOL_NAME)
             monitoring.restart_events()
             self._tool = tool
+        enter, leave = make_calls(entry, ret)
         cache = decider.cache
         frame_of = sys._getframe
         disable = monitoring.DISABLE

@@ -1,25 +1,25 @@
-"""The hooks on Python 3.11: a profile function on every thread.
+"""The hooks on Python 3.11: a profile function on every thread, in C.
 
 Python 3.11 reports calls to a profile function (``sys.setprofile``): ``call`` when a frame starts or
 a generator or coroutine resumes, ``return`` when it returns, yields, awaits or is left by an
 exception.  ``sys.setprofile`` only sets the calling thread's, and the hooks are turned on by the
-watcher thread, so the profile function is set on every thread by :mod:`usdtkit._native._profile`
-(C, as 3.12 does it for ``threading.setprofile_all_threads``), which also skips calls of C
-functions and code out of scope without calling Python.  Threads started later get it from
-``threading.setprofile``, and threads started without the threading module at the watcher's next
-poll (:meth:`ProfileHooks.refresh`).  A thread that already runs another profiler (cProfile) is left
-alone.  While the hooks are off, no thread has a profile function: ``sys.getprofile()`` is None.
+watcher thread, so :mod:`usdtkit._native._profile` sets its profile function on every thread (as
+3.12 does for ``threading.setprofile_all_threads``).  That function skips calls of C functions and
+code out of scope without calling Python, and keeps the per-thread stacks and fires the probes in C
+with the rules of :mod:`.calls` (which 3.12+ runs in Python): a Python function per event would
+cost more than the probe's own uprobe.  Threads started later get it from ``threading.setprofile``,
+and threads started without the threading module at the watcher's next poll (:meth:`refresh`).  A
+thread that already runs another profiler (cProfile) is left alone.  While the hooks are off no
+thread has a profile function: ``sys.getprofile()`` is None.
 """
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 from ..errors import InstrumentError
-from .calls import Enter, Leave
+from ..provider import Probe
 from .scope import Decider
-
-_MISSING = object()
 
 
 def _native() -> Any:
@@ -42,28 +42,22 @@ class ProfileHooks:
 
     def __init__(self) -> None:
         self._native = _native()
-        self._hook: Optional[Tuple[Any, ...]] = None
+        self._hook: Optional[Any] = None
         self._new_threads: Any = None
 
-    def on(self, decider: Decider, enter: Enter, leave: Leave) -> None:
-        cache = decider.cache
-
+    def on(self, decider: Decider, entry: Probe, ret: Probe) -> None:
         def decide(frame: Any) -> Any:
             return decider(frame.f_code, frame.f_globals)
 
-        hook = self._hook = (cache, decide, enter, leave)
+        hook = self._hook = self._native.Hook(decider.cache, decide, entry, ret)
         native = self._native
 
         def new_thread(frame: Any, event: str, arg: Any) -> None:
-            # threading.setprofile's function runs first in a new thread: it puts the C one in its
-            # place, and does not lose the call it was given.
+            # threading.setprofile's function gets a new thread's first event: it puts the hook in
+            # its place, and passes the hook the call it was given.
             native.install_current(hook)
             if event == "call":
-                info = cache.get(frame.f_code, _MISSING)
-                if info is _MISSING:
-                    info = decide(frame)
-                if info is not None:
-                    enter(info)
+                hook.call_event(frame)
 
         if threading.getprofile() is None:
             threading.setprofile(new_thread)
