@@ -10,8 +10,8 @@ thus on at most about ``interval`` after an attach (plus up to the interpreter's
 
 While nobody traces, each poll is one wake-up from a timed lock acquire and two memory reads with
 the GIL held, and nothing at all runs on the program's threads: bench/bench_instrument.py measures
-an idle instrumented process at about 0.06% of a CPU (60 us per poll on a virtual machine, most of it
-the kernel waking a thread).  A tracer cannot be noticed without some polling: the kernel's uprobe
+an idle instrumented process at under 0.1% of a CPU (60 to 100 us per poll on a virtual machine, most
+of it the kernel waking a thread).  A tracer cannot be noticed without some polling: the kernel's uprobe
 reference counter has no notification.
 """
 from __future__ import annotations
