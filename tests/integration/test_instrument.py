@@ -230,8 +230,8 @@ def test_hooks_are_off_until_a_tracer_attaches_and_after_it_leaves(program: Prog
 
 def _until(read, expected: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while read() != expected:
-        assert time.monotonic() < deadline, f"not {expected!r} within {timeout}s"
+    while (got := read()) != expected:
+        assert time.monotonic() < deadline, f"{got!r}, not {expected!r}, after {timeout}s"
         time.sleep(0.01)
 
 
@@ -244,20 +244,14 @@ def test_a_forked_worker_has_its_own_provider_and_is_traced_by_its_pid(program: 
         _wait_for(parent, "heartbeat")
         child = int(program.ask(f"fork {tmp_path}"))  # forked while its parent is traced
         try:
-            deadline = time.monotonic() + 10
-            while child_state() == "":
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            _until(lambda: "written" if child_state() else "", "written", 10)
             time.sleep(0.5)  # five polls of its watcher
             assert child_state() == "off"  # the parent's tracer does not turn the child's hooks on
             with trace(RETURN, pid=child, strings=["arg0"]) as session:
                 _wait_for(session, "child_heartbeat")
                 _until(child_state, "on", 0.5)  # it writes its state after each heartbeat
                 (tmp_path / "go").touch()
-                deadline = time.monotonic() + 10
-                while not (tmp_path / "done").exists():
-                    assert time.monotonic() < deadline
-                    time.sleep(0.01)
+                _until(lambda: str((tmp_path / "done").exists()), "True", 10)
                 session.run(duration=0.2)
                 events = list(session.events)
             assert {e.pid for e in events} == {child}
@@ -377,3 +371,32 @@ def test_bpftrace_counts_the_calls_too(instrument_env: Dict[str, str]):
         _until(lambda: program.ask("state"), "off off", ATTACH_TO_HOOKS_ON)
     finally:
         assert "Traceback" not in program.close()
+
+
+@pytest.mark.bpf
+def test_a_return_whose_entry_is_not_on_top_ends_the_frames_above_it(monkeypatch, tmp_path: Path):
+    """What a thread that switches stacks (greenlets) does to the per-thread stacks of
+    usdtkit/instrument/calls.py, driven directly here: the frames above the returning one are
+    dropped, and a return with no entry fires nothing."""
+    from usdtkit.instrument.calls import make_calls
+    from usdtkit.instrument.instrumentation import declare
+
+    monkeypatch.setenv("USDTKIT_RUNTIME_DIR", str(tmp_path / "run"))
+    provider, entry, ret = declare()
+    try:
+        enter, leave = make_calls(entry, ret)
+        a, b, c = ((name, b"file.py", line) for line, name in enumerate((b"m:a", b"m:b", b"m:c"), 1))
+        with trace(f"usdt:{provider.path}:pycalls:function__entry", f"usdt:{provider.path}:pycalls:function__return",
+                   pid=os.getpid(), strings=["arg0"]) as session:
+            enter(a)
+            enter(b)
+            leave(a)  # b's return was never seen
+            leave(b)  # nothing open for b any more
+            enter(c)
+            leave(c)
+            session.run(duration=0.2)
+            got = [(e.probe.split("__")[1], e.args[0], e.args[3]) for e in session.events]
+        assert got == [("entry", "m:a", 0), ("entry", "m:b", 1), ("return", "m:a", 0),
+                       ("entry", "m:c", 0), ("return", "m:c", 0)]
+    finally:
+        provider.close()
