@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 from typing import Dict, List
 
@@ -58,6 +59,13 @@ def test_a_script_runs_as_python_runs_it(tmp_path: Path, env: Dict[str, str]):
         assert ours.stderr.splitlines()[-1:] == plain.stderr.splitlines()[-1:]
     assert "ValueError: boom" in ours.stderr and "Traceback" in ours.stderr
     assert plain.stdout.splitlines()[1].split()[0] == str(tmp_path / "app")  # sys.path[0]: the script's folder
+    (tmp_path / "app" / "__main__.py").write_text(SHOW)
+    with zipfile.ZipFile(tmp_path / "app.zip", "w") as archive:
+        archive.write(tmp_path / "app" / "__main__.py", "__main__.py")
+    for target in ("app", "app.zip"):  # a folder or a zip file with a __main__.py
+        plain = run([target, "5"], env, tmp_path)
+        ours = instrumented([target, "5"], env, tmp_path)
+        assert (ours.returncode, ours.stdout) == (plain.returncode, plain.stdout) and plain.returncode == 5
 
 
 def test_a_module_runs_as_python_dash_m_runs_it(tmp_path: Path, env: Dict[str, str]):

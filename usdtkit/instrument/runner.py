@@ -22,6 +22,7 @@ import os
 import runpy
 import sys
 import types
+import zipfile
 from typing import List, Optional, Sequence, Tuple
 
 from ..errors import UsageError, UsdtkitError
@@ -87,8 +88,8 @@ def _check_script(path: str) -> None:
         raise UsageError(f"can't open file {path!r}: no such file")
 
 
-def _check_module(name: str) -> str:
-    """The file ``python -m name`` would run (a package runs its ``__main__``)."""
+def _check_module(name: str) -> None:
+    """That ``python -m name`` would find something to run (a package runs its ``__main__``)."""
     try:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations is not None:
@@ -97,7 +98,6 @@ def _check_module(name: str) -> str:
         raise UsageError(f"module {name!r}: {exc}") from exc
     if spec is None:
         raise UsageError(f"no module named {name!r}")
-    return spec.origin or name
 
 
 def _share_scope(include: Optional[List[str]], exclude: Optional[List[str]]) -> None:
@@ -133,7 +133,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             root = os.getcwd()
         else:
             _check_script(args.script)
-            root = os.path.dirname(os.path.abspath(args.script))
+            script = os.path.abspath(args.script)
+            root = script if os.path.isdir(script) else os.path.dirname(script)
         _share_scope(args.include, args.exclude)
         enable(args.include, args.exclude, root=root)
     except UsdtkitError as exc:
@@ -144,10 +145,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runpy.run_module(args.module, run_name="__main__", alter_sys=True)
     else:
         sys.argv = [args.script, *program_args]
-        if not sys.flags.safe_path:
-            sys.path[0] = os.path.dirname(os.path.abspath(args.script))
-        if os.path.isfile(args.script):
+        if os.path.isfile(args.script) and not zipfile.is_zipfile(args.script):
+            if not sys.flags.safe_path:
+                sys.path[0] = os.path.dirname(os.path.abspath(args.script))
             _run_file(args.script)
-        else:  # a folder or zip file with a __main__.py
-            runpy.run_path(args.script, run_name="__main__")
+        else:  # a folder or zip file with a __main__.py: imported from it, as python itself does
+            if sys.flags.safe_path:
+                sys.path.insert(0, os.path.abspath(args.script))
+            else:
+                sys.path[0] = os.path.abspath(args.script)
+            runpy._run_module_as_main("__main__", alter_argv=False)  # type: ignore[attr-defined]
     return 0
