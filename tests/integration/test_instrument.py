@@ -400,3 +400,32 @@ def test_a_return_whose_entry_is_not_on_top_ends_the_frames_above_it(monkeypatch
                        ("entry", "m:c", 0), ("return", "m:c", 0)]
     finally:
         provider.close()
+
+
+FORKS = '''\
+import os, sys, threading
+if sys.argv[1:] == ["with-a-thread"]:
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+print("forked")
+'''
+
+
+@pytest.mark.parametrize("argument", ["", "with-a-thread"])
+def test_forking_warns_as_without_usdtkit(python: str, instrument_env: Dict[str, str], tmp_path: Path,
+                                          argument: str):
+    """3.12+ warns when a multi-threaded process forks: the watcher thread must not make a program
+    that has no threads of its own warn, nor hide the warning from one that has."""
+    (tmp_path / "forks.py").write_text(FORKS)
+
+    def stderr(*prefix: str) -> List[str]:
+        ran = subprocess.run([python, *prefix, "forks.py", argument], cwd=str(tmp_path), env=instrument_env,
+                             capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0 and ran.stdout == "forked\n", ran.stderr
+        return [re.sub(r"pid=\d+", "pid=N", line) for line in ran.stderr.splitlines()]
+
+    assert stderr("-m", "usdtkit.instrument") == stderr()
