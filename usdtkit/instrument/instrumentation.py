@@ -9,7 +9,7 @@ is kept after it: code objects of a program that compiles code at run time are n
 from __future__ import annotations
 
 import threading
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from ..provider import Probe, Provider
 from . import hooks
@@ -47,8 +47,8 @@ class Instrumentation:
         self._provider, self._entry, self._return = declare()
         self._watcher = self._start_watcher()
 
-    def _start_watcher(self) -> Watcher:
-        watcher = Watcher(self._is_traced, self._switch, self._hooks.refresh, self._interval)
+    def _start_watcher(self, prepare: Optional[Callable[[], None]] = None) -> Watcher:
+        watcher = Watcher(self._is_traced, self._switch, self._hooks.refresh, self._interval, prepare)
         watcher.start()
         return watcher
 
@@ -114,11 +114,16 @@ class Instrumentation:
         the child drops that mapping and loads the object anew, with counts that are its own (0,
         or the tracers attached to every process that maps the file); ``-p CHILD`` then traces it
         like any process.  Frames the child inherited in progress are not on the new stacks, so
-        their returns fire nothing.
+        their returns fire nothing.  Only the hooks are turned off here; the reload (milliseconds:
+        a file checked, objects unmapped and mapped) is the new watcher's first task, so a child
+        that runs ``exec`` at once does not wait for it.
         """
         self._lock = threading.Lock()
         self._on = threading.Event()
         self._hooks.off()
-        self._provider.close()
+        self._watcher = self._start_watcher(prepare=self._reload)
+
+    def _reload(self) -> None:
+        old = self._provider
+        old.close()
         self._provider, self._entry, self._return = declare()
-        self._watcher = self._start_watcher()

@@ -6,7 +6,8 @@ process: no file descriptor becomes readable, no signal arrives.  So a daemon th
 ``interval`` seconds, reads the semaphores, and calls ``changed(True)`` when one became nonzero,
 ``changed(False)`` when all are zero again, and ``refresh()`` at every poll while traced.  Hooks are
 thus on at most about ``interval`` after an attach (plus up to the interpreter's switch interval,
-5 ms, to get the GIL from a busy thread), and off as soon after the last detach.
+5 ms, to get the GIL from a busy thread), and off as soon after the last detach.  The program sees
+one more thread, a daemon named ``usdtkit-instrument``.
 
 While nobody traces, each poll is one wake-up from a timed lock acquire and two memory reads with
 the GIL held, and nothing at all runs on the program's threads: bench/bench_instrument.py measures
@@ -27,7 +28,9 @@ class Watcher:
     """The polling thread; :meth:`stop` ends it."""
 
     def __init__(self, traced: Callable[[], bool], changed: Callable[[bool], None],
-                 refresh: Callable[[], None], interval: float = INTERVAL) -> None:
+                 refresh: Callable[[], None], interval: float = INTERVAL,
+                 prepare: Optional[Callable[[], None]] = None) -> None:
+        self._prepare = prepare  # run first on the thread, before any poll
         self._traced = traced
         self._changed = changed
         self._refresh = refresh
@@ -51,6 +54,12 @@ class Watcher:
 
     def _run(self) -> None:
         traced = False
+        try:
+            if self._prepare is not None:
+                self._prepare()
+        except Exception as exc:
+            print(f"usdtkit.instrument: {exc}; functions are not traced in this process", file=sys.stderr)
+            return
         while not self._running.acquire(timeout=self._interval):
             try:
                 now = self._traced()
