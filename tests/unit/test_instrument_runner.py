@@ -52,6 +52,10 @@ def instrumented(argv: List[str], env: Dict[str, str], cwd: Path) -> subprocess.
 def test_a_script_runs_as_python_runs_it(tmp_path: Path, env: Dict[str, str]):
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "show.py").write_text(SHOW)
+    (tmp_path / "app" / "broken.py").write_text("def f(:\n")
+    plain, ours = run(["app/broken.py"], env, tmp_path), instrumented(["app/broken.py"], env, tmp_path)
+    assert (ours.returncode, ours.stderr) == (plain.returncode, plain.stderr) == (1, plain.stderr)
+    assert "SyntaxError" in plain.stderr
     for args in (["3", "--include", "x"], ["0"], ["raise", "-m"]):
         plain = run(["app/show.py", *args], env, tmp_path)
         ours = instrumented(["app/show.py", *args], env, tmp_path)
@@ -85,7 +89,7 @@ def test_a_module_runs_as_python_dash_m_runs_it(tmp_path: Path, env: Dict[str, s
 
 @pytest.mark.parametrize("argv,message", [
     ([], "give one program to run: SCRIPT or -m MODULE"),
-    (["missing.py"], "can't open file 'missing.py': no such file"),
+    (["missing.py"], "can't open file 'missing.py': No such file or directory"),
     (["-m", "no_such_module_here"], "no module named 'no_such_module_here'"),
     (["--include", "", "app.py"], "include: '' is not a glob"),
     (["--bogus", "app.py"], "unrecognized arguments: --bogus"),

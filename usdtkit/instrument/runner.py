@@ -21,6 +21,7 @@ import io
 import os
 import runpy
 import sys
+import traceback
 import types
 import zipfile
 from typing import List, Optional, Sequence, Tuple
@@ -80,12 +81,20 @@ def split_argv(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
     return list(argv[:index]), list(argv[index:])
 
 
-def _check_script(path: str) -> None:
+def _read_script(path: str) -> Optional[types.CodeType]:
+    """A script file's code, read once (None for a folder or zip file, which runpy imports from)."""
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "__main__.py")):
             raise UsageError(f"can't find '__main__' module in {path!r}")
-    elif not os.path.exists(path):
-        raise UsageError(f"can't open file {path!r}: no such file")
+        return None
+    try:
+        if zipfile.is_zipfile(path):
+            return None
+        with io.open_code(os.path.abspath(path)) as source:
+            text = source.read()
+    except OSError as exc:
+        raise UsageError(f"can't open file {path!r}: {exc.strerror or exc}") from exc
+    return compile(text, os.path.abspath(path), "exec", dont_inherit=True)
 
 
 def _check_module(name: str) -> None:
@@ -108,12 +117,10 @@ def _share_scope(include: Optional[List[str]], exclude: Optional[List[str]]) -> 
             os.environ[variable] = ",".join(globs)
 
 
-def _run_file(path: str) -> None:
+def _run_code(code: types.CodeType) -> None:
     """Run a script as ``python path`` does: in a fresh ``__main__`` module, ``__file__`` absolute,
     ``sys.argv[0]`` as given (:func:`runpy.run_path` would set both to the same)."""
-    filename = os.path.abspath(path)
-    with io.open_code(filename) as source:
-        code = compile(source.read(), filename, "exec", dont_inherit=True)
+    filename = code.co_filename
     main = types.ModuleType("__main__")
     main.__dict__.update(__file__=filename, __cached__=None, __builtins__=builtins,
                          __loader__=importlib.machinery.SourceFileLoader("__main__", filename))
@@ -132,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _check_module(args.module)
             root = os.getcwd()
         else:
-            _check_script(args.script)
+            code = _read_script(args.script)
             script = os.path.abspath(args.script)
             root = script if os.path.isdir(script) else os.path.dirname(script)
         _share_scope(args.include, args.exclude)
@@ -140,15 +147,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsdtkitError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except SyntaxError as exc:  # the program's own error, shown as python shows it: no traceback
+        traceback.print_exception(type(exc), exc, None)
+        return 1
     if args.module is not None:
         sys.argv = [args.module, *program_args]  # run_module puts the module's file first
         runpy.run_module(args.module, run_name="__main__", alter_sys=True)
     else:
         sys.argv = [args.script, *program_args]
-        if os.path.isfile(args.script) and not zipfile.is_zipfile(args.script):
+        if code is not None:
             if not sys.flags.safe_path:
-                sys.path[0] = os.path.dirname(os.path.abspath(args.script))
-            _run_file(args.script)
+                sys.path[0] = os.path.dirname(code.co_filename)
+            _run_code(code)
         else:  # a folder or zip file with a __main__.py: imported from it, as python itself does
             if sys.flags.safe_path:
                 sys.path.insert(0, os.path.abspath(args.script))
