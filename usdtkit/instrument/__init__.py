@@ -37,12 +37,12 @@ import atexit
 import os
 import sys
 import threading
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from ..errors import InstrumentError, ProviderError
-from .forking import watch_forks
-from .instrumentation import ENTRY, PROVIDER, RETURN, Instrumentation
-from .scope import Scope
+
+if TYPE_CHECKING:
+    from .instrumentation import Instrumentation
 
 __all__ = ["ENTRY", "PROVIDER", "RETURN", "Instrumentation", "current", "disable", "enable",
            "enable_from_environment"]
@@ -77,6 +77,12 @@ def enable(include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[s
     global _current
     with _lock:
         if _current is None:
+            # Imported here: a process that imports the bootstrap without the variable set, or never
+            # enables, does not load the provider's modules.
+            from .instrumentation import Instrumentation
+            from .scope import Scope
+
+            _watch_process_once()
             scope = Scope(_globs_from(INCLUDE_VARIABLE) if include is None else include,
                           _globs_from(EXCLUDE_VARIABLE) if exclude is None else exclude,
                           root or _default_root())
@@ -120,6 +126,25 @@ def _reset_lock_in_child() -> None:
     _lock = threading.Lock()
 
 
+_watching: list = []
+
+
+def _watch_process_once() -> None:
+    """Forks and exit: registered at the first :func:`enable` (with ``_lock`` held)."""
+    if not _watching:
+        from .forking import watch_forks
+
+        _watching.append(True)
+        watch_forks(current, _forget)
+        atexit.register(disable)
+
+
 os.register_at_fork(after_in_child=_reset_lock_in_child)
-watch_forks(current, _forget)
-atexit.register(disable)
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ENTRY", "PROVIDER", "RETURN", "Instrumentation"):
+        from . import instrumentation
+
+        return getattr(instrumentation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
