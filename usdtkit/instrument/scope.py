@@ -106,12 +106,6 @@ class Scope:
             self._files[filename] = known
         return known
 
-    def describe(self) -> str:
-        """One line for messages: what is in scope."""
-        chosen = (f"functions matching {', '.join(self.include)}" if self.include
-                  else f"__main__ and the code under {self.root}")
-        return chosen + (f", except {', '.join(self.exclude)}" if self.exclude else "")
-
 
 def _encoded(text: str) -> bytes:
     # A probe's string argument is a C string of at most MAX_STRING_BYTES: no NUL; a lone surrogate

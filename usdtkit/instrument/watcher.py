@@ -11,8 +11,8 @@ one more thread, a daemon named ``usdtkit-instrument``.
 
 While nobody traces, each poll is one wake-up from a timed lock acquire and two memory reads with
 the GIL held, and nothing at all runs on the program's threads: bench/bench_instrument.py measures
-an idle instrumented process at under 0.1% of a CPU (60 to 100 us per poll on a virtual machine, most
-of it the kernel waking a thread).  A tracer cannot be noticed without some polling: the kernel's uprobe
+an idle instrumented process at about 0.1% of a CPU (70 to 100 us per poll on a virtual machine,
+most of it the kernel waking a thread).  A tracer cannot be noticed without some polling: the kernel's uprobe
 reference counter has no notification.
 """
 from __future__ import annotations
