@@ -344,6 +344,7 @@ def test_the_scope_decides_which_functions_fire(python: str, instrument_env: Dic
     finally:
         proc.stdin.close()
         proc.wait(timeout=30)
+        proc.stdout.close()
     counts.pop("shop.helpers:tick", None)
     assert counts == wanted
 
