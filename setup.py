@@ -60,6 +60,14 @@ setup(
             extra_compile_args=["-O2", "-Wall", "-Wextra"],
             optional=True,
         ),
+        # Python 3.11 only (3.12+ has sys.monitoring): usdtkit.instrument's profile function, set on
+        # every thread.  Without it, usdtkit.instrument on 3.11 says what is missing.
+        Extension(
+            "usdtkit._native._profile",
+            sources=[os.path.join(NATIVE_DIR, "python", "profile.c")],
+            extra_compile_args=["-O2", "-Wall", "-Wextra"],
+            optional=True,
+        ),
     ],
     cmdclass={"build_ext": BuildNativeLibrary},
 )

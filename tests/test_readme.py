@@ -266,6 +266,25 @@ def _pycalls_cpython(out: str) -> None:
                           ("iterencode", "/usr/lib/python3.11/json/encoder.py", "2000")}
 
 
+def _count_pycalls(out: str) -> None:
+    counts = {row[1]: int(row[2]) for row in _rows(out)}  # demo_apps/pyorders.py, instrumented
+    assert {"__main__:handle", "__main__:Order.__init__", "__main__:Order.total", "__main__:price"} <= set(counts)
+    assert all(name.startswith("__main__:") for name in counts) and counts["__main__:price"] >= counts["__main__:handle"]
+
+
+def _hist_pycalls(out: str) -> None:
+    handle = re.search(r"^pycalls:function__return \[str\(arg0\)=__main__:handle\] arg4: \d+ values.*\n"
+                       r"((?:\[.*\n?)+)", out, re.M)
+    assert handle, out
+    assert [line.split(")")[0] + ")" for line in handle.group(1).splitlines()] == ["[8M, 16M)"]  # 10 ms sleeps
+
+
+def test_the_instrumented_example_is_the_program_shown():
+    """``PID`` in the pycalls examples is the process the README starts (fixtures/cli_examples.py)."""
+    shown = [line.split("  #")[0].strip() for lang, body in BLOCKS if lang == "text" for line in body.splitlines()]
+    assert cli_examples.INSTRUMENTED in shown
+
+
 def test_the_exporter_config_shown_is_the_file_checked():
     (shown,) = [body for lang, body in BLOCKS if lang == "yaml"]
     assert shown == (ROOT / "demo_apps" / "exporter.yaml").read_text()
@@ -316,6 +335,8 @@ CHECKS: Dict[str, Callable[[str], None]] = {
     "usdtkit pycalls --json -p PID -d 1": _pycalls_json,
     "usdtkit pycalls --top 5 -c \"/usr/bin/python3.11 -c 'import json; [json.dumps(i) for i in range(2000)]'\"":
         _pycalls_cpython,
+    "usdtkit count -p PID --by 'str(arg0)' usdt::pycalls:function__return": _count_pycalls,
+    "usdtkit hist -p PID -v arg4 --by 'str(arg0)' usdt::pycalls:function__return": _hist_pycalls,
     "./dev.sh demo": _dev_demo,
     "usdtkit exporter --config demo_apps/exporter.yaml --check": _exporter_check,
 }

@@ -70,3 +70,8 @@ class ProviderError(UsdtkitError):
 class ConfigError(UsageError):
     """A configuration file is unreadable, unsafe or says something invalid; the message names the
     file and the line (``exporter.yaml:12: metric pg_commits: unknown field 'lables'``)."""
+
+
+class InstrumentError(UsdtkitError):
+    """Python functions cannot be instrumented here (interpreter too old, a native part missing), or a
+    program to run under ``python -m usdtkit.instrument`` cannot be found."""

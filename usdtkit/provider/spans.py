@@ -7,7 +7,6 @@ nanoseconds and whether an exception escaped, so a tracer can match the pair by 
 from __future__ import annotations
 
 import functools
-import inspect
 import itertools
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
@@ -70,6 +69,8 @@ class SpanScope:
 
 def wrap(func: F, entry: "Probe", ret: "Probe") -> F:
     """``func`` (sync or async) wrapped with ``entry(id)`` and ``ret(id, duration_ns, raised)``."""
+    import inspect  # here: importing it costs ~10 ms, and every process that loads a provider pays at start
+
     clock = time.perf_counter_ns
     counter = ids
 
