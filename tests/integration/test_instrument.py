@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import glob
+import json
 import os
 import re
 import select
@@ -430,3 +431,56 @@ def test_forking_warns_as_without_usdtkit(python: str, instrument_env: Dict[str,
         return [re.sub(r"pid=\d+", "pid=N", line) for line in ran.stderr.splitlines()]
 
     assert stderr("-m", "usdtkit.instrument") == stderr()
+
+
+def _pycalls(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "usdtkit.cli.main", "pycalls", "--json", "--no-gc", *args],
+                          capture_output=True, text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+@pytest.mark.bpf
+def test_pycalls_on_a_running_instrumented_program_counts_and_times_its_calls(program: Program):
+    """The main use: a program started once under usdtkit.instrument, profiled by pid while it runs."""
+    profiler = subprocess.Popen([sys.executable, "-m", "usdtkit.cli.main", "pycalls", "--json", "--no-gc", "-p",
+                                 str(program.pid), "-d", "6"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        deadline = time.monotonic() + 5
+        while program.ask("state") != "on on":  # attached, and the hooks on
+            assert time.monotonic() < deadline and profiler.poll() is None, "pycalls did not attach"
+            time.sleep(0.02)
+        for command in EXPECTED:
+            assert program.ask(command) == "done"
+        out, err = profiler.communicate(timeout=60)
+    finally:
+        if profiler.poll() is None:
+            profiler.kill()
+            profiler.wait()
+    assert profiler.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["source"] == "pycalls"
+    rows = {row["function"].split(":", 1)[1]: row for row in doc["functions"]}
+    for calls in EXPECTED.values():
+        for function, count in calls.items():
+            assert rows[function]["calls"] == count, (function, rows[function])
+    sleepy = rows["sleepy"]  # two calls of time.sleep(0.05)
+    assert 100e6 <= sleepy["total_ns"] < 180e6 and sleepy["self_ns"] == sleepy["total_ns"]
+    assert 2 ** 25 <= sleepy["p50_ns"] <= 2 ** 27  # the log2 bucket holding 50 ms
+    assert rows["sleeps"]["self_ns"] == rows["sleeps"]["total_ns"] - sleepy["total_ns"]
+
+
+@pytest.mark.bpf
+def test_pycalls_of_a_command_sees_its_calls_from_the_first(instrument_env: Dict[str, str], tmp_path: Path):
+    """-c: the command waits in its provider's load until the probes are attached, and the hooks are on
+    before its first line runs."""
+    script = tmp_path / "first.py"
+    script.write_text("def leaf(i):\n    return i\n\n\ndef main():\n    return sum(leaf(i) for i in range(50))\n\n\n"
+                      "main()\n")
+    env = dict(os.environ, PYTHONPATH=instrument_env["PYTHONPATH"])
+    result = subprocess.run([sys.executable, "-m", "usdtkit.cli.main", "pycalls", "--json", "--no-gc", "-c",
+                             f"{sys.executable} -m usdtkit.instrument {script}"], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    calls = {row["function"]: row["calls"] for row in json.loads(result.stdout)["functions"]}
+    assert calls == {"__main__:<module>": 1, "__main__:main": 1, "__main__:leaf": 50,
+                     "__main__:main.<locals>.<genexpr>": 51}

@@ -45,17 +45,24 @@ class Instrumentation:
         self._on = threading.Event()
         self._closed = False
         self._provider, self._entry, self._return = declare()
-        self._watcher = self._start_watcher()
+        # A tracer may be attached already: a command started by usdtkit waits in load() until its
+        # probes are attached, and its first calls must be seen, not those after the first poll.
+        traced_now = self._is_traced()
+        if traced_now:
+            self._switch(True, this_thread=True)
+        self._watcher = self._start_watcher(traced_now=traced_now)
 
-    def _start_watcher(self, prepare: Optional[Callable[[], None]] = None) -> Watcher:
-        watcher = Watcher(self._is_traced, self._switch, self._hooks.refresh, self._interval, prepare)
+    def _start_watcher(self, prepare: Optional[Callable[[], None]] = None, traced_now: bool = False) -> Watcher:
+        watcher = Watcher(self._is_traced, self._switch, self._hooks.refresh, self._interval, prepare, traced_now)
         watcher.start()
         return watcher
 
     def _is_traced(self) -> bool:
         return bool(self._entry.enabled) or bool(self._return.enabled)
 
-    def _switch(self, on: bool) -> None:
+    def _switch(self, on: bool, this_thread: bool = False) -> None:
+        """Hooks on or off; on from the watcher's thread (every thread but it) or, at start, from the
+        program's (``this_thread``)."""
         with self._lock:
             if self._closed:
                 return
@@ -64,7 +71,7 @@ class Instrumentation:
                 self._hooks.off()
                 return
             try:
-                self._hooks.on(Decider(self.scope), self._entry, self._return)
+                self._hooks.on(Decider(self.scope), self._entry, self._return, this_thread)
             except BaseException:
                 self._hooks.off()
                 raise

@@ -37,7 +37,7 @@ class MonitoringHooks:
         self._tool: Optional[int] = None
         self._events: Tuple[int, ...] = ()
 
-    def on(self, decider: Decider, entry: Probe, ret: Probe) -> None:
+    def on(self, decider: Decider, entry: Probe, ret: Probe, this_thread: bool = False) -> None:
         monitoring: Any = sys.monitoring  # type: ignore[attr-defined]
         events = monitoring.events
         tool = self._tool

@@ -45,7 +45,7 @@ class ProfileHooks:
         self._hook: Optional[Any] = None
         self._new_threads: Any = None
 
-    def on(self, decider: Decider, entry: Probe, ret: Probe) -> None:
+    def on(self, decider: Decider, entry: Probe, ret: Probe, this_thread: bool = False) -> None:
         def decide(frame: Any) -> Any:
             return decider(frame.f_code, frame.f_globals)
 
@@ -62,7 +62,7 @@ class ProfileHooks:
         if threading.getprofile() is None:
             threading.setprofile(new_thread)
             self._new_threads = new_thread
-        native.install(hook, False)  # every thread but the watcher's own
+        native.install(hook, this_thread)  # every thread but the watcher's own (``this_thread``: the caller)
 
     def refresh(self) -> None:
         if self._hook is not None:

@@ -29,8 +29,9 @@ class Watcher:
 
     def __init__(self, traced: Callable[[], bool], changed: Callable[[bool], None],
                  refresh: Callable[[], None], interval: float = INTERVAL,
-                 prepare: Optional[Callable[[], None]] = None) -> None:
+                 prepare: Optional[Callable[[], None]] = None, traced_now: bool = False) -> None:
         self._prepare = prepare  # run first on the thread, before any poll
+        self._traced_now = traced_now  # the hooks were turned on before the thread started
         self._traced = traced
         self._changed = changed
         self._refresh = refresh
@@ -53,7 +54,7 @@ class Watcher:
             thread.join(timeout=5)
 
     def _run(self) -> None:
-        traced = False
+        traced = self._traced_now
         try:
             if self._prepare is not None:
                 self._prepare()
