@@ -433,11 +433,6 @@ def test_forking_warns_as_without_usdtkit(python: str, instrument_env: Dict[str,
     assert stderr("-m", "usdtkit.instrument") == stderr()
 
 
-def _pycalls(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "usdtkit.cli.main", "pycalls", "--json", "--no-gc", *args],
-                          capture_output=True, text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-
-
 @pytest.mark.bpf
 def test_pycalls_on_a_running_instrumented_program_counts_and_times_its_calls(program: Program):
     """The main use: a program started once under usdtkit.instrument, profiled by pid while it runs."""
