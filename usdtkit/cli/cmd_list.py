@@ -93,11 +93,11 @@ def _probe_filter(pattern: Optional[str]) -> Callable[[object], bool]:
 
 def _gather(display: str, open_path: str, args: argparse.Namespace, usdt: bool, functions: bool,
             obj=None) -> Listed:
-    from ..elf.glob import demangled_matcher
+    from ..elf.glob import compile_glob, demangled_matcher
     from ..elf.image import ElfImage
+    from ..elf.index_cache import cached_function_table
     from ..elf.known_issues import issues_in_image
     from ..elf.notes import probes_from_image
-    from ..elf.symbols import function_table
 
     listed = Listed(display, open_path, obj)
     with ElfImage(open_path, display) as image:
@@ -109,10 +109,10 @@ def _gather(display: str, open_path: str, args: argparse.Namespace, usdt: bool, 
                 if issues:
                     listed.issues[probe.qualified_name] = issues
         if functions:
-            if not args.demangle:
-                listed.functions = function_table(image, args.pattern)
-            else:
-                listed.functions = function_table(image)
+            listed.functions = cached_function_table(image)
+            match = None if args.demangle else compile_glob(args.pattern)
+            if match is not None:
+                listed.functions = listed.functions.select(list(map(match, listed.functions.names)))
     if functions and args.demangle:
         from ..elf.demangle import demangle_names
 

@@ -146,6 +146,10 @@ class ElfImage:
         self._fd = fd
         self.size = st.st_size
 
+    def status(self) -> Optional[os.stat_result]:
+        """The status of the open file (what is read, whatever the path names now); None in memory."""
+        return None if self._fd is None else os.fstat(self._fd)
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
