@@ -86,6 +86,28 @@ def test_synthetic_headers_equal_pyelftools(tmp_path, bits, endian):
         assert image.arch == "ppc64"
 
 
+@pytest.mark.parametrize("bits", [32, 64])
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_extended_section_numbering_equals_pyelftools(tmp_path, bits, endian):
+    """e_shnum 0 and e_shstrndx SHN_XINDEX: the real values are section 0's sh_size and sh_link."""
+    import struct
+
+    data = bytearray(elfbuild.probe_elf(bits, endian, symbols=[("f", 0x1000, 4, 0x12, 1)]))
+    word, shoff_at, counts_at, size_at, link_at = (("Q", 40, 60, 32, 40) if bits == 64 else ("I", 32, 48, 20, 24))
+    (shoff,) = struct.unpack_from(endian + word, data, shoff_at)
+    shnum, shstrndx = struct.unpack_from(endian + "HH", data, counts_at)
+    struct.pack_into(endian + word, data, shoff + size_at, shnum)
+    struct.pack_into(endian + "I", data, shoff + link_at, shstrndx)
+    struct.pack_into(endian + "HH", data, counts_at, 0, 0xFFFF)
+    path = tmp_path / "extended"
+    path.write_bytes(bytes(data))
+    _cls, _little, _machine, _etype, sections, _segments = _oracle(str(path))
+    ours = _ours(str(path))
+    assert len(ours[4]) == shnum > 2
+    assert ours[4] == [(s[0], _num(s[1])) + s[2:] for s in sections]
+    assert any(name == ".symtab" for name, *_ in ours[4])
+
+
 def test_build_id_matches_readelf():
     path = "/usr/bin/python3.11"
     if not os.path.exists(path) or shutil.which("readelf") is None:

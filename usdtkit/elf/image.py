@@ -8,11 +8,13 @@ address ``p_vaddr``).  Everything usdtkit discovers is found through these two t
 "file offset" it reports (what the kernel's uprobe interface takes) is a virtual address translated
 through the ``PT_LOAD`` segment containing it: ``offset = vaddr - p_vaddr + p_offset``.
 
-The headers are decoded by pyelftools, through a bounded stream over ``pread``; every count, size
-and offset is checked against the file size before a table is walked, so a corrupt or hostile file
-costs bounded time and memory and fails with :class:`~usdtkit.errors.ElfError` naming the file.  The
-big tables behind the headers (symbols, notes) are decoded in bulk with :mod:`struct` by the modules
-that read them: pyelftools' record-by-record parsing takes over a second for libjvm's 58,000
+The headers are fixed-layout records, decoded with :mod:`struct` (one layout per class and byte
+order) from bytes read with ``pread``; every count, size and offset is checked against the file size
+before a table is walked, so a corrupt or hostile file costs bounded time and memory and fails with
+:class:`~usdtkit.errors.ElfError` naming the file.  Counts too big for the file header (over 65,279
+sections, 65,535 program headers) are kept in section 0, as the ELF spec says.  The big tables
+behind the headers (symbols, notes) are decoded in bulk by the modules that read them: a
+record-by-record parser such as pyelftools takes over a second for libjvm's 58,000
 symbols.  Section contents are read on demand with ``pread``, never ``mmap``: a file shrinking under
 a mapping would kill the process with SIGBUS.
 """
@@ -200,50 +202,56 @@ class ElfImage:
         self.little_endian = ident[5] == 1
         self.endian = "<" if self.little_endian else ">"
         self.addr_size = 8 if self.elfclass == 64 else 4
-        try:
-            self._read_tables()
-        except ElfError:
-            raise
-        except Exception as exc:  # pyelftools' ELFError/ELFParseError, construct and struct errors
-            raise ElfError(f"{self.display}: corrupt ELF headers ({type(exc).__name__}: {exc})") from None
+        self._read_tables()
 
     def _read_tables(self) -> None:
-        """Read the file header, section headers and program headers through pyelftools.
+        """Read the file header and program headers (the section headers wait for first use).
 
-        pyelftools decodes the headers (a few dozen records); the large tables behind them (symbols,
-        notes) are decoded in bulk by the modules that need them.  Every count and range is checked
-        against the file size first, so hostile headers cost bounded time and memory."""
-        from elftools.common.utils import struct_parse
-        from elftools.elf.elffile import ELFFile
-
-        elf = ELFFile(_BoundedStream(self))
-        header = elf.header
-        self.type = _number(header["e_type"], _E_TYPE)
-        self.machine = _number(header["e_machine"], _E_MACHINE)
-        self.entry, self.flags = header["e_entry"], header["e_flags"]
+        Every count and range is checked against the file size first, so hostile headers cost
+        bounded time and memory."""
+        formats = _FORMATS[self.elfclass][self.endian]
+        ehdr, phdr, shdr = formats
+        if self.size < ehdr.size:
+            raise ElfError(f"{self.display}: truncated ELF header ({self.size} bytes)")
+        (_ident, self.type, self.machine, _version, self.entry, phoff, shoff, self.flags, _ehsize, phentsize,
+         phnum, shentsize, shnum, shstrndx) = ehdr.unpack(self.read(0, ehdr.size, "ELF header"))
         self.arch = MACHINES.get(self.machine, f"machine-{self.machine}")
-        shoff, shentsize = header["e_shoff"], header["e_shentsize"]
-        phoff, phentsize = header["e_phoff"], header["e_phentsize"]
-        shnum = elf.num_sections() if shoff else 0
-        phnum = elf.num_segments() if phoff else 0
+        first: Optional[tuple] = None  # section 0 holds the real counts when they overflow the header
+        if shoff and (shnum == 0 or phnum == _PN_XNUM or shstrndx == _SHN_XINDEX):
+            if shentsize < shdr.size:
+                raise ElfError(f"{self.display}: bad section header table entry size {shentsize}"
+                               f" (at least {shdr.size})")
+            first = shdr.unpack(self.read(shoff, shdr.size, "section header 0"))
+        if not shoff:
+            shnum = 0
+        elif shnum == 0 and first is not None:
+            shnum = first[5]
+        if phnum == _PN_XNUM:
+            if first is None:
+                raise ElfError(f"{self.display}: {_PN_XNUM} program headers but no section 0 to count them")
+            phnum = first[7]
+        if not phoff:
+            phnum = 0
+        if shstrndx == _SHN_XINDEX and first is not None:
+            shstrndx = first[6]
         for what, offset, count, size, minimum in (
-                ("section header table", shoff, shnum, shentsize, elf.structs.Elf_Shdr.sizeof()),
-                ("program header table", phoff, phnum, phentsize, elf.structs.Elf_Phdr.sizeof())):
+                ("section header table", shoff, shnum, shentsize, shdr.size),
+                ("program header table", phoff, phnum, phentsize, phdr.size)):
             if count and size < minimum:
                 raise ElfError(f"{self.display}: bad {what} entry size {size} (at least {minimum})")
             if count and (size <= 0 or count * size > self.size - offset):
                 raise ElfError(f"{self.display}: {what} ({count} entries at {offset:#x}) lies outside the file"
                                " (truncated or corrupt)")
-        # Headers are decoded with pyelftools' own structures (struct_parse), without building its
-        # segment and section objects: those look further (a PT_DYNAMIC segment walks every section).
-        segments: List[Segment] = []
-        for i in range(phnum):
-            h = struct_parse(elf.structs.Elf_Phdr, elf.stream, stream_pos=phoff + i * phentsize)
-            segments.append(Segment(_number(h["p_type"], _P_TYPE), h["p_flags"], h["p_offset"], h["p_vaddr"],
-                                    h["p_filesz"], h["p_memsz"], h["p_align"]))
+        table = self.read(phoff, phnum * phentsize, "program header table") if phnum else b""
+        unpack = phdr.unpack_from
+        fields = [unpack(table, i * phentsize) for i in range(phnum)]
+        if self.elfclass == 64:  # p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
+            segments = [Segment(f[0], f[1], f[2], f[3], f[5], f[6], f[7]) for f in fields]
+        else:  # p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags, p_align
+            segments = [Segment(f[0], f[6], f[1], f[2], f[4], f[5], f[7]) for f in fields]
         self.segments = segments
         self.loads = sorted((s for s in segments if s.type == PT_LOAD), key=lambda s: s.vaddr)
-        self._elf, self._shnum = elf, shnum
+        self._shdr, self._shoff, self._shentsize, self._shnum, self._shstrndx = shdr, shoff, shentsize, shnum, shstrndx
         self._sections: Optional[List[Section]] = None
 
     @property
@@ -251,33 +259,25 @@ class ElfImage:
         """The section headers, decoded on first use (the load bias of a mapped object needs only the
         program headers, and a process maps many objects)."""
         if self._sections is None:
-            try:
-                self._sections = self._read_sections()
-            except ElfError:
-                raise
-            except Exception as exc:  # pyelftools' parse errors, as in _parse_headers
-                raise ElfError(f"{self.display}: corrupt section headers ({type(exc).__name__}: {exc})") from None
+            self._sections = self._read_sections()
         return self._sections
 
     def _read_sections(self) -> List[Section]:
-        from elftools.common.utils import struct_parse
-
-        elf = self._elf
-        shoff, shentsize = elf.header["e_shoff"], elf.header["e_shentsize"]
-        headers = [struct_parse(elf.structs.Elf_Shdr, elf.stream, stream_pos=shoff + i * shentsize)
-                   for i in range(self._shnum)]
-        names = [""] * len(headers)
-        index = elf.get_shstrndx() if headers else SHN_UNDEF
+        size, count = self._shentsize, self._shnum
+        table = self.read(self._shoff, count * size, "section header table") if count else b""
+        unpack = self._shdr.unpack_from
+        headers = [unpack(table, i * size) for i in range(count)]
+        names = [""] * count
+        index = self._shstrndx if headers else SHN_UNDEF
         if headers and index != SHN_UNDEF:
-            if index >= len(headers):
+            if index >= count:
                 raise ElfError(f"{self.display}: section name table index {index} out of range")
+            # sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link, sh_info, sh_addralign, sh_entsize
             strtab = headers[index]
-            if _number(strtab["sh_type"], _SH_TYPE) != SHT_NOBITS:
-                table = self.read(strtab["sh_offset"], strtab["sh_size"], "section name table")
-                names = [_cstring(table, h["sh_name"]) for h in headers]
-        return [Section(i, names[i], _number(h["sh_type"], _SH_TYPE), h["sh_flags"], h["sh_addr"], h["sh_offset"],
-                        h["sh_size"], h["sh_link"], h["sh_info"], h["sh_addralign"], h["sh_entsize"])
-                for i, h in enumerate(headers)]
+            if strtab[1] != SHT_NOBITS:
+                names_data = self.read(strtab[4], strtab[5], "section name table")
+                names = [_cstring(names_data, h[0]) for h in headers]
+        return [Section(i, names[i], *h[1:]) for i, h in enumerate(headers)]
 
     # ------------------------------------------------------------------ queries
     def section(self, name: str) -> Optional[Section]:
@@ -392,64 +392,21 @@ def iter_notes(image: ElfImage, data: bytes, align: int, what: str) -> Iterator[
         off = (desc_end + mask) & ~mask
 
 
-class _BoundedStream:
-    """A read-only file object over an :class:`ElfImage`, for pyelftools (reads past the end come back
-    short, which pyelftools reports as a parse error)."""
-
-    def __init__(self, image: "ElfImage") -> None:
-        self._image = image
-        self._pos = 0
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._image.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def read(self, size: int = -1) -> bytes:
-        end = self._image.size if size is None or size < 0 else min(self._image.size, self._pos + size)
-        if end <= self._pos:
-            return b""
-        data = self._image.read(self._pos, end - self._pos, "ELF headers")
-        self._pos = end
-        return data
+_PN_XNUM = 0xFFFF  # e_phnum: the count is in section 0's sh_info
+_SHN_XINDEX = 0xFFFF  # e_shstrndx: the index is in section 0's sh_link
 
 
-def _enum_values(*names: str) -> Dict[str, int]:
-    """Name-to-number tables of pyelftools' enums (it reports known values by name)."""
-    from elftools.elf import enums
-
-    table: Dict[str, int] = {}
-    for name in dir(enums):
-        if any(name.startswith(prefix) for prefix in names) and isinstance(getattr(enums, name), dict):
-            table.update({k: v for k, v in getattr(enums, name).items() if isinstance(v, int)})
-    return table
-
-
-class _LazyEnum(dict):
-    def __init__(self, *prefixes: str) -> None:
-        super().__init__()
-        self._prefixes = prefixes
-
-    def __missing__(self, key: str) -> int:
-        if not self._prefixes:
-            raise KeyError(key)
-        self.update(_enum_values(*self._prefixes))
-        self._prefixes = ()
-        return self[key]
+def _formats(cls: int, endian: str) -> Tuple[struct.Struct, struct.Struct, struct.Struct]:
+    """``Elf{32,64}_Ehdr``, ``_Phdr`` and ``_Shdr`` layouts (the 32-bit program header orders its fields
+    differently)."""
+    if cls == 64:
+        return (struct.Struct(endian + "16sHHIQQQIHHHHHH"), struct.Struct(endian + "IIQQQQQQ"),
+                struct.Struct(endian + "IIQQQQIIQQ"))
+    return (struct.Struct(endian + "16sHHIIIIIHHHHHH"), struct.Struct(endian + "IIIIIIII"),
+            struct.Struct(endian + "IIIIIIIIII"))
 
 
-_E_TYPE = _LazyEnum("ENUM_E_TYPE")
-_E_MACHINE = _LazyEnum("ENUM_E_MACHINE")
-_SH_TYPE = _LazyEnum("ENUM_SH_TYPE")
-_P_TYPE = _LazyEnum("ENUM_P_TYPE")
-
-
-def _number(value: object, table: Dict[str, int]) -> int:
-    """pyelftools gives known enum values as names and unknown ones as numbers: always a number."""
-    return value if isinstance(value, int) else table[value]
+_FORMATS = {cls: {e: _formats(cls, e) for e in "<>"} for cls in (32, 64)}
 
 
 def _cstring(table: bytes, offset: int) -> str:
