@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Tuple
 
@@ -71,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(render(load_config(args.config)))
         return 0
+    import logging  # here, not at the top: every usdtkit command builds this parser
+
     from ..exporter.config import load_config
     from ..exporter.service import Exporter
 
