@@ -328,3 +328,13 @@ def test_python311_function_entry_is_marked_in_text_and_json():
     assert not next(x for x in lines if "python:function__return " in x).endswith("see note)")
     assert f"  note: {issue}" in lines
 
+
+
+def test_listing_imports_only_what_it_uses() -> None:
+    """Start-up is most of a small listing: no other command's module, no pyelftools, no logging."""
+    code = ("import sys; from usdtkit.cli.main import main; main(['list', '--usdt', sys.argv[1]]); "
+            "print(sorted(m for m in sys.modules if m.startswith(('usdtkit.cli.cmd_', 'elftools', 'logging'))))")
+    out = subprocess.run([sys.executable, "-c", code, PYTHON], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "['usdtkit.cli.cmd_list']"

@@ -28,21 +28,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``usdtkit`` parser; given a known ``command``, with that sub-command alone.
+
+    Each sub-command's module and parser cost milliseconds to build, and a one-shot command such as
+    ``usdtkit list`` should not pay for all of them; help and unknown commands get every one.
+    """
     parser = _Parser(
         prog="usdtkit",
         description="Discover, declare and trace USDT probes and uprobes on Linux.",
     )
     parser.add_argument("--version", action="version", version=f"usdtkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in (command,) if command in COMMAND_MODULES else COMMAND_MODULES:
         module = importlib.import_module(f"{__package__}.cmd_{name}")
         module.add_parser(subparsers)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
