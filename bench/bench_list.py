@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Benchmark: list every USDT probe and function symbol of the largest libjvm.so on this machine.
 
-Runs, in one go and N times each (after one warm-up run), ``usdtkit list --json LIB`` as a process,
-the in-process API (``read_usdt_probes`` + ``read_functions``), ``bpftrace -l 'uprobe:LIB:*'``,
-``bpftrace -l 'usdt:LIB:*'``, ``tplist-bpfcc -l LIB``, ``readelf -n`` and ``readelf -Ws``, and prints
-the median wall time of each, its ratio to bpftrace's uprobe listing (the target: usdtkit's full JSON
-listing at most 1.0x) and how many items each printed.
+Runs, in one go and N times each (after one warm-up run), ``usdtkit list --json LIB`` as a process
+with a warm function-table cache and with an empty one, the table listing, the in-process API
+(``read_usdt_probes`` + ``read_functions``), ``bpftrace -l 'uprobe:LIB:*'``, ``bpftrace -l
+'usdt:LIB:*'``, ``tplist-bpfcc -l LIB``, ``readelf -n`` and ``readelf -Ws``, and prints the median wall
+time of each, its ratio to bpftrace's uprobe listing (the target: usdtkit's full JSON listing at most
+0.5x with a warm cache) and how many items each printed.  The default libraries are the largest
+libjvm.so under /usr/lib/jvm, libc and python3.11; the caches used live in temp folders removed after.
 
-    .venv/bin/python bench/bench_list.py [--reps 11] [--lib PATH] [--json]
+    .venv/bin/python bench/bench_list.py [--reps 11] [--lib PATH ...] [--json]
 
 Tools that are missing are reported as such.  bpftrace needs root.  Python children run with
 bytecode caching allowed (as an installed package would), so the warm-up run compiles usdtkit once.
@@ -22,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, List, Optional
 
@@ -53,8 +56,10 @@ class Case:
     """One thing to time: a command line or an in-process callable, and how to count its output."""
 
     def __init__(self, label: str, argv: Optional[List[str]] = None, func: Optional[Callable[[], int]] = None,
-                 count: Optional[Callable[[bytes], int]] = None, needs: Optional[str] = None) -> None:
+                 count: Optional[Callable[[bytes], int]] = None, needs: Optional[str] = None,
+                 cold: bool = False) -> None:
         self.label, self.argv, self.func, self.count, self.needs = label, argv, func, count, needs
+        self.cold = cold  # every run starts with an empty usdtkit cache
         self.times: List[float] = []
         self.items: Optional[int] = None
         self.skipped: Optional[str] = None
@@ -71,8 +76,12 @@ class Case:
         if self.func is not None:
             self.items = self.func()
         else:
-            out = subprocess.run(self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-            elapsed = time.perf_counter() - start
+            with tempfile.TemporaryDirectory(prefix="bench-list-cold-") as cold:
+                if self.cold:
+                    env = dict(env, XDG_CACHE_HOME=cold)
+                start = time.perf_counter()
+                out = subprocess.run(self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+                elapsed = time.perf_counter() - start
             if out.returncode != 0:
                 self.skipped = f"exit status {out.returncode}"
                 return
@@ -103,21 +112,28 @@ def _in_process(lib: str) -> Callable[[], int]:
     return lambda: len(read_usdt_probes(lib)) + len(read_functions(lib))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=11, help="timed repetitions of each case (default 11)")
-    parser.add_argument("--lib", help="ELF file to list (default: the largest libjvm.so under /usr/lib/jvm)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = parser.parse_args()
-    lib = args.lib or largest_libjvm()
-    if lib is None:
-        print("no libjvm.so under /usr/lib/jvm; pass --lib", file=sys.stderr)
-        return 1
+def default_libs() -> List[str]:
+    found = [largest_libjvm()]
+    sys.path.insert(0, ROOT)
+    from usdtkit.elf.targets import resolve_target
+
+    for name in ("libc", "/usr/bin/python3.11"):
+        try:
+            found.append(resolve_target(name))
+        except Exception:  # not installed here: benchmark the others
+            pass
+    return [lib for lib in found if lib]
+
+
+def bench(lib: str, reps: int, env: dict) -> List[dict]:
+    """Time every case on ``lib``; one result row per case."""
     tplist = shutil.which("tplist-bpfcc") and "tplist-bpfcc" or "tplist"
     usdtkit = usdtkit_argv()
     cases = [
-        Case("usdtkit list --json LIB (process)", usdtkit + ["list", "--json", lib], count=_usdtkit_json),
-        Case("usdtkit list LIB (table, process)", usdtkit + ["list", lib], count=None),
+        Case("usdtkit list --json LIB (warm cache)", usdtkit + ["list", "--json", lib], count=_usdtkit_json),
+        Case("usdtkit list --json LIB (cold cache)", usdtkit + ["list", "--json", lib], count=_usdtkit_json,
+             cold=True),
+        Case("usdtkit list LIB (table, warm cache)", usdtkit + ["list", lib], count=None),
         Case("usdtkit API in-process (probes+functions)", func=_in_process(lib)),
         Case("bpftrace -l 'uprobe:LIB:*'", ["bpftrace", "-l", f"uprobe:{lib}:*"], count=_lines(b"uprobe:"),
              needs="bpftrace"),
@@ -127,12 +143,11 @@ def main() -> int:
         Case("readelf -n LIB", ["readelf", "-n", lib], count=lambda out: out.count(b"Provider:"), needs="readelf"),
         Case("readelf -Ws LIB", ["readelf", "-Ws", lib], count=_readelf_funcs, needs="readelf"),
     ]
-    env = child_env()
     active = [c for c in cases if c.available()]
-    for case in active:  # warm-up: page cache, .pyc files
+    for case in active:  # warm-up: page cache, .pyc files, the warm usdtkit cache
         case.run_once(env)
         case.times.clear()
-    for _ in range(args.reps):  # interleaved, so a noisy moment hits every case alike
+    for _ in range(reps):  # interleaved, so a noisy moment hits every case alike
         for case in active:
             if case.skipped is None:
                 case.run_once(env)
@@ -149,10 +164,11 @@ def main() -> int:
             "items": case.items,
             "skipped": case.skipped,
         })
-    if args.json:
-        print(json.dumps({"lib": lib, "size": os.path.getsize(lib), "reps": args.reps, "results": rows}, indent=2))
-        return 0
-    print(f"{lib} ({os.path.getsize(lib) / 1e6:.1f} MB), median of {args.reps} runs")
+    return rows
+
+
+def print_table(lib: str, reps: int, rows: List[dict]) -> None:
+    print(f"{lib} ({os.path.getsize(lib) / 1e6:.1f} MB), median of {reps} runs")
     width = max(len(r["case"]) for r in rows)
     print(f"{'case':<{width}}  {'median':>9}  {'vs bpftrace':>11}  {'items':>7}")
     for r in rows:
@@ -162,6 +178,31 @@ def main() -> int:
         ratio = f"{r['ratio_vs_bpftrace_uprobe']:.2f}x" if r["ratio_vs_bpftrace_uprobe"] else "n/a"
         items = "" if r["items"] is None else str(r["items"])
         print(f"{r['case']:<{width}}  {r['median_s'] * 1e3:>7.1f}ms  {ratio:>11}  {items:>7}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=11, help="timed repetitions of each case (default 11)")
+    parser.add_argument("--lib", action="append",
+                        help="ELF file to list, repeatable (default: the largest libjvm.so, libc, python3.11)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    libs = args.lib or default_libs()
+    if not libs:
+        print("no libjvm.so, libc or python3.11 found; pass --lib", file=sys.stderr)
+        return 1
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-list-warm-") as warm:
+        env = dict(child_env(), XDG_CACHE_HOME=warm)
+        for n, lib in enumerate(libs):
+            rows = bench(lib, args.reps, env)
+            results.append({"lib": lib, "size": os.path.getsize(lib), "reps": args.reps, "results": rows})
+            if not args.json:
+                if n:
+                    print()
+                print_table(lib, args.reps, rows)
+    if args.json:
+        print(json.dumps(results, indent=2))
     return 0
 
 
