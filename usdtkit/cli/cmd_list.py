@@ -1,7 +1,8 @@
 """``usdtkit list``: what can be probed in a file, a library or a running process.
 
 Lists USDT probes (every call site, with its argument spec) and function symbols (uprobe targets), as an
-aligned table or one JSON document.  Discovery only reads files: no root, no bcc, no kernel support.
+aligned table or one JSON document.  Discovery only reads files (and keeps decoded function tables in
+the private cache): no root, no bcc, no kernel support.
 Kept fast on purpose (libjvm's 58,000 functions in well under bpftrace's time): big symbol tables are
 handled in columns and serialised without building one object per function.
 """
@@ -42,6 +43,9 @@ binary, semaphore and locations (address, base, semaphore, arguments, file_offse
 known_issues (one line each) when it is known to misfire in this build; a function has name, address,
 size, file_offset, binding, ifunc, version, source, demangled, binary.  With -p, entries also carry pid
 and open_path, and "objects" lists the mapped objects with their load bias.
+
+The functions of a file with a .symtab are kept in usdtkit's private cache folder (~/.cache/usdtkit/index,
+one entry per file version: device, inode, size, mtime, ctime), so listing it again skips decoding them.
 
 (ifunc) in the table marks an indirect function (glibc's strlen, memcpy...): its symbol is a resolver
 run once at load time to pick the implementation (__strlen_avx2...) that every call then goes to.
