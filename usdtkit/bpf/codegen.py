@@ -46,7 +46,7 @@ from ..plan.buckets import LOG2_NEGATIVE, SUM_SLOT, sum_slot
 from ..plan.plan import AttachPlan, pointer_like
 from ..plan.resolve import ResolvedProbe, Site
 from . import follow
-from .filter_c import FilterC, FilterHelpers, arg_signed, u64_literal
+from .filter_c import BUILTIN_C, FilterC, FilterHelpers, arg_signed, u64_literal
 from .layout import (STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_PAIRED, STAT_READ_ERRORS, STAT_UNMATCHED, STATS_PER_PROBE,
                      Attachment, MapLayout, Member, ProgramLayout, StructLayout, key_members, string_buffer)
 
@@ -70,9 +70,6 @@ def _key_word(index: int) -> str:
 
 class UnreadableArgument(TargetError):
     """An argument location of the target that this backend cannot read; refused before attaching."""
-
-
-_u64 = u64_literal
 
 
 def _reg(register: Register) -> str:
@@ -101,7 +98,7 @@ def read_arg(index: int, arg: Arg, site: Site) -> str:
     if isinstance(loc, Unsupported):
         raise UnreadableArgument(f"argument {index} ({arg.raw}): {loc.reason}")
     if isinstance(loc, Constant):
-        return f"args[{index}] = {_extend(_u64(loc.value), arg.size, arg.signed)};"
+        return f"args[{index}] = {_extend(u64_literal(loc.value), arg.size, arg.signed)};"
     if isinstance(loc, RegisterValue):
         reg = loc.register
         value = _reg(reg)
@@ -111,7 +108,7 @@ def read_arg(index: int, arg: Arg, site: Site) -> str:
         value = f"(u64)(u{width})({value})" if width < 64 else value
         return f"args[{index}] = {_extend(value, arg.size, arg.signed)};"
     if isinstance(loc, Memory):
-        address = f"{_reg(loc.base)} + {_u64(loc.offset)}" if loc.base is not None else _u64(loc.offset)
+        address = f"{_reg(loc.base)} + {u64_literal(loc.offset)}" if loc.base is not None else u64_literal(loc.offset)
         if loc.index is not None:
             if loc.scale not in (1, 2, 4, 8):
                 raise UnreadableArgument(f"argument {index} ({arg.raw}): scale {loc.scale}")
@@ -120,7 +117,7 @@ def read_arg(index: int, arg: Arg, site: Site) -> str:
         if loc.address is None:
             raise UnreadableArgument(f"argument {index} ({arg.raw}): symbol {loc.symbol} not found in the "
                                      "symbol tables")
-        address = f"ctx->ip + {_u64(loc.address - site.pc)}"
+        address = f"ctx->ip + {u64_literal(loc.address - site.pc)}"
     else:  # pragma: no cover - the model has no other kinds
         raise UnreadableArgument(f"argument {index} ({arg.raw}): unknown location")
     return (
@@ -281,9 +278,7 @@ class Generator:
             if fld.index >= self.nargs:
                 raise UsageError(f"no probe has an argument arg{fld.index}")
             return f"args[{fld.index}]"
-        return {"pid": "pid", "tid": "tid", "cpu": "bpf_get_smp_processor_id()", "probe": "probe",
-                "retval": "retval", "latency": "latency", "cgroup": "bpf_get_current_cgroup_id()",
-                "uid": "(u32)bpf_get_current_uid_gid()", "gid": "(bpf_get_current_uid_gid() >> 32)"}[fld.name]
+        return {**BUILTIN_C, "probe": "probe", "retval": "retval", "latency": "latency"}[fld.name]
 
     def _field_signed(self, fld: Field) -> bool:
         """Whether a histogram field can be negative: a signed argument of some probe, or a retval."""
@@ -380,15 +375,15 @@ class Generator:
                 out.append(f"    {kind} v = ({kind})value;")
                 for index, bound in enumerate(hist.bounds):
                     keyword = "if" if index == 0 else "else if"
-                    out.append(f"    {keyword} (v <= ({kind}){_u64(bound)}) key->slot = {index};")
+                    out.append(f"    {keyword} (v <= ({kind}){u64_literal(bound)}) key->slot = {index};")
                 out.append(f"    else key->slot = {len(hist.bounds)};")
             else:
                 buckets = hist.buckets
                 kind = "s64" if signed or hist.low < 0 else "u64"
                 out += [f"    {kind} v = ({kind})value;",
-                        f"    if (v < ({kind}){_u64(hist.low)}) key->slot = 0;",
-                        f"    else if (v >= ({kind}){_u64(hist.high)}) key->slot = {buckets + 1};",
-                        f"    else key->slot = 1 + (u32)((u64)(v - ({kind}){_u64(hist.low)}) / {_u64(hist.step)});"]
+                        f"    if (v < ({kind}){u64_literal(hist.low)}) key->slot = 0;",
+                        f"    else if (v >= ({kind}){u64_literal(hist.high)}) key->slot = {buckets + 1};",
+                        f"    else key->slot = 1 + (u32)((u64)(v - ({kind}){u64_literal(hist.low)}) / {u64_literal(hist.step)});"]
             out += ["    u64 zero = 0, *count = hist.lookup_or_try_init(key, &zero);",
                     f"    if (count) __sync_fetch_and_add(count, 1); else usdtkit_stat(probe, {STAT_LOST_KEYS});"]
             if hist.sum:
@@ -479,8 +474,9 @@ class Generator:
         out = []
         for p_index, probe in enumerate(plan.probes):
             groups: Dict[Tuple[str, ...], List[Site]] = {}
+            needed = needed_args(plan, p_index)
             for site in probe.sites:
-                groups.setdefault(_site_reads(probe, site, needed_args(plan, p_index)), []).append(site)
+                groups.setdefault(_site_reads(probe, site, needed), []).append(site)
             for g_index, (reads, sites) in enumerate(groups.items()):
                 body = self._prologue() + [f"    {r}" for r in reads]
                 if probe.ref.is_return:

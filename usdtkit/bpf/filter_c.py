@@ -23,6 +23,12 @@ from ..expr.tree import Arg, Binary, Builtin, Cast, Int, Node, Str, Unary
 from ..plan.resolve import ResolvedProbe
 from .layout import STAT_READ_ERRORS
 
+# The C of each integer builtin, in an entry function (whose locals hold pid and tid): filters and keys
+# read them alike.
+BUILTIN_C = {
+    "pid": "pid", "tid": "tid", "uid": "(u32)bpf_get_current_uid_gid()", "gid": "(bpf_get_current_uid_gid() >> 32)",
+    "cpu": "bpf_get_smp_processor_id()", "cgroup": "bpf_get_current_cgroup_id()",
+}
 _ON_STACK_WORDS = 4  # string buffers up to 32 bytes live on the BPF stack, bigger ones in a per-CPU slot
 
 
@@ -133,12 +139,9 @@ class FilterC:
             signed = bool(arg_signed(self.probe, node.index)) and self.probe.ref.is_usdt
             return (f"(s64)args[{node.index}]" if signed else f"args[{node.index}]"), signed
         if isinstance(node, Builtin):
-            return {
-                "pid": ("(u64)pid", False), "tid": ("(u64)tid", False), "retval": ("(s64)retval", True),
-                "uid": ("(u64)(u32)bpf_get_current_uid_gid()", False),
-                "gid": ("(bpf_get_current_uid_gid() >> 32)", False),
-                "cpu": ("(u64)bpf_get_smp_processor_id()", False), "cgroup": ("bpf_get_current_cgroup_id()", False),
-            }[node.name]
+            if node.name == "retval":
+                return "(s64)retval", True
+            return f"(u64)({BUILTIN_C[node.name]})", False
         if isinstance(node, Cast):
             inner, _ = self.value(node.operand)
             if node.bits == 64:
