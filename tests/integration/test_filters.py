@@ -41,6 +41,7 @@ class Hit:
     arg0: int  # int32, n - 25: negative for the first target
     arg1: int  # uint64, on both sides of 2**63
     retval: int  # int64, 3n - 40
+    name: str = ""  # the string argument, arg2
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,9 @@ def _threads(targets: List[subprocess.Popen]) -> Threads:
 def _hits(proc: subprocess.Popen, output: str) -> List[Hit]:
     hits = []
     for line in output.splitlines():
-        word, tid, cpu, comm, arg0, arg1, retval, _name = line.split()
+        word, tid, cpu, comm, arg0, arg1, retval, name = line.split()
         assert word == "hit"
-        hits.append(Hit(proc.pid, int(tid), int(cpu), comm, int(arg0), int(arg1), int(retval)))
+        hits.append(Hit(proc.pid, int(tid), int(cpu), comm, int(arg0), int(arg1), int(retval), name))
     return hits
 
 
@@ -229,3 +230,63 @@ def test_a_filtered_call_is_neither_timed_nor_a_loss(hello, expr, timed):
     for stats in doc["stats"].values():
         assert stats["unmatched"] == stats["unfinished"] == 0, doc["stats"]
     assert "without a start" not in result.stderr and "without a done" not in result.stderr
+
+
+def _c_div(a: int, b: int) -> int:
+    """C's division: truncated toward zero."""
+    quotient = abs(a) // abs(b)
+    return quotient if (a < 0) == (b < 0) else -quotient
+
+
+LONG_NAME = "a-name-longer-than-sixty-four-bytes-which-some-tools-cut-at-64-bytes.."
+# Forms bpftrace defines otherwise (signed USDT arguments, whole strings), checked against the target's own
+# account: signed division and remainder, an arithmetic shift, strings compared whole (a 70-byte literal
+# needs the per-CPU buffer) and cut.
+SIGNED_FORMS: Dict[str, Callable[[Hit], bool]] = {
+    "arg0 / 4 == -6": lambda h: _c_div(h.arg0, 4) == -6,
+    "arg0 % 4 == -1": lambda h: h.arg0 - 4 * _c_div(h.arg0, 4) == -1,
+    "-7 / arg0 == 0": lambda h: h.arg0 != 0 and _c_div(-7, h.arg0) == 0,
+    "arg0 >> 2 == -7": lambda h: h.arg0 >> 2 == -7,
+    "arg0 < 0": lambda h: h.arg0 < 0,
+    f'str(arg2) == "{LONG_NAME}"': lambda h: h.name == LONG_NAME,
+    f'str(arg2) == "{LONG_NAME[:-1]}"': lambda h: h.name == LONG_NAME[:-1],
+    f'str(arg2, 40) == "{LONG_NAME[:40]}"': lambda h: h.name[:40] == LONG_NAME[:40],
+    'str(arg2, 5) == "alpha"': lambda h: h.name[:5] == "alpha",
+    "(int64)retval / -3 >= 10": lambda h: _c_div(h.retval, -3) >= 10,
+}
+
+
+@pytest.mark.bpf
+def test_signed_arithmetic_and_whole_strings_keep_what_the_target_reports(build_c):
+    binary = build_c("filter_target.c", "-pthread")
+    targets = _start(binary)
+    try:
+        _threads(targets)
+        with contextlib.ExitStack() as stack:
+            sessions = {text: stack.enter_context(trace((URETPROBE if "retval" in text else USDT).format(binary=binary),
+                                                        events=False, filters=[text]))
+                        for text in SIGNED_FORMS}
+            for proc in targets:
+                proc.stdin.write("g")
+                proc.stdin.close()
+            hits: List[Hit] = []
+            for proc in targets:
+                output = proc.stdout.read()
+                assert proc.wait(timeout=20) == 0
+                hits += _hits(proc, output)
+            counted = {}
+            for text, session in sessions.items():
+                (stats,) = session.stats().values()
+                assert stats.read_errors == 0, text
+                counted[text] = stats.hits
+    finally:
+        for proc in targets:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+            proc.stdout.close()
+    predicted = {text: sum(1 for hit in hits if keep(hit)) for text, keep in SIGNED_FORMS.items()}
+    assert counted == predicted
+    # a whole string never equals its own prefix; every other form keeps some hits and drops others
+    assert predicted.pop(f'str(arg2) == "{LONG_NAME[:-1]}"') == 0
+    assert all(0 < n < len(hits) for n in predicted.values()), (predicted, len(hits))
