@@ -47,8 +47,8 @@ from ..plan.plan import AttachPlan, pointer_like
 from ..plan.resolve import ResolvedProbe, Site
 from . import follow
 from .filter_c import BUILTIN_C, FilterC, FilterHelpers, arg_signed, u64_literal
-from .layout import (STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_PAIRED, STAT_READ_ERRORS, STAT_UNMATCHED, STATS_PER_PROBE,
-                     Attachment, MapLayout, Member, ProgramLayout, StructLayout, key_members, string_buffer)
+from .layout import (CALLER_MEMBER, STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_PAIRED, STAT_READ_ERRORS,
+                     STAT_UNMATCHED, STATS_PER_PROBE, Attachment, MapLayout, Member, ProgramLayout, StructLayout, key_members, string_buffer)
 
 COUNT_MAP_ENTRIES = 65536
 STACK_MAP_ENTRIES = 16384
@@ -187,7 +187,9 @@ class Generator:
         self._lines: List[str] = []
         self.filter_helpers = FilterHelpers()
         self.record = self._record_layout() if plan.events else None
-        self.count_key = (StructLayout("usdtkit_count_key", key_members(plan.count_by, plan.string_size, COMM_LEN))
+        self.entry_probes = [i for i, p in enumerate(plan.probes) if p.at_function_entry]
+        self.count_key = (StructLayout("usdtkit_count_key", key_members(plan.count_by, plan.string_size, COMM_LEN,
+                                                                        entry_callers=bool(self.entry_probes)))
                           if plan.count_by else None)
         hist_fields = list(plan.hist.by_fields) if plan.hist is not None else []
         self.hist_key = None
@@ -303,7 +305,14 @@ class Generator:
         if fld.name == "comm":
             return f"    bpf_get_current_comm(&{member}, sizeof({member}));"
         if fld.name == "ustack":
-            return f"    {member} = (u64)(s64)stacks.get_stackid(ctx, BPF_F_USER_STACK);"
+            walk = f"    {member} = (u64)(s64)stacks.get_stackid(ctx, BPF_F_USER_STACK);"
+            if not self.entry_probes:
+                return walk
+            at_entry = ("1" if len(self.entry_probes) == len(self.plan.probes)
+                        else " || ".join(f"probe == {i}" for i in self.entry_probes))
+            # A failed read leaves 0: the stack is kept as walked.
+            return (f"{walk}\n    if ({at_entry}) bpf_probe_read_user(&key->{CALLER_MEMBER}, sizeof(u64), "
+                    "(void *)ctx->sp);")
         if fld.name == "str":
             self._value_of(Field("arg", fld.index))  # validates the index
             failed = f"{{ {member}[0] = 0; key->errs |= {1 << bit}U; }}"

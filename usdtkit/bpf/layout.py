@@ -171,10 +171,22 @@ class ProgramLayout:
         return probe * STATS_PER_PROBE + which
 
 
-def key_members(fields: Sequence[Field], string_size: int, comm_len: int) -> Tuple[Member, ...]:
+#: At a function's first instruction the frame pointer is still the caller's, so a frame-pointer walk
+#: goes from the function straight to its caller's caller: the caller is missing.  Its return address
+#: is the word at the stack pointer; keys of stacks taken there carry it, and readers put it back as the
+#: second frame (0: not an entry probe, nothing to put back).
+CALLER_MEMBER = "k_ucaller"
+
+
+def key_members(fields: Sequence[Field], string_size: int, comm_len: int,
+                entry_callers: bool = False) -> Tuple[Member, ...]:
     """Members of a map key holding ``fields`` after ``probe`` and ``errs`` (a bit per field whose read
-    failed): numbers first, then text, so there is no padding between members."""
+    failed): numbers first, then text, so there is no padding between members.  With
+    ``entry_callers``, a ``ustack`` field is followed by ``k_ucaller``: the return address a probe at a
+    function's first instruction finds at the stack pointer (see :data:`CALLER_MEMBER`)."""
     numbers = [Member(f"k_{f.key_name}", "u64", field=f) for f in fields if not f.is_string]
+    if entry_callers and any(f.name == "ustack" for f in fields):
+        numbers.append(Member(CALLER_MEMBER, "u64"))
     texts = [Member(f"k_{f.key_name}", "char", comm_len if f.name == "comm" else string_buffer(string_size),
                     field=f) for f in fields if f.is_string]
     return (Member("probe", "u32"), Member("errs", "u32"), *numbers, *texts)

@@ -13,6 +13,7 @@ import importlib
 import math
 from typing import Any, Callable
 
+from . import pictures
 from .examples import HelpFormatter, epilog
 
 
@@ -121,6 +122,7 @@ COUNT_EXAMPLES = epilog(
     "usdtkit count -i 0.2 --top 3 --by arg1 -c 'demo_apps/build/hello_usdt 20' usdt::hello:tick",
     "usdtkit count -F --by pid -c \"sh -c 'demo_apps/build/hello_usdt 2; demo_apps/build/hello_usdt 3'\" "
     "usdt:demo_apps/build/hello_usdt:hello:tick",
+    "usdtkit count -p PID -d 1 --by ustack --flamegraph sleeps.svg --folded sleeps.folded uprobe:libc:nanosleep",
     "usdtkit count --max-probes 100 -c 'demo_apps/build/hello_usdt 3' 'uprobe:libc:str*' 'uprobe:libc:mall*'",
 )
 HIST_EXAMPLES = epilog(
@@ -170,6 +172,7 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
                        "more there are is said")
     _string_size(count, "str(argN) key")
     _interval(count)
+    pictures.add_arguments(count)
     count.set_defaults(func=_runner("run_count"))
 
     hist = _subcommand(subparsers, "hist", HIST_EXAMPLES, help="histogram of an argument or return value",

@@ -24,6 +24,7 @@ from ..tracing.api import trace
 from ..tracing.late import LateSession
 from ..tracing.runloop import RunLoop
 from ..tracing.session import Session
+from . import pictures
 
 
 # --------------------------------------------------------------------------- running a session
@@ -91,6 +92,7 @@ def _collect(session: Session, args: argparse.Namespace, on_tick: Optional[Calla
     it compiles or attaches still detaches cleanly and says what it collected."""
     for warning in [w for s in (*also, session) for w in s.warnings]:
         print(f"warning: {warning}", file=sys.stderr)
+    said = [len(s.warnings) for s in (*also, session)]
     terminated: List[int] = []
 
     def on_term(signum: int, frame: object) -> None:
@@ -122,6 +124,9 @@ def _collect(session: Session, args: argparse.Namespace, on_tick: Optional[Calla
         session.close()  # detaches, and stops a -c command
         for other in also:
             other.close()
+        for done, known in zip((*also, session), said):  # what went wrong while reading the results
+            for warning in done.warnings[known:]:
+                print(f"warning: {warning}", file=sys.stderr)
     if terminated:
         reason = "terminated"
     return {"duration": "done", "detached": "done", "until": "done"}.get(reason, reason)
@@ -230,6 +235,7 @@ def _interval_view(session: Session, args: argparse.Namespace, totals: _Totals):
 
 def run_count(args: argparse.Namespace) -> int:
     fields = [f for f in args.by.split(",") if f.strip()] if args.by else []
+    pictures.check(args, fields)
     session = _session(args, events=False, count_by=fields)
     totals = _Totals()
 
@@ -258,6 +264,7 @@ def run_count(args: argparse.Namespace) -> int:
     _no_hits_hint(session, args)
     if not args.json:
         print(f"({reason})", file=sys.stderr)
+    pictures.write(args, totals.counts, "usdtkit count " + " ".join(args.probes))
     return _check_declared(session)
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..bpf.backend import LoadedProgram
-from ..bpf.layout import PROBE_STATS, STAT_PAIRED, STATS_PER_PROBE, ProgramLayout, StructLayout
+from ..bpf.layout import CALLER_MEMBER, PROBE_STATS, STAT_PAIRED, STATS_PER_PROBE, ProgramLayout, StructLayout
 from ..expr.fields import Field
 from ..plan.buckets import SUM_SLOT, sum_slot
+from ..plan import site_cost
 from ..plan.plan import AttachPlan
 from .results import Counts, Histogram, ProbeStats
 from .symbolize import Symbolizer
@@ -37,6 +38,7 @@ class MapReader:
         self.layout = layout
         self.labels = list(labels)
         self._symbolizer = symbolizer
+        self._adds_caller: Dict[int, bool] = {}
         self.signs = [probe_signs(plan, i) for i in range(len(plan.probes))]
         hist = plan.hist
         # a sum of signed values wraps like the values: read it back as a signed number
@@ -138,7 +140,8 @@ class MapReader:
             return decode_text(bytes(value), self.plan.string_size)[0]  # type: ignore[arg-type]
         if name == "ustack":
             pid = self.plan.pid if self.plan.pid is not None else int(members.get("k_pid", -1))  # type: ignore[arg-type]
-            return self._folded(program, signed64(int(value)), pid)  # type: ignore[call-overload]
+            caller = int(members.get(CALLER_MEMBER, 0))  # type: ignore[call-overload]
+            return self._folded(program, signed64(int(value)), pid, caller, probe)  # type: ignore[call-overload]
         if getattr(fld, "side"):  # read at the start probe: its own argument types
             probe = self.plan.start_indexes()[0]
         signs = self.signs[probe] if probe < len(self.signs) else []
@@ -163,12 +166,28 @@ class MapReader:
                 if pid and not self._symbolizer.knows(pid):
                     self._symbolizer.observe(pid)
 
-    def _folded(self, program: LoadedProgram, stack_id: int, pid: int) -> str:
-        """Root-first frames joined by ``;``: the folded format flame graph tools read."""
+    def _folded(self, program: LoadedProgram, stack_id: int, pid: int, caller: int = 0, probe: int = -1) -> str:
+        """Root-first frames joined by ``;``: the folded format flame graph tools read.  ``caller`` (a
+        return address taken at a function's first instruction) goes back in as the second frame,
+        unless the kernel's walk put it there already."""
         if stack_id < 0:
             return "[no stack]"
-        frames = self.frames(program, stack_id, pid, detail=False)
+        addresses = program.stack(stack_id)
+        if caller and addresses and not (self._kernel_may_add_caller(probe) and addresses[1:2] == [caller]):
+            addresses = [addresses[0], caller, *addresses[1:]]
+        frames = [self._symbolizer.symbolize(pid, address, False) for address in addresses]
         return ";".join(reversed(frames)) or "[empty stack]"
+
+    def _kernel_may_add_caller(self, probe: int) -> bool:
+        """Whether the probe's first instruction is one at which the kernel adds the caller itself
+        (newer kernels do; on older ones the stack's second frame then differs from the caller)."""
+        known = self._adds_caller.get(probe)
+        if known is None:
+            sites = self.plan.probes[probe].sites if 0 <= probe < len(self.plan.probes) else ()
+            known = self._adds_caller[probe] = any(
+                site_cost.kernel_adds_caller(site_cost.read_site(site.attach_path, site.file_offset, 4))
+                for site in sites)
+        return known
 
     def _hist_label(self, row: List[object]) -> Tuple[object, ...]:
         """``(probe, value)``, or ``(probe, value1, value2, ...)`` in the order the fields were given."""

@@ -76,6 +76,13 @@ class ResolvedProbe:
         return self.shown or self.ref.name
 
     @property
+    def at_function_entry(self) -> bool:
+        """Whether the probe sits on a function's first instruction (a uprobe on a named function without
+        an offset): the frame pointer there still belongs to the caller."""
+        ref = self.ref
+        return ref.kind == "uprobe" and ref.address is None and ref.offset == 0
+
+    @property
     def label(self) -> str:
         """The name events and results carry: ``provider:name``, the function (``func+0x10``,
         ``0x1139``, ``ns::Cache::get(int)``), or ``func:return`` for a uretprobe."""

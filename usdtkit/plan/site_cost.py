@@ -62,6 +62,16 @@ def is_rip_relative(code: bytes) -> Optional[bool]:
     return _modrm_is_rip_relative(code[at]) if at < len(code) else None
 
 
+ENDBR64 = bytes.fromhex("f30f1efa")
+
+
+def kernel_adds_caller(code: bytes) -> bool:
+    """Whether the kernel's user stack walk (x86-64, Linux 6.11 and later) adds the caller itself at a
+    uprobe on this instruction: it takes ``push %rbp`` and ``endbr64`` for a function's first
+    instruction and then adds the return address found at the stack pointer."""
+    return code[:1] == b"\x55" or code[:4] == ENDBR64
+
+
 def describe_site(code: bytes) -> Optional[str]:
     """A warning for an expensive site, or None when the site is cheap or unknown."""
     if is_rip_relative(code):

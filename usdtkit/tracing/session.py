@@ -417,12 +417,22 @@ class Session:
 
     # ------------------------------------------------------------------ results
     def _snapshot(self, program: LoadedProgram) -> Dict[str, object]:
-        try:
-            return {"stats": self._reader.stats(program), "counts": self._reader.counts(program),
-                    "hist": self._reader.histograms(program), "per_probe": self._reader.per_probe(program),
-                    **self._follow_state(program)}
-        except Exception:  # reading results must never prevent the detach
-            return {"stats": {}}
+        """Everything the maps hold, read before the detach; a part that cannot be read is said in
+        :attr:`warnings` and the other parts are kept (reading must never prevent the detach)."""
+        out: Dict[str, object] = {"stats": {}}
+        readers = {"stats": self._reader.stats, "counts": self._reader.counts, "hist": self._reader.histograms,
+                   "per_probe": self._reader.per_probe, "follow": self._follow_state}
+        for name, reader in readers.items():
+            try:
+                value = reader(program)
+            except Exception as exc:
+                self.warnings.append(f"could not read the {name} before detaching: {exc}")
+                continue
+            if name == "follow":
+                out.update(value)  # type: ignore[arg-type]
+            else:
+                out[name] = value
+        return out
 
     def _current(self, name: str) -> object:
         if self._program is not None:

@@ -1,0 +1,67 @@
+"""``--flamegraph``, ``--folded`` and ``--speedscope``: counted stacks written as pictures and profiles.
+
+The options are checked before anything is attached (a flame graph needs ``ustack`` among the key
+fields) and the files are written after the counts were printed, so a file that cannot be written
+costs nothing already collected.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING, List, Optional, Sequence
+
+from ..errors import UsageError, UsdtkitError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..collect.results import Counts
+
+_OPTIONS = ("flamegraph", "folded", "speedscope")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("stack pictures (with ustack among the --by fields)")
+    group.add_argument("--flamegraph", metavar="FILE", help="write the counted stacks as a flame graph: one "
+                       "self-contained SVG file (hover for counts, click to zoom, Search or Ctrl-F)")
+    group.add_argument("--folded", metavar="FILE", help="write the counted stacks as folded lines "
+                       "(root;...;leaf COUNT), the input of other flame graph tools")
+    group.add_argument("--speedscope", metavar="FILE", help="write the counted stacks as a speedscope profile "
+                       "(JSON, opens in https://www.speedscope.app or its offline build)")
+
+
+def wanted(args: argparse.Namespace) -> List[str]:
+    return [name for name in _OPTIONS if getattr(args, name, None)]
+
+
+def check(args: argparse.Namespace, fields: Sequence[str]) -> None:
+    """Refuse picture options without stacks to draw, before attaching."""
+    chosen = wanted(args)
+    if chosen and "ustack" not in [f.strip() for f in fields]:
+        raise UsageError(f"--{chosen[0]} needs stacks: add ustack to --by (for example --by ustack or "
+                         "--by comm,ustack)")
+
+
+def write(args: argparse.Namespace, counts: Optional["Counts"], title: str) -> None:
+    """Write every picture asked for; one error line per file that could not be written."""
+    chosen = wanted(args)
+    if not chosen:
+        return
+    from ..collect.results import Counts
+    from ..views import flamegraph, stacks as stack_views
+
+    stacks = stack_views.stacks_of(counts if counts is not None else Counts(("ustack",), {}))
+    failed: List[str] = []
+    for name in chosen:
+        path = getattr(args, name)
+        if name == "flamegraph":
+            text = flamegraph.render(stacks, title=title, subtitle=f"{sum(stacks.values())} hits")
+        elif name == "folded":
+            text = "".join(line + "\n" for line in stack_views.folded_lines(stacks))
+        else:
+            text = json.dumps(stack_views.speedscope(stacks, title), ensure_ascii=False) + "\n"
+        try:
+            with open(path, "w", encoding="utf-8", errors="surrogateescape") as handle:
+                handle.write(text)
+        except OSError as exc:
+            failed.append(f"cannot write --{name} {path}: {exc.strerror or exc}")
+    if failed:
+        raise UsdtkitError("; ".join(failed))
