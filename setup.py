@@ -7,8 +7,11 @@ and wheel layouts right.
 """
 import os
 
+import shutil
+
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 NATIVE_DIR = "native"
 LIB_NAME = "libstapsdt.so"
@@ -31,6 +34,25 @@ class BuildNativeLibrary(build_ext):
         if ext.name == LIB_EXTENSION:  # plain C library: no PyInit_ symbol
             return []
         return super().get_export_symbols(ext)
+
+
+DEMO_DIR = "demo_apps"
+DEMO_FILES = (".c", ".py", ".yaml")  # sources only: demo_apps/build/ holds local binaries
+
+
+class BuildWithDemoSources(build_py):
+    """Copy the demo sources into the built package as ``usdtkit/_demo_apps/``, so that ``usdtkit demo``
+    and the documented examples find them in an installed wheel (a source checkout uses demo_apps/)."""
+
+    def run(self) -> None:
+        super().run()
+        if not os.path.isdir(DEMO_DIR):  # building from a tree without them: nothing to carry
+            return
+        target = os.path.join(self.build_lib, "usdtkit", "_demo_apps")
+        os.makedirs(target, exist_ok=True)
+        for name in sorted(os.listdir(DEMO_DIR)):
+            if name.endswith(DEMO_FILES):
+                shutil.copyfile(os.path.join(DEMO_DIR, name), os.path.join(target, name))
 
 
 def native_sources() -> list:
@@ -69,5 +91,5 @@ setup(
             optional=True,
         ),
     ],
-    cmdclass={"build_ext": BuildNativeLibrary},
+    cmdclass={"build_ext": BuildNativeLibrary, "build_py": BuildWithDemoSources},
 )

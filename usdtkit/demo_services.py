@@ -39,9 +39,12 @@ ROUTE_NAMES = {"/": "/", "/items/40": "/items", "/slow": "/slow", "/missing": "o
 
 
 def demo_apps_dir() -> Path:
-    """Where the demo sources are: ``$USDTKIT_DEMO_APPS`` or ``demo_apps/`` next to the package."""
+    """Where the demo sources are: ``$USDTKIT_DEMO_APPS``, else ``_demo_apps/`` inside the installed
+    package (a wheel carries them there), else ``demo_apps/`` of the source checkout."""
     configured = os.environ.get("USDTKIT_DEMO_APPS")
-    path = Path(configured) if configured else Path(__file__).resolve().parent.parent / "demo_apps"
+    here = Path(__file__).resolve().parent
+    bundled = here / "_demo_apps"
+    path = Path(configured) if configured else bundled if bundled.is_dir() else here.parent / "demo_apps"
     if not (path / "httpd.c").is_file():
         raise TargetError(f"demo sources not found in {path} (set USDTKIT_DEMO_APPS to the demo_apps folder)")
     return path
