@@ -17,7 +17,7 @@ arch=$(dpkg --print-architecture)
 base="bpfcc-tools python3-bpfcc libbpfcc linux-headers-$arch systemtap-sdt-dev bpftrace gcc make
       python3-venv python3-pip python3-dev binutils procps util-linux xz-utils"
 # Reference binaries and tools the test suite compares against.
-tests="nodejs postgresql-15 openjdk-17-jre-headless gcc-aarch64-linux-gnu libc6-dev-arm64-cross bpftool libc6-dbg python3.11-dbg
+tests="nodejs tmux postgresql-15 openjdk-17-jre-headless gcc-aarch64-linux-gnu libc6-dev-arm64-cross bpftool libc6-dbg python3.11-dbg
        prometheus g++"
 
 wanted=$base

@@ -73,11 +73,11 @@ def _string_size(parser: argparse.ArgumentParser, what: str) -> None:
                         "cut, with a trailing …")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("probes", nargs="+", metavar="PROBE",
+def _common(parser: argparse.ArgumentParser, probes: str = "+", probes_default: str = "") -> None:
+    parser.add_argument("probes", nargs=probes, metavar="PROBE",
                         help="usdt:BINARY:PROVIDER:NAME, uprobe:BINARY:FUNCTION or uretprobe:BINARY:FUNCTION; "
                         "names may be globs (usdt:BINARY:hello:*, uprobe:libc:mall*) and C++ functions go by "
-                        "their demangled names (uprobe:BINARY:cpp:ns::Cache::*)")
+                        "their demangled names (uprobe:BINARY:cpp:ns::Cache::*)" + probes_default)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("-p", "--pid", type=_positive(int), help="trace this process only")
     where.add_argument("-c", "--command",

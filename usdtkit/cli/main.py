@@ -18,7 +18,7 @@ from ..collect.render import printable
 from ..errors import UsdtkitError
 
 #: Sub-command modules, in the order ``usdtkit --help`` lists them.
-COMMAND_MODULES = ("doctor", "list", "trace", "pycalls", "demo", "exporter")
+COMMAND_MODULES = ("doctor", "list", "trace", "top", "pycalls", "demo", "exporter")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -246,9 +246,9 @@ _Matches = Dict[Tuple[str, str], List[Tuple[ObjectFile, UsdtProbe, Optional[int]
 
 
 def _what(ref: ProbeRef) -> str:
-    """``a USDT probe matching hello:*`` or ``USDT probe hello:tick``, for not-found messages."""
+    """``USDT probe matching hello:*`` or ``USDT probe hello:tick``, for not-found messages."""
     named = f"{ref.provider + ':' if ref.provider else ''}{ref.name}"
-    return f"a USDT probe matching {named}" if ref.is_pattern else f"USDT probe {named}"
+    return f"USDT probe matching {named}" if ref.is_pattern else f"USDT probe {named}"
 
 
 def _usdt_probes(ref: ProbeRef, matches: _Matches, disagree: str) -> List[ResolvedProbe]:
@@ -292,7 +292,7 @@ def _resolve_everywhere(ref: ProbeRef) -> List[ResolvedProbe]:
             _table().discard(obj)  # thousands of objects are searched: keep only the fds in use
     if not matches:
         near = did_you_mean(near_probes(ref.provider, ref.name, seen))
-        raise ProbeNotFound(f"no running process has {_what(ref)} loaded{near}")
+        raise ProbeNotFound(f"no running process has a {_what(ref)} loaded{near}")
     return _usdt_probes(ref, matches, "processes")
 
 

@@ -1,0 +1,115 @@
+"""``usdtkit top`` in a real terminal (a tmux pane of a private tmux server): the live table shows the
+probe's rate, fits the window as it changes size, and ``q`` or Ctrl-C end it cleanly.  Without a
+terminal the same table is printed every interval (the README's and --help's examples cover that)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HELLO = ROOT / "demo_apps" / "build" / "hello_usdt"  # fires hello:tick 50 times a second
+
+
+class Pane:
+    """One tmux pane of a tmux server of its own, running a command."""
+
+    def __init__(self, command: str, tmp: Path, width: int = 100, height: int = 20) -> None:
+        self.socket = f"usdtkit-test-{os.getpid()}-{time.monotonic_ns()}"
+        self.status = tmp / "status"
+        wrapped = f"{command}; echo exit=$? > {self.status}; sleep 60"
+        self.tmux("new-session", "-d", "-s", "top", "-x", str(width), "-y", str(height), wrapped)
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.socket, *args], check=True, capture_output=True, text=True,
+                              timeout=20).stdout
+
+    def screen(self) -> List[str]:
+        return self.tmux("capture-pane", "-p", "-t", "top").splitlines()
+
+    def wait(self, condition: Callable[[List[str]], bool], timeout: float = 30) -> List[str]:
+        deadline = time.monotonic() + timeout
+        lines = self.screen()
+        while not condition(lines):
+            if time.monotonic() > deadline:
+                raise AssertionError("the screen never showed it:\n" + "\n".join(lines))
+            time.sleep(0.1)
+            lines = self.screen()
+        return lines
+
+    def exit_status(self, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while not self.status.exists():
+            assert time.monotonic() < deadline, "usdtkit top did not end:\n" + "\n".join(self.screen())
+            time.sleep(0.1)
+        return self.status.read_text().strip()
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=20)
+
+
+@pytest.fixture
+def pane(tmp_path):
+    assert shutil.which("tmux"), "this test runs usdtkit top in tmux: install tmux"
+    panes: List[Pane] = []
+
+    def start(*args: str, width: int = 100, height: int = 20) -> Pane:
+        command = " ".join([f"PYTHONPATH={ROOT}", "TERM=screen", sys.executable, "-m", "usdtkit.cli.main", "top",
+                            *args])
+        panes.append(Pane(command, tmp_path, width, height))
+        return panes[-1]
+
+    yield start
+    for p in panes:
+        p.close()
+
+
+def _row(lines: List[str], probe: str) -> List[str]:
+    found = [line.split() for line in lines if line.startswith(probe + " ")]
+    return found[0] if found else []
+
+
+def _rate(lines: List[str], probe: str) -> float:
+    row = _row(lines, probe)
+    return float(row[3]) if len(row) > 3 and re.fullmatch(r"[\d.]+", row[3]) else 0.0
+
+
+@pytest.mark.bpf
+def test_the_live_table_shows_rates_and_fits_the_window(pane, processes):
+    target = processes([str(HELLO), "1000000", "top"], stdout=subprocess.DEVNULL)
+    p = pane("-p", str(target.pid), "-i", "0.5", "-l", "uprobe:libc:nanosleep", "usdt::hello:tick", width=100)
+    lines = p.wait(lambda s: _rate(s, "hello:tick") > 0 and _rate(s, "nanosleep") > 0)
+    assert lines[0].startswith(f"usdtkit top - pid {target.pid} - 2 probe(s) - every 0.5 s")
+    assert lines[1].split() == ["PROBE", "COMM", "PID", "HITS/S", "TOTAL", "P50", "P99"]
+    tick, sleep = _row(lines, "hello:tick"), _row(lines, "nanosleep")
+    assert tick[1:3] == ["hello_usdt", str(target.pid)] and 30 <= float(tick[3]) <= 70, lines
+    assert sleep[5:7] == ["33.6", "ms"], lines  # 20 ms sleeps: the log2 bucket up to 2^25 ns
+    # narrower: the probe and command names give way, every column stays (tmux would cut the right ones)
+    p.tmux("resize-window", "-t", "top", "-x", "62", "-y", "12")
+
+    def ours(lines: List[str]) -> List[List[str]]:
+        return [line.split() for line in lines[2:] if str(target.pid) in line.split()]
+
+    narrow = p.wait(lambda s: len(s[1].split()) == 7 and len(ours(s)) == 2 and "~" in s[2])
+    assert narrow[1].split() == ["PROBE", "COMM", "PID", "HITS/S", "TOTAL", "P50", "P99"], narrow
+    assert sorted(row[-4:] for row in ours(narrow))[0] == ["33.6", "ms", "33.6", "ms"], narrow
+    p.tmux("send-keys", "-t", "top", "q")
+    assert p.exit_status() == "exit=0"
+
+
+@pytest.mark.bpf
+def test_ctrl_c_ends_the_live_view_and_detaches(pane, processes, read_semaphore):
+    target = processes([str(HELLO), "1000000", "top"], stdout=subprocess.DEVNULL)
+    p = pane("-p", str(target.pid), "-i", "0.3")
+    p.wait(lambda s: _rate(s, "hello:tick") > 0 and _rate(s, "hello:greet") > 0)
+    assert read_semaphore(target.pid, str(HELLO), "greet") == 1  # every USDT probe of the executable
+    p.tmux("send-keys", "-t", "top", "C-c")
+    assert p.exit_status() == "exit=0"
+    assert read_semaphore(target.pid, str(HELLO), "greet") == 0  # detached
