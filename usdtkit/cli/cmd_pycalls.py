@@ -9,10 +9,8 @@ work is done by :mod:`usdtkit.tracing.pycalls`; printing by :mod:`usdtkit.cli.py
 from __future__ import annotations
 
 import argparse
-import importlib
-from typing import Any
 
-from .cmd_trace import _count, _positive, _string_size, _subcommand
+from .cmd_trace import _count, _positive, _runner, _string_size, _subcommand
 from .examples import epilog
 
 PYCALLS_EXAMPLES = epilog(
@@ -21,11 +19,6 @@ PYCALLS_EXAMPLES = epilog(
     "usdtkit pycalls --json -p PID -d 1",
     "usdtkit pycalls --top 5 -c \"/usr/bin/python3.11 -c 'import json; [json.dumps(i) for i in range(2000)]'\"",
 )
-
-
-def _run(args: argparse.Namespace) -> int:
-    module: Any = importlib.import_module(f"{__package__}.pycalls_run")
-    return module.run_pycalls(args)
 
 
 def add_parser(subparsers: "argparse._SubParsersAction") -> None:
@@ -53,4 +46,4 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
                         "where the process has them (with -c: where it runs under usdtkit.instrument), else python")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     _string_size(parser, "function name and file name")
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=_runner("run_pycalls", "pycalls_run"))

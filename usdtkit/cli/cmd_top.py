@@ -7,10 +7,8 @@ printed once per interval.  Running it is :mod:`usdtkit.cli.top_run`'s job.
 from __future__ import annotations
 
 import argparse
-import importlib
-from typing import Any
 
-from .cmd_trace import _MIN_INTERVAL, _common, _positive, _subcommand
+from .cmd_trace import _MIN_INTERVAL, _common, _positive, _runner, _subcommand
 from .examples import epilog
 
 TOP_EXAMPLES = epilog(
@@ -19,11 +17,6 @@ TOP_EXAMPLES = epilog(
     "usdtkit top -p PID -d 2 -l uprobe:libc:nanosleep usdt::hello:tick",
     "usdtkit top --json -d 2 -p PID -l usdt::demo_httpd:request__start -l usdt::demo_httpd:request__done",
 )
-
-
-def _run(args: argparse.Namespace) -> int:
-    module: Any = importlib.import_module(f"{__package__}.top_run")
-    return module.run_top(args)
 
 
 def add_parser(subparsers: "argparse._SubParsersAction") -> None:
@@ -40,4 +33,4 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
                         help="also time this function (its uprobe and return), or, given twice, from a START "
                         "probe to a DONE probe of the same thread; p50 and p99 of the last interval appear "
                         "on the rows of the function or START probe, which is counted too")
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=_runner("run_top", "top_run"))

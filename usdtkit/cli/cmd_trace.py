@@ -17,11 +17,12 @@ from . import pictures
 from .examples import HelpFormatter, epilog
 
 
-def _runner(name: str) -> Callable[[argparse.Namespace], int]:
-    """The command's implementation in :mod:`usdtkit.cli.trace_run`, imported when it runs."""
+def _runner(name: str, module_name: str = "trace_run") -> Callable[[argparse.Namespace], int]:
+    """The command's implementation, function ``name`` of ``usdtkit.cli.MODULE_NAME``, imported when it
+    runs (so that building the parser imports nothing of the tracing stack)."""
 
     def run(args: argparse.Namespace) -> int:
-        module: Any = importlib.import_module(f"{__package__}.trace_run")
+        module: Any = importlib.import_module(f"{__package__}.{module_name}")
         return getattr(module, name)(args)
 
     return run
