@@ -82,6 +82,7 @@ def test_changed_file_is_a_miss(cache_home: Path, binary: str, decodes: List[str
     os.utime(binary, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: only ctime tells
     assert listed(binary) == before
     assert len(decodes) == 3
+    assert len(entries(cache_home)) == 1  # the entries of the file's older versions are removed
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "garbage"])
@@ -135,7 +136,7 @@ def test_new_usdtkit_version_is_a_miss(cache_home: Path, binary: str, decodes: L
     monkeypatch.setattr(usdtkit, "__version__", usdtkit.__version__ + ".post1")
     listed(binary)
     assert len(decodes) == 2
-    assert len(entries(cache_home)) == 2
+    assert len(entries(cache_home)) == 1  # the other version's entry is garbage: removed
 
 
 def test_cli_listing_is_the_same_cold_and_warm(cache_home: Path, binary: str) -> None:
