@@ -2,10 +2,11 @@
 
 Discovery keeps what it derived from one version of a file (a decoded function table, a formatted
 listing) so the next run can skip the work.  Each entry records the file's path and status
-(device, inode, size, mtime, ctime) beside the key it was made for::
+(device, inode, size, mtime, ctime) beside the key it was made for, and the status (None: absent) of
+every other file the result depends on (a separate debug file found by build-id)::
 
     magic (16 bytes) | head length (u32) | CRC-32 of head and body (u32) | head | body
-    head = marshal((path, status, key))
+    head = marshal((path, status, key, ((dependency, status or None), ...)))
 
 Trust comes from where an entry lives, not from its contents: it is used only if it is a regular file
 owned by this user with no group or world access, in a folder only this user can write (see
@@ -14,13 +15,12 @@ truncated or flipped entry is a miss, never a crash); anyone able to forge it co
 anyway.
 
 The folder is bounded.  Writing an entry first removes the entries of older versions of the same
-path (a changed file), then sweeps: entries whose file is gone or changed, entries unused for
+path (a changed file), then sweeps: entries whose file is gone or changed (or a dependency), unused for
 :data:`MAX_AGE` seconds, and the least recently used ones beyond :data:`MAX_BYTES` are removed.  A hit
 marks its entry used (its mtime) at most once per :data:`TOUCH_EVERY` seconds.
 """
 from __future__ import annotations
 
-import hashlib
 import marshal
 import os
 import stat
@@ -61,7 +61,11 @@ def entry_name(path: str, status: Status, key: object) -> str:
 
 
 def _tag(text: str) -> str:
-    return hashlib.sha256(text.encode(errors="surrogateescape")).hexdigest()[:16]
+    """16 hex digits from ``text``.  A name only finds an entry, whose head is then compared in full, so
+    two texts sharing a tag cost a miss, never a wrong answer: two cheap checksums do (importing hashlib
+    would cost a listing from the cache milliseconds)."""
+    data = text.encode(errors="surrogateescape")
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
 
 
 def _full_key(key: object) -> Tuple[str, object]:
@@ -99,19 +103,20 @@ def _open_trusted(path: str, use: "Callable[[int, os.stat_result], T]") -> "Opti
         os.close(fd)
 
 
-def _read_all(fd: int, st: os.stat_result) -> bytearray:
-    """The whole file open at ``fd``, read into one buffer (no copy of a big entry)."""
-    data = bytearray(st.st_size)
-    view, done = memoryview(data), 0
+def _read_all(fd: int, st: os.stat_result) -> bytes:
+    """The whole file open at ``fd``: one read for a regular file, short reads joined if any."""
+    chunks = [os.read(fd, st.st_size)]
+    done = len(chunks[0])
     while done < st.st_size:
-        got = os.readv(fd, [view[done:]])
-        if not got:
-            return bytearray()  # shrank while read: damaged
-        done += got
-    return data
+        chunk = os.read(fd, st.st_size - done)
+        if not chunk:
+            break  # shrank while read: damaged, the CRC says so
+        chunks.append(chunk)
+        done += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _parse(data: bytearray) -> Optional[Tuple[object, memoryview]]:
+def _parse(data: bytes) -> Optional[Tuple[object, memoryview]]:
     """(head, body) of entry bytes ``data`` if whole, else None."""
     if len(data) < _PREFIX.size:
         return None
@@ -123,7 +128,7 @@ def _parse(data: bytearray) -> Optional[Tuple[object, memoryview]]:
         head = marshal.loads(view[:head_len])
     except (ValueError, EOFError, TypeError):
         return None
-    if not isinstance(head, tuple) or len(head) != 3:
+    if not isinstance(head, tuple) or len(head) != 4:
         return None
     return head, view[head_len:]
 
@@ -133,7 +138,7 @@ def read(folder: str, path: str, status: Status, key: object) -> Optional[memory
     name = os.path.join(folder, entry_name(path, status, key))
     found = _open_trusted(name, _read_all)
     parsed = None if found is None else _parse(found[0])
-    if parsed is None or parsed[0][1:] != (status, _full_key(key)):
+    if parsed is None or parsed[0][1:3] != (status, _full_key(key)) or not _unchanged(parsed[0][3]):
         return None
     if time.time() - found[1].st_mtime > TOUCH_EVERY:
         try:
@@ -144,16 +149,18 @@ def read(folder: str, path: str, status: Status, key: object) -> Optional[memory
 
 
 def write(folder: str, path: str, status: Status, key: object, body: Sequence[bytes],
-          stat_path: Optional[str] = None) -> None:
+          stat_path: Optional[str] = None, deps: Sequence[Tuple[str, Optional[Status]]] = ()) -> None:
     """Publish ``body`` as the entry for ``key`` of ``path`` (at ``status``), then bound the folder.
 
     ``stat_path`` (default ``path``) is where a sweep looks to see whether the file is still there and
-    unchanged.  A cache that cannot be written only costs the speed-up: errors are swallowed.
+    unchanged; ``deps`` are the other files the body was derived from, from :func:`snapshot` taken
+    before they were read (so a change while reading makes the entry stale, not wrong).  A cache that
+    cannot be written only costs the speed-up: errors are swallowed.
     """
     from ..errors import UnsafePath
     from ..privdir import publish
 
-    head = marshal.dumps((stat_path or path, status, _full_key(key)))
+    head = marshal.dumps((stat_path or path, status, _full_key(key), tuple(deps)))
     crc = zlib.crc32(head)
     for part in body:
         crc = zlib.crc32(part, crc)
@@ -190,6 +197,19 @@ def _unlink(path: str) -> None:
         pass
 
 
+def status_of(path: str) -> Optional[Status]:
+    """:func:`file_status` of ``path`` (symlinks followed), None if it cannot be had."""
+    try:
+        return file_status(os.stat(path))
+    except (OSError, ValueError):
+        return None
+
+
+def snapshot(paths: Sequence[str]) -> Tuple[Tuple[str, Optional[Status]], ...]:
+    """Each of ``paths`` with its status now (None: absent), to record as an entry's dependencies."""
+    return tuple((path, status_of(path)) for path in paths)
+
+
 def check_path(display: str, open_path: str, status: Status) -> str:
     """Where a sweep should look for the file: its display path if that names this version (the path a
     process sees may be another file here, or none), else the path it was opened by."""
@@ -198,10 +218,13 @@ def check_path(display: str, open_path: str, status: Status) -> str:
 
 def _current(path: str, status: object) -> bool:
     """Whether ``path`` still names the file version ``status``."""
-    try:
-        return file_status(os.stat(path)) == status
-    except OSError:
-        return False
+    return status is not None and status_of(path) == status
+
+
+def _unchanged(deps: object) -> bool:
+    """Whether every dependency still has its recorded status (or is still absent)."""
+    return isinstance(deps, tuple) and all(
+        isinstance(d, tuple) and len(d) == 2 and status_of(d[0]) == d[1] for d in deps)
 
 
 def sweep(folder: str, now: Optional[float] = None) -> List[str]:
@@ -224,7 +247,8 @@ def sweep(folder: str, now: Optional[float] = None) -> List[str]:
         if found is None:
             continue  # not ours to judge: another user's file
         recorded, st = found
-        if recorded is None or now - st.st_mtime > MAX_AGE or not _current(*recorded):
+        if recorded is None or now - st.st_mtime > MAX_AGE or not _current(*recorded[:2]) or not _unchanged(
+                recorded[2]):
             _unlink(full)
             removed.append(name)
         else:
@@ -239,14 +263,15 @@ def sweep(folder: str, now: Optional[float] = None) -> List[str]:
     return removed
 
 
-def _read_head(full: str) -> Optional[Tuple[Optional[Tuple[str, object]], os.stat_result]]:
-    """(path, status) recorded in the trusted entry at ``full`` (None if it is damaged or of another
-    format), and the entry's status; None if the file is not a trusted entry at all."""
+def _read_head(full: str) -> Optional[Tuple[Optional[Tuple[str, object, object]], os.stat_result]]:
+    """(path, status, dependencies) recorded in the trusted entry at ``full`` (None if it is damaged or
+    of another format), and the entry's status; None if the file is not a trusted entry at all."""
     return _open_trusted(full, lambda fd, st: _recorded(fd, st.st_size))
 
 
-def _recorded(fd: int, size: int) -> Optional[Tuple[str, object]]:
-    """(path, status) from the head of the entry open at ``fd``; None if damaged or of another format."""
+def _recorded(fd: int, size: int) -> Optional[Tuple[str, object, object]]:
+    """(path, status, dependencies) from the head of the entry open at ``fd``; None if damaged or of
+    another format."""
     try:
         magic, head_len, _ = _PREFIX.unpack(os.read(fd, _PREFIX.size))
         if magic != _MAGIC or head_len > size:
@@ -254,6 +279,6 @@ def _recorded(fd: int, size: int) -> Optional[Tuple[str, object]]:
         head = marshal.loads(os.read(fd, head_len))
     except (ValueError, EOFError, TypeError, struct.error):
         return None
-    if not isinstance(head, tuple) or len(head) != 3 or not isinstance(head[0], str):
+    if not isinstance(head, tuple) or len(head) != 4 or not isinstance(head[0], str):
         return None
-    return head[0], head[1]
+    return head[0], head[1], head[3]
