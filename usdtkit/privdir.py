@@ -175,9 +175,9 @@ def private_dir(*parts: str, root: Optional[str] = None) -> str:
         except OSError as exc:
             raise UnsafePath(f"cannot make a private cache folder: {_os_reason(exc)}") from None
     reasons = []
-    for candidate in (cache_root(), fallback_root()):
+    for root_of in (cache_root, fallback_root):  # the fallback is only looked up when needed
         try:
-            return _make_private(candidate, parts)
+            return _make_private(root_of(), parts)
         except (OSError, UnsafePath) as exc:
             reasons.append(_os_reason(exc))
     raise UnsafePath(f"no usable private cache folder: {'; and '.join(reasons)}")
