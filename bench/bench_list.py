@@ -9,7 +9,10 @@ time of each, its ratio to bpftrace's uprobe listing (the target: usdtkit's full
 0.5x with a warm cache) and how many items each printed.  The default libraries are the largest
 libjvm.so under /usr/lib/jvm, libc and python3.11; the caches used live in temp folders removed after.
 
-    .venv/bin/python bench/bench_list.py [--reps 11] [--lib PATH ...] [--json]
+    .venv/bin/python bench/bench_list.py [--reps 11] [--lib PATH ...] [--usdtkit CMD] [--json]
+
+``--usdtkit`` times another installed ``usdtkit`` command (a wheel in its own venv, say) instead of this
+checkout's editable install, whose import hook costs every start some milliseconds.
 
 Tools that are missing are reported as such.  bpftrace needs root.  Python children run with
 bytecode caching allowed (as an installed package would), so the warm-up run compiles usdtkit once.
@@ -37,14 +40,17 @@ def largest_libjvm() -> Optional[str]:
     return max(unique, key=os.path.getsize) if unique else None
 
 
-def child_env() -> dict:
+def child_env(checkout: bool = True) -> dict:
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if checkout:
+        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
-def usdtkit_argv() -> List[str]:
+def usdtkit_argv(command: Optional[str] = None) -> List[str]:
+    if command:
+        return [command]
     exe = os.path.join(ROOT, ".venv", "bin", "usdtkit")
     if os.access(exe, os.X_OK):
         return [exe]
@@ -112,6 +118,15 @@ def _in_process(lib: str) -> Callable[[], int]:
     return lambda: len(read_usdt_probes(lib)) + len(read_functions(lib))
 
 
+def resolved(lib: str) -> str:
+    """``lib`` as a path: a library name (libc.so.6) resolved as ``usdtkit list`` resolves it, so every
+    tool lists the same file."""
+    sys.path.insert(0, ROOT)
+    from usdtkit.elf.targets import resolve_target
+
+    return resolve_target(lib)
+
+
 def default_libs() -> List[str]:
     found = [largest_libjvm()]
     sys.path.insert(0, ROOT)
@@ -125,10 +140,10 @@ def default_libs() -> List[str]:
     return [lib for lib in found if lib]
 
 
-def bench(lib: str, reps: int, env: dict) -> List[dict]:
+def bench(lib: str, reps: int, env: dict, command: Optional[str] = None) -> List[dict]:
     """Time every case on ``lib``; one result row per case."""
     tplist = shutil.which("tplist-bpfcc") and "tplist-bpfcc" or "tplist"
-    usdtkit = usdtkit_argv()
+    usdtkit = usdtkit_argv(command)
     cases = [
         Case("usdtkit list --json LIB (warm cache)", usdtkit + ["list", "--json", lib], count=_usdtkit_json),
         Case("usdtkit list --json LIB (cold cache)", usdtkit + ["list", "--json", lib], count=_usdtkit_json,
@@ -185,17 +200,18 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=11, help="timed repetitions of each case (default 11)")
     parser.add_argument("--lib", action="append",
                         help="ELF file to list, repeatable (default: the largest libjvm.so, libc, python3.11)")
+    parser.add_argument("--usdtkit", metavar="CMD", help="the usdtkit command to time (default: this checkout's)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
-    libs = args.lib or default_libs()
+    libs = [resolved(lib) for lib in args.lib] if args.lib else default_libs()
     if not libs:
         print("no libjvm.so, libc or python3.11 found; pass --lib", file=sys.stderr)
         return 1
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-list-warm-") as warm:
-        env = dict(child_env(), XDG_CACHE_HOME=warm)
+        env = dict(child_env(checkout=args.usdtkit is None), XDG_CACHE_HOME=warm)
         for n, lib in enumerate(libs):
-            rows = bench(lib, args.reps, env)
+            rows = bench(lib, args.reps, env, args.usdtkit)
             results.append({"lib": lib, "size": os.path.getsize(lib), "reps": args.reps, "results": rows})
             if not args.json:
                 if n:

@@ -23,8 +23,6 @@ from .errors import (
     UsdtkitError,
 )
 
-from typing import Any
-
 # Public names served lazily, so `import usdtkit` (and the CLI's start) stays fast.
 _LAZY = {
     "trace": ("usdtkit.tracing.api", "trace"),
@@ -54,7 +52,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module 'usdtkit' has no attribute {name!r}")
@@ -63,6 +61,10 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(target[0]), target[1])
     globals()[name] = value
     return value
+
+
+def __dir__() -> "list[str]":
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [
@@ -80,16 +82,34 @@ __all__ = [
     "UsdtkitError",
 ]
 
-# Preload usdtkit's libstapsdt.so with RTLD_GLOBAL so that the PyPI `stapsdt` package, which loads
-# "libstapsdt.so" by bare name, finds it (glibc matches the SONAME of loaded objects).  A missing or
-# broken build must not break the parts of usdtkit that do not need it: usdtkit.provider raises the
-# same ProviderError, saying what is wrong and how to fix it, when the provider API is used.
-try:
-    from ._native import load_library as _load_native_library
 
-    _load_native_library()
-except ProviderError:
-    pass
+class _StapsdtPreload:
+    """Loads usdtkit's libstapsdt.so just before the PyPI ``stapsdt`` module is first imported.
+
+    ``stapsdt`` loads "libstapsdt.so" by bare name at import, and glibc answers a bare name with an
+    already loaded object of that SONAME: opening ours first (absolute path, ``RTLD_GLOBAL``) makes the
+    unmodified package run on it.  Loading it only then, rather than at ``import usdtkit``, spares every
+    other use of usdtkit (the CLI, discovery) the ctypes import and the dlopen.  A missing or broken build
+    is not an error here: ``usdtkit.provider`` raises the ProviderError that says how to fix it.
+    """
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        if name == "stapsdt":
+            from ._native import load_library
+
+            try:
+                load_library()
+            except ProviderError:
+                pass
+        return None  # the usual finders import the module itself
+
+
+import sys as _sys
+
+if not any(isinstance(f, type) and f.__name__ == "_StapsdtPreload" for f in _sys.meta_path):
+    _sys.meta_path.insert(0, _StapsdtPreload)  # type: ignore[arg-type]
+del _sys
 
 _LAZY.update(
     {

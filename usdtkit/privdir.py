@@ -26,10 +26,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 import sys
-import tempfile
 from typing import Callable, List, Optional, Sequence
 
 from .errors import UnsafePath
@@ -56,6 +54,8 @@ def cache_root() -> str:
 
 def fallback_root() -> str:
     """The per-user folder under the temp folder, used when :func:`cache_root` breaks the rules."""
+    import tempfile  # imported when needed: a cache hit should not pay for it
+
     return os.path.join(tempfile.gettempdir(), f"usdtkit-{os.geteuid()}")
 
 
@@ -175,9 +175,9 @@ def private_dir(*parts: str, root: Optional[str] = None) -> str:
         except OSError as exc:
             raise UnsafePath(f"cannot make a private cache folder: {_os_reason(exc)}") from None
     reasons = []
-    for candidate in (cache_root(), fallback_root()):
+    for root_of in (cache_root, fallback_root):  # the fallback is only looked up when needed
         try:
-            return _make_private(candidate, parts)
+            return _make_private(root_of(), parts)
         except (OSError, UnsafePath) as exc:
             reasons.append(_os_reason(exc))
     raise UnsafePath(f"no usable private cache folder: {'; and '.join(reasons)}")
@@ -250,6 +250,8 @@ def publish(directory: str, name: str, write: Callable[[int], None], mode: int =
     _plain_name(name)
     require_private(directory, os.lstat(directory))
     final = os.path.join(directory, name)
+    import secrets  # imported when needed: a cache hit should not pay for it
+
     temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:

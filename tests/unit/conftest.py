@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, List, Tuple
 
@@ -25,3 +26,11 @@ def footprint(runtime_dir: Path) -> Callable[[], Tuple[int, int, List[str]]]:
         return len(os.listdir("/proc/self/fd")), len(Path("/proc/self/maps").read_text().splitlines()), files
 
     return measure
+
+
+@pytest.fixture
+def binary(build_c: Callable[..., str], tmp_path: Path) -> str:
+    """A private copy of a real program with USDT probes and a ``.symtab``, which a test may rewrite."""
+    path = tmp_path / "target"
+    shutil.copy(build_c("keys.c"), path)
+    return str(path)

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, List
+from typing import List
 
 import pytest
 
@@ -24,14 +23,6 @@ def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private ``XDG_CACHE_HOME``: the entries live in its ``usdtkit/index``."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-@pytest.fixture
-def binary(build_c: Callable[..., str], tmp_path: Path) -> str:
-    """A private copy of a real program with a ``.symtab``, which a test may rewrite."""
-    path = tmp_path / "target"
-    shutil.copy(build_c("keys.c"), path)
-    return str(path)
 
 
 @pytest.fixture
@@ -82,6 +73,7 @@ def test_changed_file_is_a_miss(cache_home: Path, binary: str, decodes: List[str
     os.utime(binary, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: only ctime tells
     assert listed(binary) == before
     assert len(decodes) == 3
+    assert len(entries(cache_home)) == 1  # the entries of the file's older versions are removed
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "garbage"])
@@ -135,7 +127,7 @@ def test_new_usdtkit_version_is_a_miss(cache_home: Path, binary: str, decodes: L
     monkeypatch.setattr(usdtkit, "__version__", usdtkit.__version__ + ".post1")
     listed(binary)
     assert len(decodes) == 2
-    assert len(entries(cache_home)) == 2
+    assert len(entries(cache_home)) == 1  # the other version's entry is garbage: removed
 
 
 def test_cli_listing_is_the_same_cold_and_warm(cache_home: Path, binary: str) -> None:
@@ -145,7 +137,7 @@ def test_cli_listing_is_the_same_cold_and_warm(cache_home: Path, binary: str) ->
             for args in ([binary], [binary], [binary, "main*"], ["--functions", binary, "*"])]
     for run in runs:
         assert run.returncode == 0, run.stderr
-    assert len(entries(cache_home)) == 1
+    assert len(entries(cache_home)) == 4  # one function table, one listing per distinct command line
     assert runs[0].stdout == runs[1].stdout
     functions = json.loads(runs[0].stdout)["functions"]
     assert json.loads(runs[2].stdout)["functions"] == [f for f in functions if f["name"].startswith("main")]

@@ -1,23 +1,25 @@
 """``usdtkit list``: what can be probed in a file, a library or a running process.
 
 Lists USDT probes (every call site, with its argument spec) and function symbols (uprobe targets), as an
-aligned table or one JSON document.  Discovery only reads files (and keeps decoded function tables in
-the private cache): no root, no bcc, no kernel support.
+aligned table or one JSON document.  Discovery only reads files (and keeps decoded function tables and
+printed listings in the private cache, :mod:`usdtkit.cli.list_cache`): no root, no bcc, no kernel support.
 Kept fast on purpose (libjvm's 58,000 functions in well under bpftrace's time): big symbol tables are
-handled in columns and serialised without building one object per function.
+handled in columns and serialised without building one object per function, and a file listed before
+is printed from the cache without being read.
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 from itertools import islice, repeat
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from ..collect.render import printable
 from ..errors import ElfError, UsageError
+from . import list_cache
+from .list_cache import Fragment
 
 DESCRIPTION = """\
 List the USDT probes and the functions (uprobe targets) of TARGET, an ELF file or a library name
@@ -44,8 +46,10 @@ known_issues (one line each) when it is known to misfire in this build; a functi
 size, file_offset, binding, ifunc, version, source, demangled, binary.  With -p, entries also carry pid
 and open_path, and "objects" lists the mapped objects with their load bias.
 
-The functions of a file with a .symtab are kept in usdtkit's private cache folder (~/.cache/usdtkit/index,
-one entry per file version: device, inode, size, mtime, ctime), so listing it again skips decoding them.
+What a listing prints for a file (and the functions of a file with a .symtab) is kept in usdtkit's
+private cache folder (~/.cache/usdtkit/index, per file version: device, inode, size, mtime, ctime, and
+per options), so listing it again is a stat, a read and a write; --demangle listings are not kept.
+Entries of changed or removed files, unused for 30 days, or beyond 256 MB in all are removed.
 
 (ifunc) in the table marks an indirect function (glibc's strlen, memcpy...): its symbol is a resolver
 run once at load time to pick the implementation (__strlen_avx2...) that every call then goes to.
@@ -82,6 +86,17 @@ class Listed:
         self.issues: Dict[str, List[str]] = {}  # qualified probe name -> known issues in this object
         self.functions = None  # symbols.FunctionTable
         self.demangled: Optional[List[Optional[str]]] = None
+        self.status = None  # the file version read (cache_store.Status)
+        self.deps: tuple = ()  # other files read, with their status before (cache_store.snapshot)
+
+
+class Part(NamedTuple):
+    """One object of a listing and its fragment of the output."""
+
+    display: str
+    open_path: str
+    obj: object  # MappedObject for -p listings
+    fragment: Fragment
 
 
 def _probe_filter(pattern: Optional[str]) -> Callable[[object], bool]:
@@ -105,6 +120,7 @@ def _gather(display: str, open_path: str, args: argparse.Namespace, usdt: bool, 
 
     listed = Listed(display, open_path, obj)
     with ElfImage(open_path, display) as image:
+        listed.status, listed.deps = _read_from(image, functions)
         if usdt:
             keep = _probe_filter(args.pattern)
             listed.probes = [p for p in probes_from_image(image, display) if keep(p)]
@@ -133,6 +149,42 @@ def _gather(display: str, open_path: str, args: argparse.Namespace, usdt: bool, 
     return listed
 
 
+def _read_from(image, functions: bool) -> Tuple[object, tuple]:
+    """The status of ``image``'s file and of the other files its listing may read (a separate debug
+    file, found by build-id when the file has no ``.symtab``), taken before reading them."""
+    from ..elf import cache_store
+    from ..elf.image import SHT_SYMTAB
+
+    st = image.status()
+    status = None if st is None else cache_store.file_status(st)
+    if not functions or any(s.type == SHT_SYMTAB for s in image.sections):
+        return status, ()
+    from ..elf.debuginfo import build_id_debug_paths
+
+    build_id = image.build_id()
+    return status, cache_store.snapshot(build_id_debug_paths(build_id) if build_id else [])
+
+
+def _fragment(display: str, open_path: str, args: argparse.Namespace, usdt: bool, functions: bool,
+              obj=None) -> Fragment:
+    """This object's part of the listing: from the cache when this file version was listed so before."""
+    where = None
+    if not args.demangle:  # demangled names depend on the installed c++filt, not only on the file
+        options = ("json" if args.json else "table", usdt, functions, args.pattern, obj is not None)
+        where = list_cache.slot(display, open_path, options)
+        found = None if where is None else list_cache.load(where)
+        if found is not None:
+            return found
+    listed = _gather(display, open_path, args, usdt, functions, obj)
+    if args.json:
+        fragment = _json_fragment(listed, usdt, functions)
+    else:
+        fragment = _table_fragment(listed, usdt, functions)
+    if where is not None and listed.status is not None:
+        list_cache.store(where, open_path, listed.status, fragment, listed.deps)
+    return fragment
+
+
 def _targets(args: argparse.Namespace) -> Iterator[Tuple[str, str, object]]:
     if args.pid is not None:
         from ..elf.process import process_objects
@@ -156,11 +208,12 @@ def _run(args: argparse.Namespace) -> int:
     usdt = args.usdt or not args.functions
     functions = args.functions or not args.usdt
 
-    results: List[Listed] = []
+    results: List[Part] = []
     warnings: List[str] = []
     for display, open_path, obj in _targets(args):
         try:
-            results.append(_gather(display, open_path, args, usdt, functions, obj))
+            results.append(Part(display, open_path, obj,
+                                _fragment(display, open_path, args, usdt, functions, obj)))
         except ElfError as exc:
             if obj is None:
                 raise
@@ -198,13 +251,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- JSON
-_encode = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii=True)
+def _encoder() -> Callable[[str], str]:
+    """What ``json.dumps`` uses for a str (``ensure_ascii=True``); json is imported on first use, as a
+    listing printed from the cache needs none of it."""
+    import json.encoder
+
+    return json.encoder.encode_basestring_ascii
+
+
 _CHUNK = 1024  # rows formatted per write: keeps the working set in cache
 _JSON_BOOL = {False: "false", True: "true"}
 
 
 def _json_value(value: Optional[str]) -> str:
-    return "null" if value is None else _encode(value)
+    return "null" if value is None else _encoder()(value)
 
 
 def function_json_chunks(table, binary: str, demangled=None, extra: str = "") -> Iterator[List[str]]:
@@ -214,6 +274,7 @@ def function_json_chunks(table, binary: str, demangled=None, extra: str = "") ->
     distinct combination, and the rows with one ``%`` each, a chunk at a time.
     """
     count = len(table)
+    _encode = _encoder()
     binary_json = _encode(binary)
     sources = set(table.sources)
     if demangled is None and len(sources) <= 1:
@@ -251,45 +312,63 @@ def function_json_chunks(table, binary: str, demangled=None, extra: str = "") ->
         yield chunk
 
 
-def _write_json(out, results: List[Listed], usdt: bool, functions: bool, pid: Optional[int]) -> None:
-    write = out.write
-    sections = []
-    if pid is not None:
-        objects = [json.dumps(r.obj.to_json()) for r in results]
-        sections.append(lambda: write('"pid": %d,\n"objects": [\n%s\n]' % (pid, ",\n".join(objects))))
+def _json_fragment(listed: Listed, usdt: bool, functions: bool) -> Fragment:
+    """The JSON rows of one object; in a process listing, each row ends with a hole for its pid and path."""
+    import json
+
+    hole = list_cache.HOLE if listed.obj is not None else ""
+    probes = []
     if usdt:
-        probes = []
-        for r in results:
-            for probe in r.probes:
-                doc = probe.to_json()
-                if probe.qualified_name in r.issues:
-                    doc["known_issues"] = r.issues[probe.qualified_name]
-                if r.obj is not None:
-                    doc["pid"] = r.obj.pid
-                    doc["open_path"] = r.open_path
-                probes.append(json.dumps(doc))
-        sections.append(lambda: write('"probes": [\n%s\n]' % ",\n".join(probes)))
+        for probe in listed.probes:
+            doc = probe.to_json()
+            if probe.qualified_name in listed.issues:
+                doc["known_issues"] = listed.issues[probe.qualified_name]
+            row = json.dumps(doc)
+            probes.append(row[:-1] + hole + "}" if hole else row)
+    rows = ""
     if functions:
-        def write_functions() -> None:
-            write('"functions": [\n')
-            first = True
-            for r in results:
-                extra = ""
-                if r.obj is not None:
-                    extra = ', "pid": %d, "open_path": %s' % (r.obj.pid, _encode(r.open_path))
-                for chunk in function_json_chunks(r.functions, r.display, r.demangled, extra):
-                    if not first:
-                        write(",\n")
-                    first = False
-                    write(",\n".join(chunk))
-            write("\n]")
-        sections.append(write_functions)
-    write("{\n")
-    for i, section in enumerate(sections):
-        if i:
-            write(",\n")
-        section()
-    write("\n}\n")
+        rows = ",\n".join(",\n".join(chunk) for chunk in
+                          function_json_chunks(listed.functions, listed.display, listed.demangled, hole))
+    count = len(listed.functions) if functions else 0
+    return Fragment(len(listed.probes), count, (",\n".join(probes).encode(), rows.encode()))
+
+
+def _write_json(out, results: List[Part], usdt: bool, functions: bool, pid: Optional[int]) -> None:
+    out.flush()
+    buffer = getattr(out, "buffer", None)
+    write = buffer.write if buffer is not None else lambda data: out.write(str(data, "ascii"))
+
+    def rows(index: int) -> None:
+        first = True
+        for r in results:
+            part = r.fragment.parts[index]
+            if not len(part):
+                continue
+            if not first:
+                write(b",\n")
+            first = False
+            if r.obj is not None:
+                extra = ', "pid": %d, "open_path": %s' % (r.obj.pid, _encoder()(r.open_path))
+                part = bytes(part).replace(list_cache.HOLE.encode(), extra.encode())
+            write(part)
+
+    write(b"{\n")
+    if pid is not None:
+        import json
+
+        objects = ",\n".join(json.dumps(r.obj.to_json()) for r in results)
+        write(('"pid": %d,\n"objects": [\n%s\n]' % (pid, objects)).encode())
+    for index, (kind, wanted) in enumerate((("probes", usdt), ("functions", functions))):
+        if not wanted:
+            continue
+        if pid is not None or index and usdt:
+            write(b",\n")
+        write(b'"%s": [\n' % kind.encode())
+        rows(index)
+        write(b"\n]")
+    write(b"\n}\n")
+    if buffer is not None:
+        buffer.flush()
 
 
 # --------------------------------------------------------------------------- table
@@ -302,12 +381,25 @@ def _shown(names: List[str]) -> List[str]:
     return [n if n.isprintable() else printable(n) for n in names]
 
 
-def _write_table(out, results: List[Listed], usdt: bool, functions: bool) -> None:
+def _table_fragment(listed: Listed, usdt: bool, functions: bool) -> Fragment:
+    """The table text of one object, with a hole where its header names it."""
+    pieces: List[str] = []
+    if usdt:
+        _probe_table(pieces.append, list_cache.HOLE, listed.probes, listed.issues)
+    if functions:
+        if usdt:
+            pieces.append("\n")
+        _function_table(pieces.append, list_cache.HOLE, listed.functions, listed.demangled)
+    count = len(listed.functions) if functions else 0
+    return Fragment(len(listed.probes), count, ("".join(pieces).encode("utf-8", "surrogatepass"),))
+
+
+def _write_table(out, results: List[Part], usdt: bool, functions: bool) -> None:
     write = out.write
     if results and results[0].obj is not None:
         # A process maps dozens of objects: show only those with something to list.
         pid = results[0].obj.pid
-        results = [r for r in results if (usdt and r.probes) or (functions and len(r.functions))]
+        results = [r for r in results if (usdt and r.fragment.probes) or (functions and r.fragment.functions)]
         if not results:
             write(f"pid {pid}: nothing to list\n")
     for n, r in enumerate(results):
@@ -316,12 +408,7 @@ def _write_table(out, results: List[Listed], usdt: bool, functions: bool) -> Non
         where = printable(r.display)
         if r.obj is not None and r.obj.load_bias is not None:
             where += f"  (pid {r.obj.pid}, load bias {r.obj.load_bias:#x})"
-        if usdt:
-            _probe_table(write, where, r.probes, r.issues)
-        if functions:
-            if usdt:
-                write("\n")
-            _function_table(write, where, r.functions, r.demangled)
+        write(str(r.fragment.parts[0], "utf-8", "surrogatepass").replace(list_cache.HOLE, where))
 
 
 def _probe_table(write, where: str, probes: list, issues: Dict[str, List[str]]) -> None:

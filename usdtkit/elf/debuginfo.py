@@ -27,15 +27,17 @@ DEBUG_ROOTS: Tuple[str, ...] = ("/usr/lib/debug",)
 MAX_MINIDEBUGINFO = 256 << 20
 
 
+def build_id_debug_paths(build_id: str, roots: Optional[Sequence[str]] = None) -> List[str]:
+    """Where a separate debug file for ``build_id`` may be, under each of ``roots`` in turn."""
+    if len(build_id) < 4:
+        return []
+    return [os.path.join(root, ".build-id", build_id[:2], build_id[2:] + ".debug")
+            for root in (DEBUG_ROOTS if roots is None else roots)]
+
+
 def build_id_debug_path(build_id: str, roots: Optional[Sequence[str]] = None) -> Optional[str]:
     """The path of the separate debug file for ``build_id`` under ``roots``, if one exists."""
-    if len(build_id) < 4:
-        return None
-    for root in DEBUG_ROOTS if roots is None else roots:
-        path = os.path.join(root, ".build-id", build_id[:2], build_id[2:] + ".debug")
-        if os.path.isfile(path):
-            return path
-    return None
+    return next((path for path in build_id_debug_paths(build_id, roots) if os.path.isfile(path)), None)
 
 
 def minidebuginfo(image: ElfImage) -> Optional[ElfImage]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import sys
 from functools import lru_cache
 from typing import List, Optional, Tuple
@@ -123,6 +121,9 @@ def _ld_library_path() -> List[str]:
 @lru_cache(maxsize=1)
 def _ldconfig_cache() -> Tuple[Tuple[str, str, str], ...]:
     """``(name, flags, path)`` entries of ``ldconfig -p`` (empty when ldconfig is unavailable)."""
+    import shutil  # with subprocess: only a library name needs them, and they cost a listing milliseconds
+    import subprocess
+
     exe = shutil.which("ldconfig") or next(
         (p for p in ("/sbin/ldconfig", "/usr/sbin/ldconfig") if os.access(p, os.X_OK)), None
     )
