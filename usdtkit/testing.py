@@ -16,7 +16,7 @@ import math
 from collections import Counter
 from typing import Iterable, List, Optional, Sequence
 
-from .collect.render import format_value
+from .views.text import format_value
 from .collect.results import Event
 
 SHOW = 8  # distinct argument tuples shown in a failure message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -60,9 +61,9 @@ def pane(tmp_path):
     assert shutil.which("tmux"), "this test runs usdtkit top in tmux: install tmux"
     panes: List[Pane] = []
 
-    def start(*args: str, width: int = 100, height: int = 20) -> Pane:
-        command = " ".join([f"PYTHONPATH={ROOT}", "TERM=screen", sys.executable, "-m", "usdtkit.cli.main", "top",
-                            *args])
+    def start(*args: str, width: int = 100, height: int = 20, command: str = "top") -> Pane:
+        command = " ".join([f"PYTHONPATH={ROOT}", "TERM=screen", sys.executable, "-m", "usdtkit.cli.main", command,
+                            *(shlex.quote(a) for a in args)])
         panes.append(Pane(command, tmp_path, width, height))
         return panes[-1]
 
@@ -113,3 +114,17 @@ def test_ctrl_c_ends_the_live_view_and_detaches(pane, processes, read_semaphore)
     p.tmux("send-keys", "-t", "top", "C-c")
     assert p.exit_status() == "exit=0"
     assert read_semaphore(target.pid, str(HELLO), "greet") == 0  # detached
+
+
+@pytest.mark.bpf
+def test_a_count_table_fits_the_terminal_it_is_printed_on(pane, build_c):
+    """Folded stacks make long keys: on an 80-column terminal the stack column gives way (a pipe gets
+    whole lines: the other tests)."""
+    binary = build_c("call_paths.c", "-O0", "-fno-omit-frame-pointer", "-fno-inline")
+    p = pane("-F", "--by", "comm,ustack", "-c", f"sh -c 'echo g | {binary} 2'", f"usdt:{binary}:paths:leaf",
+             width=80, height=30, command="count")
+    assert p.exit_status() == "exit=0", "\n".join(p.screen())
+    joined = p.tmux("capture-pane", "-p", "-J", "-t", "top").splitlines()  # wrapped lines joined back
+    table = [line for line in joined if line.startswith(("probe", "paths:leaf"))]
+    assert len(table) == 5 and all(len(line) <= 80 for line in table), joined
+    assert [line.split()[-1] for line in table[1:]] == ["8", "6", "4", "2"], table

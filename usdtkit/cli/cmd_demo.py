@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace, results: dict, stats: dict, total: int) -> int:
-    from ..collect.render import format_value
+    from ..views.text import format_value
 
     traced = sum(results[s]["status"].total() for s in ("demo_httpd", "demo_pyservice"))
     if args.json:

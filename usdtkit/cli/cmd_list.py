@@ -16,7 +16,7 @@ import sys
 from itertools import islice, repeat
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-from ..collect.render import printable
+from ..views.text import printable
 from ..errors import ElfError, UsageError
 from . import list_cache
 from .list_cache import Fragment

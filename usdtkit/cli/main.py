@@ -14,7 +14,7 @@ import sys
 from typing import List, NoReturn, Optional
 
 from .. import __version__
-from ..collect.render import printable
+from ..views.text import printable
 from ..errors import UsdtkitError
 
 #: Sub-command modules, in the order ``usdtkit --help`` lists them.

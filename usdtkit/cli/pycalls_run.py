@@ -15,7 +15,7 @@ import sys
 from typing import List, Optional
 
 from ..collect.calls import FunctionCalls, GcPauses, top
-from ..collect.render import format_value, key_text, render_table
+from ..views.text import format_value, key_text, render_table, terminal_width
 from ..tracing.pycalls import PyCalls
 from .trace_run import _collect, _report_losses, command_argv
 
@@ -45,7 +45,7 @@ def render_calls(rows: List[FunctionCalls], by_thread: bool, timed: bool) -> str
     header = ["function", where, *(["tid"] if by_thread else []), "calls"]
     if timed:
         header += ["total", "self", "mean", "p50<=", "p99<="]
-    return render_table(header, [_cells(row, by_thread) for row in rows])
+    return render_table(header, [_cells(row, by_thread) for row in rows], terminal_width(sys.stdout))
 
 
 def _gc_line(gc: GcPauses) -> str:

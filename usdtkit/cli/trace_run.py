@@ -15,7 +15,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..collect.deltas import counts_delta, histograms_delta, stats_delta
-from ..collect.render import format_value, key_text, printable, render_counts
+from ..views.text import format_value, key_text, printable, render_counts, terminal_width
 from ..collect.results import Counts, Event, Histogram, ProbeStats
 from ..errors import TargetError, UsageError
 from ..expr.fields import Field
@@ -253,7 +253,8 @@ def run_count(args: argparse.Namespace) -> int:
         else:
             if args.interval:
                 print(time.strftime("%H:%M:%S"))
-            print(render_counts(counts, top or None) if counts is not None else "(no counts)")
+            print(render_counts(counts, top or None, terminal_width(sys.stdout)) if counts is not None
+                  else "(no counts)")
             if omitted:
                 print(f"... and {omitted} more rows ({len(counts)} in all; --top 0 shows every row)")
             _report_losses(session, stats)

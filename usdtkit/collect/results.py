@@ -109,6 +109,13 @@ class Counts(Mapping):
         return f"Counts({self.fields}, {self._items!r})"
 
 
+def _human(value: int) -> str:
+    for unit, size in (("P", 1 << 50), ("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if value >= size and value % size == 0:
+            return f"{value // size}{unit}"
+    return str(value)
+
+
 @dataclass
 class Histogram:
     """A histogram of one probe: ``buckets`` maps a bucket index to a count.
@@ -187,10 +194,32 @@ class Histogram:
                             for i in self.ordered() if self.buckets[i]]}
 
     def render(self, width: int = 40) -> str:
-        """A bcc/bpftrace style text histogram."""
-        from .render import render_histogram
-
-        return render_histogram(self, width)
+        """A bcc/bpftrace style text histogram: rows ``[lo, hi)  count |@@@@|`` from the first to the last
+        non-empty bucket."""
+        used = [i for i in self.ordered() if self.buckets[i]]
+        if not used:
+            return "(no values)"
+        peak = max(self.buckets[i] for i in used)
+        rows: List[str] = []
+        labels = []
+        negative = [i for i in used if self.kind == "log2" and i == self.NEGATIVE]
+        positive = [i for i in used if i not in negative]
+        span = list(range(positive[0], positive[-1] + 1)) if positive else []
+        for index in negative + span:
+            lo, hi = self.bounds(index)
+            if lo <= -(1 << 63):
+                label = f"(..., {_human(hi)})"
+            elif hi >= 1 << 64:
+                label = f"[{_human(lo)}, ...)"
+            else:
+                label = f"[{_human(lo)}, {_human(hi)})"
+            labels.append((label, self.buckets.get(index, 0)))
+        label_width = max(len(label) for label, _ in labels)
+        count_width = max(len(str(count)) for _, count in labels)
+        for label, count in labels:
+            bar = "@" * (round(count * width / peak) if peak else 0)
+            rows.append(f"{label:<{label_width}} {count:>{count_width}} |{bar:<{width}}|")
+        return "\n".join(rows)
 
     def __str__(self) -> str:
         return self.render()

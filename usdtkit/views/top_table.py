@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..collect.render import format_value
+from .text import format_value
 from ..collect.results import Counts, Histogram
 
 RowKey = Tuple[str, object]  # (probe label, pid)
