@@ -20,8 +20,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from ..errors import AttachError, EnvironmentProblem
 from . import capabilities, kernel_headers, perf_uprobe, tracefs, uprobe_multi
 from .backend import RecordCallback
-from .layout import ProgramLayout
+from .layout import WAKE_MAP, ProgramLayout
 from .ringbuf import RingBuffer
+
 
 def import_bcc() -> Any:
     """Import bcc or raise :class:`EnvironmentProblem` with the fix."""
@@ -214,7 +215,11 @@ class Program:
         return self._bpf.get_table(name.encode())
 
     def set_config(self, index: int, value: int) -> None:
-        table = self.table("config")
+        self.set_map("config", index, value)
+
+    def set_map(self, name: str, index: int, value: int) -> None:
+        """Set slot ``index`` of array map ``name``."""
+        table = self.table(name)
         table[table.Key(index)] = table.Leaf(value)
 
     def update_map(self, name: str, key: bytes, value: int) -> None:
@@ -252,7 +257,11 @@ class Program:
 
             self._bpf[b"events"].open_perf_buffer(perf_record, page_cnt=pages, lost_cb=on_lost)
             return
-        self._ring = RingBuffer(self._bpf[b"events"].map_fd, on_record)
+        wake = None
+        if self.layout is not None and WAKE_MAP in self.layout.maps:
+            def wake(on: bool) -> None:
+                self.set_map(WAKE_MAP, 0, int(on))
+        self._ring = RingBuffer(self._bpf[b"events"].map_fd, on_record, wake)
 
     def consume(self, timeout_ms: int, budget_s: float) -> None:
         """Deliver pending records, waiting up to ``timeout_ms`` for the first; return within about

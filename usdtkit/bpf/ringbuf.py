@@ -14,8 +14,12 @@ it and bit 30 (DISCARD) says it was thrown away, then a u32 the kernel uses to f
 record.  Records take ``roundup(length + 8, 8)`` bytes.  A BUSY record stops the reader (records after
 it may be committed, but positions must be handed back in order).
 
-The map fd polls readable while committed data is pending, so the reader waits on an epoll fd watching
-it.  Plain loads and stores suffice on x86-64, where stores are seen in the order they were made.
+The map fd polls readable while records are pending, so the reader waits on an epoll fd watching it.
+Waking a reader costs the producer an interrupt (irq_work) per wakeup, and a fast reader that keeps
+catching up would be woken for nearly every record.  A program can instead commit with
+``BPF_RB_NO_WAKEUP`` unless a flag it reads after reserving says the reader is about to sleep: the
+reader raises the flag (``wake(True)``), looks once more, and only then waits; while it drains a burst
+nobody wakes it, and the producer runs at full speed.  Plain loads and stores suffice on x86-64, where stores are seen in the order they were made.
 """
 from __future__ import annotations
 
@@ -76,8 +80,10 @@ class RingBuffer:
     The map fd stays the caller's: :meth:`close` unmaps and closes the epoll fd only.
     """
 
-    def __init__(self, map_fd: int, on_record: Callable[[bytes], bool]) -> None:
+    def __init__(self, map_fd: int, on_record: Callable[[bytes], bool],
+                 wake: Optional[Callable[[bool], None]] = None) -> None:
         self._on_record = on_record
+        self._wake = wake
         self.size = ring_size(map_fd)
         self._mask = self.size - 1
         page = mmap.PAGESIZE
@@ -114,8 +120,17 @@ class RingBuffer:
         delivered, stopped = self._drain(deadline)
         if delivered or stopped or timeout_ms == 0 or self._epoll is None:
             return delivered
-        self._epoll.poll(timeout_ms / 1000.0 if timeout_ms > 0 else -1)
-        return self._drain(deadline)[0]
+        if self._wake is None:
+            self._epoll.poll(timeout_ms / 1000.0 if timeout_ms > 0 else -1)
+            return self._drain(deadline)[0]
+        self._wake(True)
+        try:
+            delivered, stopped = self._drain(deadline)  # what was committed before the flag was seen
+            if not delivered:
+                self._epoll.poll(timeout_ms / 1000.0 if timeout_ms > 0 else -1)
+        finally:
+            self._wake(False)
+        return delivered or self._drain(deadline)[0]
 
     def _drain(self, deadline: float) -> "tuple[int, bool]":
         consumer, producer = self._consumer, self._producer

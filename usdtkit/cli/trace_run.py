@@ -70,6 +70,8 @@ def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None
         options["cgroup"] = args.cgroup
     if getattr(args, "max_probes", None) is not None:
         options["max_probes"] = args.max_probes
+    if getattr(args, "buffer_size", None) is not None:
+        options["buffer_size"] = args.buffer_size
     return trace(*args.probes, on_event=on_event, filters=args.filter, unsafe=args.unsafe, **options)
 
 
