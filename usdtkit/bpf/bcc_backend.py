@@ -21,7 +21,7 @@ from ..errors import AttachError, EnvironmentProblem
 from . import capabilities, kernel_headers, perf_uprobe, tracefs, uprobe_multi
 from .backend import RecordCallback
 from .layout import WAKE_MAP, ProgramLayout
-from .ringbuf import RingBuffer
+from .ringbuf import NativeDrain, RingBuffer
 
 
 def import_bcc() -> Any:
@@ -249,19 +249,22 @@ class Program:
         return deleted
 
     def open_events(self, on_record: RecordCallback, on_lost: Optional[Callable[[int], None]] = None,
-                    pages: int = 64) -> None:
-        """Deliver the records of the ``events`` map (ring buffer, or perf buffer on old kernels)."""
+                    pages: int = 64, drain: Optional[NativeDrain] = None) -> bool:
+        """Deliver the records of the ``events`` map (ring buffer, or perf buffer on old kernels); a
+        ring buffer goes to ``drain`` instead when one is given (then True is returned)."""
         if self.layout is not None and not self.layout.ringbuf:
             def perf_record(_cpu: int, data: int, size: int) -> None:
                 on_record(ctypes.string_at(data, size))
 
             self._bpf[b"events"].open_perf_buffer(perf_record, page_cnt=pages, lost_cb=on_lost)
-            return
+            return False
         wake = None
         if self.layout is not None and WAKE_MAP in self.layout.maps:
             def wake(on: bool) -> None:
                 self.set_map(WAKE_MAP, 0, int(on))
         self._ring = RingBuffer(self._bpf[b"events"].map_fd, on_record, wake)
+        self._ring.set_drain(drain)
+        return drain is not None
 
     def consume(self, timeout_ms: int, budget_s: float) -> None:
         """Deliver pending records, waiting up to ``timeout_ms`` for the first; return within about

@@ -29,7 +29,7 @@ import os
 import select
 import struct
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from ..errors import AttachError
 from . import syscalls
@@ -40,6 +40,9 @@ HEADER_SIZE = 8
 BPF_MAP_TYPE_RINGBUF = 27
 _BPF_OBJ_GET_INFO_BY_FD = 15
 _BUDGET_CHECK_EVERY = 64  # records between two looks at the clock
+
+#: ``drain(consumer_map, producer_map, mask, budget_s) -> (records delivered, stopped early)``
+NativeDrain = Callable[[mmap.mmap, mmap.mmap, int, float], Tuple[int, bool]]
 
 _U64 = struct.Struct("=Q")
 _U32 = struct.Struct("=I")
@@ -84,6 +87,7 @@ class RingBuffer:
                  wake: Optional[Callable[[bool], None]] = None) -> None:
         self._on_record = on_record
         self._wake = wake
+        self._native: Optional[NativeDrain] = None
         self.size = ring_size(map_fd)
         self._mask = self.size - 1
         page = mmap.PAGESIZE
@@ -100,6 +104,11 @@ class RingBuffer:
         except OSError as exc:
             self.close()
             raise AttachError(f"cannot map ring buffer fd {map_fd}: {exc.strerror or exc}") from None
+
+    def set_drain(self, drain: Optional["NativeDrain"]) -> None:
+        """Hand the records to ``drain(consumer, producer, mask, budget_s) -> (delivered, stopped)``
+        instead of ``on_record``: a reader in C given the two mappings (see usdtkit.collect.native)."""
+        self._native = drain
 
     def fileno(self) -> int:
         """The epoll fd: readable while records are pending (for a caller's own select loop)."""
@@ -132,10 +141,12 @@ class RingBuffer:
             self._wake(False)
         return delivered or self._drain(deadline)[0]
 
-    def _drain(self, deadline: float) -> "tuple[int, bool]":
+    def _drain(self, deadline: float) -> Tuple[int, bool]:
         consumer, producer = self._consumer, self._producer
         if consumer is None or producer is None:
             return 0, False
+        if self._native is not None:
+            return self._native(consumer, producer, self._mask, max(0.0, deadline - time.monotonic()))
         on_record, mask, start = self._on_record, self._mask, self._data_start
         unpack_u32, unpack_u64, pack_u64 = _U32.unpack_from, _U64.unpack_from, _U64.pack_into
         position = unpack_u64(consumer, 0)[0]
