@@ -522,6 +522,14 @@ static long long ring_drain(Decoder *d, Ring *r, double budget, record_fn fn, vo
     }
 }
 
+static int ready(Decoder *d)
+{
+    if (d->event_type && d->stack_of && d->probes)
+        return 1;
+    PyErr_SetString(PyExc_ValueError, "the Decoder is not initialised");
+    return 0;
+}
+
 typedef struct {
     int fd;
     long long limit, written;
@@ -581,7 +589,7 @@ static PyObject *Decoder_drain_json(Decoder *d, PyObject *args)
     unsigned long long mask;
     double budget;
     JsonCtx j = {0, -1, 0};
-    if (!PyArg_ParseTuple(args, "OOKdiL", &consumer, &producer, &mask, &budget, &j.fd, &j.limit))
+    if (!PyArg_ParseTuple(args, "OOKdiL", &consumer, &producer, &mask, &budget, &j.fd, &j.limit) || !ready(d))
         return NULL;
     Ring r;
     if (ring_open(&r, consumer, producer, mask) < 0)
@@ -600,7 +608,8 @@ static PyObject *Decoder_drain_events(Decoder *d, PyObject *args)
     unsigned long long mask;
     double budget;
     EventCtx e;
-    if (!PyArg_ParseTuple(args, "OOKdOOO", &consumer, &producer, &mask, &budget, &e.append, &e.on_event, &e.session))
+    if (!PyArg_ParseTuple(args, "OOKdOOO", &consumer, &producer, &mask, &budget, &e.append, &e.on_event, &e.session) ||
+        !ready(d))
         return NULL;
     if (!(e.stop_name = PyUnicode_InternFromString("_stop")))
         return NULL;
@@ -620,6 +629,8 @@ static PyObject *Decoder_drain_events(Decoder *d, PyObject *args)
 
 static int record_arg(Decoder *d, PyObject *data, Py_buffer *view)
 {
+    if (!ready(d))
+        return -1;
     if (PyObject_GetBuffer(data, view, PyBUF_SIMPLE) < 0)
         return -1;
     if (view->len < d->size) {
@@ -809,16 +820,31 @@ static int Decoder_init(Decoder *d, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+/* stack_of is usually a bound method of the session that owns this decoder: a cycle to collect. */
+static int Decoder_traverse(Decoder *d, visitproc visit, void *arg)
+{
+    Py_VISIT(d->event_type);
+    Py_VISIT(d->stack_of);
+    return 0;
+}
+
+static int Decoder_clear(Decoder *d)
+{
+    Py_CLEAR(d->event_type);
+    Py_CLEAR(d->stack_of);
+    return 0;
+}
+
 static void Decoder_dealloc(Decoder *d)
 {
+    PyObject_GC_UnTrack(d);
+    Decoder_clear(d);
     for (Py_ssize_t i = 0; i < d->nprobes; i++) {
         Py_XDECREF(d->probes[i].label);
         Py_XDECREF(d->probes[i].label_json);
     }
     PyMem_Free(d->probes);
     PyMem_Free(d->out);
-    Py_XDECREF(d->event_type);
-    Py_XDECREF(d->stack_of);
     Py_XDECREF(d->comm_str);
     Py_TYPE(d)->tp_free((PyObject *)d);
 }
@@ -848,7 +874,9 @@ static PyTypeObject DecoderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "usdtkit._native._fastevents.Decoder",
     .tp_basicsize = sizeof(Decoder),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Decoder_traverse,
+    .tp_clear = (inquiry)Decoder_clear,
     .tp_doc = "Decoder(spec): decode event records of one layout (see the module docstring)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Decoder_init,

@@ -115,3 +115,25 @@ def test_absent_module_means_the_python_decoder(monkeypatch):
     monkeypatch.setenv("USDTKIT_NO_NATIVE_EVENTS", "1")
     layout = record_layout(1, ())
     assert native.native_decoder(RecordDecoder(layout, PROBES[:1], STRING_SIZE)) is None
+
+
+def test_a_decoder_is_collected_with_the_session_whose_method_it_holds():
+    import gc
+    import weakref
+
+    class Owner:
+        def stack(self, stack_id, pid):
+            return ()
+
+    owner = Owner()
+    owner.decoder = native.native_decoder(RecordDecoder(record_layout(1, ()), PROBES[:1], STRING_SIZE, owner.stack))
+    gone = weakref.ref(owner)
+    del owner
+    gc.collect()
+    assert gone() is None
+
+
+def test_an_uninitialised_decoder_refuses_to_work():
+    decoder = fastevents.Decoder.__new__(fastevents.Decoder)
+    with pytest.raises(ValueError, match="not initialised"):
+        decoder.json(b"\0" * 256)
