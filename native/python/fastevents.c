@@ -478,7 +478,12 @@ static double now(void)
 typedef int (*record_fn)(Decoder *d, const char *rec, Py_ssize_t len, void *ctx);  /* 1: stop, -1: error */
 
 /* Hand each committed record to `fn` until the ring is empty, a BUSY record, `fn` stops or fails, or
- * the budget is spent.  Returns records handed over, or -1 (the failing record is consumed). */
+ * the budget is spent.  Returns records handed over, or -1 (the failing record is consumed).
+ *
+ * The consumer position is published every PUBLISH_EVERY records and on return, not after each: the
+ * producer reads it on every reserve, and a line written per record by the reader's CPU would move
+ * back and forth between the two CPUs for each record, slowing the traced program. */
+#define PUBLISH_EVERY 64
 static long long ring_drain(Decoder *d, Ring *r, double budget, record_fn fn, void *ctx, int *stopped)
 {
     uint64_t *consumer_pos = (uint64_t *)r->cons.buf;
@@ -486,40 +491,46 @@ static long long ring_drain(Decoder *d, Ring *r, double budget, record_fn fn, vo
     const char *data = (const char *)r->prod.buf + sysconf(_SC_PAGESIZE);
     double deadline = now() + budget;
     long long n = 0;
+    unsigned unpublished = 0;
     uint64_t cons = __atomic_load_n(consumer_pos, __ATOMIC_ACQUIRE);
+    int rc = 0;
     *stopped = 0;
     for (;;) {
         uint64_t prod = __atomic_load_n(producer_pos, __ATOMIC_ACQUIRE);
         if (cons >= prod)
-            return n;
+            goto out;
         while (cons < prod) {
             const char *at = data + (cons & r->mask);
             uint32_t header = __atomic_load_n((const uint32_t *)at, __ATOMIC_ACQUIRE);
             if (header & RB_BUSY)
-                return n;
+                goto out;
             uint32_t len = header & ~(RB_BUSY | RB_DISCARD);
             cons += ((uint64_t)len + RB_HEADER + 7) & ~(uint64_t)7;
-            if (header & RB_DISCARD) {
+            if (++unpublished == PUBLISH_EVERY) {
                 __atomic_store_n(consumer_pos, cons, __ATOMIC_RELEASE);
-                continue;
+                unpublished = 0;
             }
-            int rc = len < d->size ? (PyErr_Format(PyExc_ValueError, "a %u-byte record, expected %zd", len, d->size), -1)
-                                   : fn(d, at + RB_HEADER, (Py_ssize_t)len, ctx);
-            __atomic_store_n(consumer_pos, cons, __ATOMIC_RELEASE);
+            if (header & RB_DISCARD)
+                continue;
+            if (len < d->size) {
+                PyErr_Format(PyExc_ValueError, "a %u-byte record, expected %zd", len, d->size);
+                rc = -1;
+            } else {
+                rc = fn(d, at + RB_HEADER, (Py_ssize_t)len, ctx);
+            }
             if (rc < 0)
-                return -1;
+                goto out;
             n++;
             d->delivered++;
-            if (rc > 0) {
+            if (rc > 0 || (n % CLOCK_EVERY == 0 && now() >= deadline)) {
                 *stopped = 1;
-                return n;
-            }
-            if (n % CLOCK_EVERY == 0 && now() >= deadline) {
-                *stopped = 1;
-                return n;
+                goto out;
             }
         }
     }
+out:
+    __atomic_store_n(consumer_pos, cons, __ATOMIC_RELEASE);
+    return rc < 0 ? -1 : n;
 }
 
 static int ready(Decoder *d)
