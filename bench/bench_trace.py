@@ -798,7 +798,9 @@ def events(env: Env, results: Results, reps: int, m: int, tmp: str) -> None:
     counted = results.row("events", case, "in-kernel count (usdtkit count), fired/s", "events/s")
     for tool, _, ref in tools:
         results.row("events", case, tool, "events/s", ref)
+    alone = f"{m} records already in ring buffer memory (the C reader alone, no producer)"
     for rep in range(reps):
+        _reader_alone(env, results, alone, m)
         order = tools[rep % len(tools):] + tools[:rep % len(tools)]
         try:
             count_rate = _counted_burst(env, counted, binary, m)
@@ -810,6 +812,21 @@ def events(env: Env, results: Results, reps: int, m: int, tmp: str) -> None:
                 _one_event_run(env, row, binary, m, runner, tmp, count_rate)
             finally:
                 Proc.stop_all()
+
+
+def _reader_alone(env: Env, results: Results, case: str, m: int) -> None:
+    rows = {"events": results.row("events", case, "usdtkit API path (kept events + on_event)", "events/s"),
+            "json": results.row("events", case, "usdtkit trace --json path (to /dev/null)", "events/s")}
+    proc = Proc(env.worker + ["reader", str(m)], name="usdtkit-reader", env=env.usdtkit_env)
+    found = proc.wait_line("stdout", r"^\{", 120)
+    rates = json.loads(found[1]) if found else {}
+    for name, row in rows.items():
+        if name in rates:
+            row.samples.append(rates[name])
+            row.checks.append("ok")
+        else:
+            row.note = "the C extension is not built" if found else f"no result: {_last_error(proc)}"
+    Proc.stop_all()
 
 
 def _counted_burst(env: Env, row: Row, binary: str, m: int) -> Optional[float]:
@@ -1023,8 +1040,11 @@ def _ev_bpftrace(env: Env, binary: str, pid: int, tmp: str) -> Optional[Callable
 # ======================================================================================== workers
 def worker(argv: List[str]) -> int:
     """Run inside the venv Python: the usdtkit Python API side of the benchmarks."""
-    mode, pid, probe = argv[0], int(argv[1]), argv[2]
     sys.path.insert(0, REPO)
+    if argv[0] == "reader":
+        print(json.dumps(_reader_rates(int(argv[1]))), flush=True)
+        return 0
+    mode, pid, probe = argv[0], int(argv[1]), argv[2]
     import usdtkit  # noqa: PLC0415 - only the worker needs it
 
     if mode == "count":
@@ -1051,6 +1071,60 @@ def worker(argv: List[str]) -> int:
                           "dropped_by_user_queue": session.dropped_by_user_queue}), flush=True)
         return 0
     raise SystemExit(f"unknown worker mode {mode}")
+
+
+def _reader_rates(m: int) -> Dict[str, float]:
+    """Records per second of usdtkit's C reader alone: ``m`` records of ``bench:event``'s shape laid out
+    as the kernel lays them out in ring buffer memory (two anonymous mappings standing for the map's),
+    drained as the API delivers them (kept events and an ``on_event`` callback) and as ``trace --json``
+    writes them (to /dev/null); no producer to wait for."""
+    import collections  # noqa: PLC0415 - worker only
+    import mmap  # noqa: PLC0415
+    import struct  # noqa: PLC0415
+
+    from usdtkit.bpf import codegen  # noqa: PLC0415
+    from usdtkit.collect.native import native_decoder  # noqa: PLC0415
+    from usdtkit.collect.records import ProbeDecoder, RecordDecoder  # noqa: PLC0415
+    from usdtkit.elf.model import Arg, Register, RegisterValue  # noqa: PLC0415
+    from usdtkit.plan.plan import AttachPlan  # noqa: PLC0415
+    from usdtkit.plan.refs import ProbeRef  # noqa: PLC0415
+    from usdtkit.plan.request import TraceRequest  # noqa: PLC0415
+    from usdtkit.plan.resolve import ResolvedProbe, Site  # noqa: PLC0415
+
+    arg = Arg(8, True, RegisterValue(Register("rdi", 64, 0, "rdi")), "8@%rdi")
+    probe = ResolvedProbe(ProbeRef("usdt", "/b", "event", "bench"), "/b", (Site("/b", 16, 16, 0, (arg,)),), 1)
+    layout = codegen.generate(AttachPlan(TraceRequest((probe.ref,), events=True), (probe,), None)).record
+    decoder = native_decoder(RecordDecoder(layout, [ProbeDecoder("bench:event", 1, [True], [], False, False)], 128))
+    if decoder is None:
+        return {}
+    record = layout.pack(ts=1 << 60, pid=123456, tid=123456, probe=0, cpu=1, args=[7], comm=b"sdt_bench")
+    step = (len(record) + 8 + 7) & ~7
+    size = 1 << (step * m - 1).bit_length()
+    consumer, producer = mmap.mmap(-1, mmap.PAGESIZE), mmap.mmap(-1, mmap.PAGESIZE + 2 * size)
+    producer[mmap.PAGESIZE:mmap.PAGESIZE + step * m] = (struct.pack("=II", len(record), 0) + record).ljust(step, b"\0") * m
+
+    class Session:
+        _stop = False
+
+    delivered = [0]
+
+    def on_event(event: object) -> None:
+        delivered[0] += 1
+
+    null = os.open(os.devnull, os.O_WRONLY)
+    drains = {"events": lambda: decoder.drain_events(consumer, producer, size - 1, 10.0,
+                                                     collections.deque(maxlen=1_000_000).append, on_event, Session),
+              "json": lambda: decoder.drain_json(consumer, producer, size - 1, 10.0, null, -1)}
+    rates = {}
+    for name, drain in drains.items():
+        struct.pack_into("=QQ", consumer, 0, 0, 0)
+        struct.pack_into("=Q", producer, 0, step * m)
+        started, done = time.perf_counter(), 0
+        while done < m:
+            done += drain()[0]
+        rates[name] = m / (time.perf_counter() - started)
+    os.close(null)
+    return rates
 
 
 # ======================================================================================== output

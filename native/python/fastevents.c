@@ -61,6 +61,7 @@ typedef struct {
     Py_ssize_t field_offset[N_FIELDS];
     char last_comm[64];
     PyObject *comm_str;   /* the str of last_comm: a process's comm rarely changes between records */
+    struct u32_cache { uint32_t value; PyObject *obj; } pid_cache, tid_cache;  /* likewise */
     unsigned long long delivered;
     char *out;
     size_t out_len, out_cap;
@@ -196,6 +197,19 @@ static PyObject *comm_of(Decoder *d, const char *rec)
     return s;
 }
 
+/* A new reference to the int `value`, the same object as last time when the value is the same. */
+static PyObject *cached_u32(struct u32_cache *cache, uint32_t value)
+{
+    if (!cache->obj || cache->value != value) {
+        PyObject *obj = PyLong_FromUnsignedLong(value);
+        if (!obj)
+            return NULL;
+        Py_XSETREF(cache->obj, obj);
+        cache->value = value;
+    }
+    return Py_NewRef(cache->obj);
+}
+
 static Probe *probe_of(Decoder *d, const char *rec)
 {
     uint32_t index = u32_at(rec, d->off_probe);
@@ -278,8 +292,8 @@ static PyObject *build_event(Decoder *d, const char *rec)
         PyObject *retval = p->is_return ? PyLong_FromUnsignedLongLong(u64_at(rec, d->off_retval)) : Py_NewRef(Py_None);
         PyObject *latency = p->has_latency ? PyLong_FromUnsignedLongLong(u64_at(rec, d->off_latency))
                                            : Py_NewRef(Py_None);
-        PyObject *pid = PyLong_FromUnsignedLong(u32_at(rec, d->off_pid));
-        PyObject *tid = PyLong_FromUnsignedLong(u32_at(rec, d->off_tid));
+        PyObject *pid = cached_u32(&d->pid_cache, u32_at(rec, d->off_pid));
+        PyObject *tid = cached_u32(&d->tid_cache, u32_at(rec, d->off_tid));
         PyObject *ts = PyLong_FromUnsignedLongLong(u64_at(rec, d->off_ts));
         PyObject *cpu = PyLong_FromUnsignedLong(u32_at(rec, d->off_cpu));
         if (retval && latency && pid && tid && ts && cpu)
@@ -857,6 +871,8 @@ static void Decoder_dealloc(Decoder *d)
     PyMem_Free(d->probes);
     PyMem_Free(d->out);
     Py_XDECREF(d->comm_str);
+    Py_XDECREF(d->pid_cache.obj);
+    Py_XDECREF(d->tid_cache.obj);
     Py_TYPE(d)->tp_free((PyObject *)d);
 }
 
