@@ -148,33 +148,33 @@ class RingBuffer:
         if self._native is not None:
             return self._native(consumer, producer, self._mask, max(0.0, deadline - time.monotonic()))
         on_record, mask, start = self._on_record, self._mask, self._data_start
-        unpack_u32, unpack_u64, pack_u64 = _U32.unpack_from, _U64.unpack_from, _U64.pack_into
+        unpack_u32, unpack_u64 = _U32.unpack_from, _U64.unpack_from
         position = unpack_u64(consumer, 0)[0]
         delivered = 0
-        while True:
-            end = unpack_u64(producer, 0)[0]
-            if position >= end:
-                return delivered, False
-            while position < end:
-                offset = start + (position & mask)
-                header = unpack_u32(producer, offset)[0]
-                if header & BUSY:
-                    return delivered, False  # the producer has not committed it yet
-                length = header & ~(BUSY | DISCARD) & 0xFFFFFFFF
-                record_end = position + ((length + HEADER_SIZE + 7) & ~7)
-                if header & DISCARD:
-                    position = record_end
-                    pack_u64(consumer, 0, position)
-                    continue
-                data = producer[offset + HEADER_SIZE:offset + HEADER_SIZE + length]
-                position = record_end
-                # Published before the callback runs, so a callback that raises leaves the record consumed.
-                pack_u64(consumer, 0, position)
-                delivered += 1
-                if on_record(data):
-                    return delivered, True
-                if delivered % _BUDGET_CHECK_EVERY == 0 and time.monotonic() >= deadline:
-                    return delivered, True
+        try:
+            while True:
+                end = unpack_u64(producer, 0)[0]
+                if position >= end:
+                    return delivered, False
+                while position < end:
+                    offset = start + (position & mask)
+                    header = unpack_u32(producer, offset)[0]
+                    if header & BUSY:
+                        return delivered, False  # the producer has not committed it yet
+                    length = header & ~(BUSY | DISCARD) & 0xFFFFFFFF
+                    position += (length + HEADER_SIZE + 7) & ~7
+                    if header & DISCARD:
+                        continue
+                    delivered += 1
+                    if on_record(producer[offset + HEADER_SIZE:offset + HEADER_SIZE + length]):
+                        return delivered, True
+                    if delivered % _BUDGET_CHECK_EVERY == 0:
+                        # Published per batch, not per record: producers read it on every reserve.
+                        _U64.pack_into(consumer, 0, position)
+                        if time.monotonic() >= deadline:
+                            return delivered, True
+        finally:  # also when on_record raises: its record counts as consumed
+            _U64.pack_into(consumer, 0, position)
 
     def close(self) -> None:
         """Unmap both areas and close the epoll fd (the map fd is left open)."""
