@@ -74,6 +74,10 @@ def _string_size(parser: argparse.ArgumentParser, what: str) -> None:
                         "cut, with a trailing …")
 
 
+def _csv(parser: argparse.ArgumentParser, rows: str) -> None:
+    parser.add_argument("--csv", action="store_true", help=f"comma-separated values with a header line: {rows}")
+
+
 def _common(parser: argparse.ArgumentParser, probes: str = "+", probes_default: str = "") -> None:
     parser.add_argument("probes", nargs=probes, metavar="PROBE",
                         help="usdt:BINARY:PROVIDER:NAME, uprobe:BINARY:FUNCTION or uretprobe:BINARY:FUNCTION; "
@@ -112,6 +116,8 @@ TRACE_EXAMPLES = epilog(
     "usdtkit trace --string-size 200 -s arg1 -c 'demo_apps/build/hello_usdt 1 reader' usdt::hello:greet",
     "usdtkit trace -F -c \"sh -c 'demo_apps/build/hello_usdt 2; true'\" usdt:demo_apps/build/hello_usdt:hello:tick",
     "usdtkit trace -c 'demo_apps/build/hello_usdt 2' 'usdt::hello:*'",
+    "usdtkit trace --csv --timestamps relative -s arg1 -c 'demo_apps/build/hello_usdt 3' usdt::hello:greet",
+    "usdtkit trace --timestamps boot -n 3 -p PID usdt::hello:tick",
     "usdtkit trace -s arg1 -c '.venv/bin/python3 demo_apps/orders.py 3' usdt::demo_orders:order",
 )
 COUNT_EXAMPLES = epilog(
@@ -125,6 +131,7 @@ COUNT_EXAMPLES = epilog(
     "usdtkit count -F --by pid -c \"sh -c 'demo_apps/build/hello_usdt 2; demo_apps/build/hello_usdt 3'\" "
     "usdt:demo_apps/build/hello_usdt:hello:tick",
     "usdtkit count -p PID -d 1 --by ustack --flamegraph sleeps.svg --folded sleeps.folded uprobe:libc:nanosleep",
+    "usdtkit count --csv --by arg1 -c 'demo_apps/build/hello_usdt 4' usdt::hello:tick",
     "usdtkit count --max-probes 100 -c 'demo_apps/build/hello_usdt 3' 'uprobe:libc:str*' 'uprobe:libc:mall*'",
 )
 HIST_EXAMPLES = epilog(
@@ -161,6 +168,11 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
                        help="read this pointer argument as a NUL-terminated string (repeatable), e.g. 'arg1'")
     _string_size(trace, "string argument")
     trace.add_argument("-n", "--max-events", type=_positive(int), help="stop after this many events")
+    trace.add_argument("--timestamps", choices=("wall", "boot", "relative"),
+                       help="how text and CSV tell the time of an event: wall (the time of day; default), boot "
+                       "(seconds on the kernel's monotonic clock, as timestamp_ns in JSON) or relative (seconds "
+                       "since the first event)")
+    _csv(trace, "one row per event: time, probe, pid, tid, cpu, comm, arg0..argN, retval, latency_ns")
     trace.add_argument("--buffer-size", metavar="SIZE",
                        help="event buffer size, e.g. 256M (default 64M; rounded up to a power of two pages): "
                             "what a burst can fill while the reader catches up")
@@ -176,6 +188,7 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
                        help="show the N largest counts (default: 50 in text, all in JSON; 0: all); how many "
                        "more there are is said")
     _string_size(count, "str(argN) key")
+    _csv(count, "one row per key: its fields, then count")
     _interval(count)
     pictures.add_arguments(count)
     count.set_defaults(func=_runner("run_count"))
