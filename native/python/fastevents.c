@@ -54,6 +54,7 @@ typedef struct {
     Py_ssize_t size;
     Py_ssize_t off_ts, off_latency, off_retval, off_pid, off_tid, off_probe, off_cpu, off_errs, off_stack,
         off_args, off_comm, comm_len, str_len, limit;
+    Py_ssize_t off_caller; /* -1: the record has no caller (no probe at a function's first instruction) */
     Py_ssize_t nstr, str_off[MAX_SLOTS];
     Py_ssize_t nprobes;
     Probe *probes;
@@ -241,8 +242,12 @@ static PyObject *frames_of(Decoder *d, const char *rec)
     if (d->stack_of == Py_None)
         Py_RETURN_NONE;
     int32_t stack;
+    uint64_t caller = 0;
     memcpy(&stack, rec + d->off_stack, 4);
-    return PyObject_CallFunction(d->stack_of, "iI", (int)stack, u32_at(rec, d->off_pid));
+    if (d->off_caller >= 0)
+        memcpy(&caller, rec + d->off_caller, 8);
+    return PyObject_CallFunction(d->stack_of, "iIIK", (int)stack, u32_at(rec, d->off_pid),
+                                 u32_at(rec, d->off_probe), (unsigned long long)caller);
 }
 
 /* ------------------------------------------------------------------ Event */
@@ -777,10 +782,10 @@ static int Decoder_init(Decoder *d, PyObject *args, PyObject *kwds)
         return -1;
     }
     static const char *keys[] = {"size", "ts", "latency", "retval", "pid", "tid", "probe", "cpu", "errs", "stack",
-                                 "args", "comm", "comm_len", "str_len", "limit"};
+                                 "args", "comm", "comm_len", "str_len", "limit", "caller"};
     Py_ssize_t *slots[] = {&d->size, &d->off_ts, &d->off_latency, &d->off_retval, &d->off_pid, &d->off_tid,
                            &d->off_probe, &d->off_cpu, &d->off_errs, &d->off_stack, &d->off_args, &d->off_comm,
-                           &d->comm_len, &d->str_len, &d->limit};
+                           &d->comm_len, &d->str_len, &d->limit, &d->off_caller};
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
         if (get_ssize(spec, keys[i], slots[i]) < 0)
             return -1;
@@ -838,7 +843,7 @@ static int Decoder_init(Decoder *d, PyObject *args, PyObject *kwds)
             PyErr_SetString(PyExc_ValueError, "arguments outside the record");
             return -1;
         }
-    if (d->off_comm + d->comm_len > d->size) {
+    if (d->off_comm + d->comm_len > d->size || d->off_caller < -1 || d->off_caller + 8 > d->size) {
         PyErr_SetString(PyExc_ValueError, "member outside the record");
         return -1;
     }

@@ -180,3 +180,30 @@ def test_a_stack_taken_at_a_function_entry_has_its_caller_once(build_c, processe
     assert leaf == PATHS
     assert hop == {("main", "alpha", "hop"): 2 * ROUNDS, ("main", "beta", "hop"): 3 * ROUNDS,
                    ("main", "beta", "delta", "hop"): 4 * ROUNDS}
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("native", ["1", ""])
+def test_event_stacks_at_a_function_entry_have_their_caller_once(build_c, processes, monkeypatch, native):
+    """The same for the stacks of events, decoded in C and in Python."""
+    from collections import Counter
+
+    from usdtkit import trace
+
+    monkeypatch.setenv("USDTKIT_NO_NATIVE_EVENTS", "" if native else "1")
+    flags = ("-O2", "-fno-omit-frame-pointer", "-momit-leaf-frame-pointer", "-fno-inline", "-fno-optimize-sibling-calls")
+    binary = build_c("call_paths.c", *flags)
+    target = processes([binary, str(ROUNDS)])
+    with trace(f"uprobe:{binary}:leaf", f"uprobe:{binary}:hop", pid=target.pid, stacks=True) as session:
+        assert session.native == bool(native)
+        target.stdin.write(b"g")
+        target.stdin.flush()
+        assert target.stdout.readline() == b"done\n"
+        session.run(duration=0.5)
+        events = list(session.events)
+    paths = Counter((e.probe, tuple(f.split("+")[0] for f in reversed(e.stack))) for e in events)
+    leaf = from_main({stack: n for (probe, stack), n in paths.items() if probe == "leaf"})
+    hop = from_main({stack: n for (probe, stack), n in paths.items() if probe == "hop"})
+    assert leaf == PATHS
+    assert hop == {("main", "alpha", "hop"): 2 * ROUNDS, ("main", "beta", "hop"): 3 * ROUNDS,
+                   ("main", "beta", "delta", "hop"): 4 * ROUNDS}

@@ -25,18 +25,21 @@ STRING_SIZE = 24
 U64 = (1 << 64) - 1
 
 
-def record_layout(nargs: int, strings: tuple):
+def record_layout(nargs: int, strings: tuple, entry: bool = False):
+    """A record of one USDT probe, or (``entry``) of a uprobe at a function's first instruction with
+    stacks: then the record carries the return address found at the stack pointer."""
     args = tuple(Arg(8, False, RegisterValue(Register("rdi", 64, 0, "rdi")), "8@%rdi") for _ in range(nargs))
-    probe = ResolvedProbe(ProbeRef("usdt", "/bin/x", "p", "prov"), "/bin/x", (Site("/bin/x", 0x10, 0x10, 0, args),),
-                          nargs)
-    request = TraceRequest((probe.ref,), events=True, event_strings=strings, string_size=STRING_SIZE)
+    ref = ProbeRef("uprobe", "/bin/x", "fn") if entry else ProbeRef("usdt", "/bin/x", "p", "prov")
+    probe = ResolvedProbe(ref, "/bin/x", (Site("/bin/x", 0x10, 0x10, 0, args),), nargs)
+    request = TraceRequest((probe.ref,), events=True, event_strings=strings, string_size=STRING_SIZE, stacks=entry)
     return codegen.generate(AttachPlan(request, (probe,), None)).record
 
 
-def frames(stack_id: int, pid: int):
+def frames(stack_id: int, pid: int, probe: int = -1, caller: int = 0):
     if stack_id < 0:
         return None
-    return (f"f{stack_id}+0x10 [lib\"x\\y.so]", "\u00e9t\u00e9\n[unknown]") if stack_id % 2 else ()
+    return ((f"f{stack_id}+0x10 [lib\"x\\y.so]", "\u00e9t\u00e9\n[unknown]", f"probe {probe} caller {caller:#x}")
+            if stack_id % 2 else ())
 
 
 PROBES = [
@@ -71,6 +74,8 @@ def cases(layout, nprobes: int, nstrings: int, count: int = 400):
                       args=[rng.choice(NUMBERS) for _ in range(6)], comm=rng.choice(COMMS))
         for slot in range(nstrings):
             values[f"str{slot}"] = rng.choice(TEXTS)
+        if any(m.name == "caller" for m in layout.members):
+            values["caller"] = rng.choice([0, 0x7f00deadbeef, U64])
         yield layout.pack(**values)
 
 
@@ -78,9 +83,11 @@ def python_line(event) -> bytes:
     return (json.dumps(event.to_json(), ensure_ascii=False) + "\n").encode()
 
 
-@pytest.mark.parametrize("strings,stacks", [((), False), ((1, 3), False), ((1, 3), True), ((2, 0), True)])
-def test_events_and_json_lines_match_the_python_decoder(strings, stacks):
-    layout = record_layout(6, strings)
+@pytest.mark.parametrize("strings,stacks,entry", [((), False, False), ((1, 3), False, False), ((1, 3), True, False),
+                                                  ((2, 0), True, False), ((1, 3), True, True), ((), True, True)])
+def test_events_and_json_lines_match_the_python_decoder(strings, stacks, entry):
+    layout = record_layout(6, strings, entry)
+    assert any(m.name == "caller" for m in layout.members) == entry
     probes = PROBES if strings else [p for p in PROBES if not p.string_slots]
     records, fast = pair(layout, stacks, probes)
     assert fast is not None
@@ -122,7 +129,7 @@ def test_a_decoder_is_collected_with_the_session_whose_method_it_holds():
     import weakref
 
     class Owner:
-        def stack(self, stack_id, pid):
+        def stack(self, stack_id, pid, probe=-1, caller=0):
             return ()
 
     owner = Owner()

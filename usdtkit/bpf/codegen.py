@@ -47,7 +47,7 @@ from ..plan.plan import AttachPlan, pointer_like
 from ..plan.resolve import ResolvedProbe, Site
 from . import follow
 from .filter_c import BUILTIN_C, FilterC, FilterHelpers, arg_signed, u64_literal
-from .layout import (CALLER_MEMBER, STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_PAIRED, STAT_READ_ERRORS,
+from .layout import (CALLER_MEMBER, RECORD_CALLER, STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_PAIRED, STAT_READ_ERRORS,
                      STAT_UNMATCHED, STATS_PER_PROBE, WAKE_MAP, Attachment, MapLayout, Member, ProgramLayout,
                      StructLayout, key_members, string_buffer)
 
@@ -187,8 +187,8 @@ class Generator:
         self.maps: Dict[str, MapLayout] = {}
         self._lines: List[str] = []
         self.filter_helpers = FilterHelpers()
-        self.record = self._record_layout() if plan.events else None
         self.entry_probes = [i for i, p in enumerate(plan.probes) if p.at_function_entry]
+        self.record = self._record_layout() if plan.events else None
         self.count_key = (StructLayout("usdtkit_count_key", key_members(plan.count_by, plan.string_size, COMM_LEN,
                                                                         entry_callers=bool(self.entry_probes)))
                           if plan.count_by else None)
@@ -209,6 +209,8 @@ class Generator:
                    Member("pid", "u32"), Member("tid", "u32"), Member("probe", "u32"), Member("cpu", "u32"),
                    Member("errs", "u32"), Member("stack", "s32"), Member("args", "u64", self.nargs, array=True),
                    Member("comm", "char", COMM_LEN)]
+        if self.plan.stacks and self.entry_probes:
+            members.insert(3, Member(RECORD_CALLER, "u64"))  # with the other u64s: no padding
         members += [Member(f"str{slot}", "char", string_buffer(self.plan.string_size))
                     for slot in range(len(self.plan.event_strings))]
         return StructLayout("usdtkit_event", tuple(members))
@@ -303,6 +305,13 @@ class Generator:
         return [f"    struct {key.name} key_value; struct {key.name} *key = &key_value;",
                 "    __builtin_memset(key, 0, sizeof(*key));", "    key->probe = probe;"]
 
+    def _at_entry(self) -> str:
+        """The C condition of a hit at a function's first instruction (its return address at the stack
+        pointer: see layout.CALLER_MEMBER)."""
+        if len(self.entry_probes) == len(self.plan.probes):
+            return "1"
+        return " || ".join(f"probe == {i}" for i in self.entry_probes)
+
     def _key_fill(self, fld: Field, bit: int) -> str:
         """The statement that stores ``fld`` into ``key`` (setting error bit ``bit`` when a read fails)."""
         member = f"key->k_{fld.key_name}"
@@ -312,10 +321,8 @@ class Generator:
             walk = f"    {member} = (u64)(s64)stacks.get_stackid(ctx, BPF_F_USER_STACK);"
             if not self.entry_probes:
                 return walk
-            at_entry = ("1" if len(self.entry_probes) == len(self.plan.probes)
-                        else " || ".join(f"probe == {i}" for i in self.entry_probes))
             # A failed read leaves 0: the stack is kept as walked.
-            return (f"{walk}\n    if ({at_entry}) bpf_probe_read_user(&key->{CALLER_MEMBER}, sizeof(u64), "
+            return (f"{walk}\n    if ({self._at_entry()}) bpf_probe_read_user(&key->{CALLER_MEMBER}, sizeof(u64), "
                     "(void *)ctx->sp);")
         if fld.name == "str":
             self._value_of(Field("arg", fld.index))  # validates the index
@@ -431,6 +438,9 @@ class Generator:
             out.append("    e->errs = errs;")
             if plan.stacks:
                 out.append("    e->stack = stacks.get_stackid(ctx, BPF_F_USER_STACK);")
+                if self.entry_probes:
+                    out.append(f"    e->{RECORD_CALLER} = 0;\n    if ({self._at_entry()}) "
+                               f"bpf_probe_read_user(&e->{RECORD_CALLER}, sizeof(u64), (void *)ctx->sp);")
             else:
                 out.append("    e->stack = -1;")
             if self.ringbuf:

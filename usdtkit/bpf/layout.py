@@ -177,6 +177,7 @@ class ProgramLayout:
 #: is the word at the stack pointer; keys of stacks taken there carry it, and readers put it back as the
 #: second frame (0: not an entry probe, nothing to put back).
 CALLER_MEMBER = "k_ucaller"
+RECORD_CALLER = "caller"  # the same for event records with stacks
 
 
 def key_members(fields: Sequence[Field], string_size: int, comm_len: int,

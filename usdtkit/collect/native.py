@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any, Optional
 
+from ..bpf.layout import RECORD_CALLER as CALLER
 from .records import RecordDecoder
 from .results import Event
 
@@ -44,7 +45,8 @@ def native_decoder(records: RecordDecoder) -> Optional[Any]:
                    for p in records.probes)
     spec = {name: offsets[name] for name in ("ts", "latency", "retval", "pid", "tid", "probe", "cpu", "errs",
                                              "stack", "args", "comm")}
-    spec.update(size=layout.size, comm_len=layout.member("comm").count, limit=records.string_size,
+    spec.update(caller=offsets.get(CALLER, -1), size=layout.size, comm_len=layout.member("comm").count,
+                limit=records.string_size,
                 str_len=layout.member("str0").count if strings else 0, strings=strings, probes=probes,
                 event_type=Event, stack_of=records.stack_of)
     return module.Decoder(spec)

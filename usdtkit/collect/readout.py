@@ -150,8 +150,19 @@ class MapReader:
             return signed64(int(value))  # type: ignore[call-overload]
         return int(value)  # type: ignore[call-overload]
 
-    def frames(self, program: LoadedProgram, stack_id: int, pid: int, detail: bool = True) -> Tuple[str, ...]:
-        return tuple(self._symbolizer.symbolize(pid, address, detail) for address in program.stack(stack_id))
+    def frames(self, program: LoadedProgram, stack_id: int, pid: int, detail: bool = True, probe: int = -1,
+               caller: int = 0) -> Tuple[str, ...]:
+        """The stack's frames named, innermost first (``caller``: see :meth:`_addresses`)."""
+        return tuple(self._symbolizer.symbolize(pid, address, detail)
+                     for address in self._addresses(program, stack_id, probe, caller))
+
+    def _addresses(self, program: LoadedProgram, stack_id: int, probe: int, caller: int) -> List[int]:
+        """The stack's addresses, innermost first; ``caller`` (a return address taken at a function's first
+        instruction) goes back in as the second frame, unless the kernel's walk put it there already."""
+        addresses = program.stack(stack_id)
+        if caller and addresses and not (self._kernel_may_add_caller(probe) and addresses[1:2] == [caller]):
+            addresses = [addresses[0], caller, *addresses[1:]]
+        return addresses
 
     def observe_stack_owners(self, program: LoadedProgram) -> None:
         """Snapshot the mappings of traced processes while they live, to name their stacks later."""
@@ -167,16 +178,10 @@ class MapReader:
                     self._symbolizer.observe(pid)
 
     def _folded(self, program: LoadedProgram, stack_id: int, pid: int, caller: int = 0, probe: int = -1) -> str:
-        """Root-first frames joined by ``;``: the folded format flame graph tools read.  ``caller`` (a
-        return address taken at a function's first instruction) goes back in as the second frame,
-        unless the kernel's walk put it there already."""
+        """Root-first frames joined by ``;``: the folded format flame graph tools read."""
         if stack_id < 0:
             return "[no stack]"
-        addresses = program.stack(stack_id)
-        if caller and addresses and not (self._kernel_may_add_caller(probe) and addresses[1:2] == [caller]):
-            addresses = [addresses[0], caller, *addresses[1:]]
-        frames = [self._symbolizer.symbolize(pid, address, False) for address in addresses]
-        return ";".join(reversed(frames)) or "[empty stack]"
+        return ";".join(reversed(self.frames(program, stack_id, pid, False, probe, caller))) or "[empty stack]"
 
     def _kernel_may_add_caller(self, probe: int) -> bool:
         """Whether the probe's first instruction is one at which the kernel adds the caller itself

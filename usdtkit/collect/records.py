@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from ..bpf.layout import RECORD_CALLER as CALLER
 from ..bpf.layout import StructLayout
 from .results import Event
 from .text import c_string, decode_text, signed64
@@ -33,7 +34,7 @@ class RecordDecoder:
     """Decodes raw records (bytes, as the backend delivers them) into events."""
 
     def __init__(self, layout: StructLayout, probes: Sequence[ProbeDecoder], string_size: int,
-                 stack_of: Optional[Callable[[int, int], Tuple[str, ...]]] = None) -> None:
+                 stack_of: Optional[Callable[[int, int, int, int], Tuple[str, ...]]] = None) -> None:
         self.probes = list(probes)
         self.layout = layout
         self.format = layout.format
@@ -46,6 +47,7 @@ class RecordDecoder:
             at += member.count if member.is_array and member.ctype != "char" else 1
         self._head = tuple(flat[n] for n in ("ts", "pid", "tid", "probe", "cpu", "errs", "stack", "latency",
                                              "retval"))
+        self._caller = flat.get(CALLER)
         self._args = flat["args"]
         self._comm = flat["comm"]
         self._str = [flat[m.name] for m in layout.members if m.name.startswith("str")]
@@ -68,7 +70,8 @@ class RecordDecoder:
                 if errs & (1 << i):
                     args[i] = None
         comm = c_string(fields[self._comm])
-        frames = self.stack_of(stack, pid) if self.stack_of is not None else None
+        caller = fields[self._caller] if self._caller is not None else 0
+        frames = self.stack_of(stack, pid, index, caller) if self.stack_of is not None else None
         return Event(probe.label, pid, tid, ts, cpu, comm, tuple(args),
                      retval if probe.is_return else None, latency if probe.has_latency else None, frames,
                      tuple(truncated))

@@ -158,11 +158,11 @@ class Session:
         return ProbeDecoder(self.labels[index], probe.arg_count, self._reader.signs[index], slots,
                             probe.ref.is_return, self.plan.request.latency)
 
-    def _event_stack(self, stack_id: int, pid: int) -> Optional[Tuple[str, ...]]:
+    def _event_stack(self, stack_id: int, pid: int, probe: int = -1, caller: int = 0) -> Optional[Tuple[str, ...]]:
         if self._program is None:
             return None
         self._symbolizer.observe(pid)
-        return self._reader.frames(self._program, stack_id, pid)
+        return self._reader.frames(self._program, stack_id, pid, probe=probe, caller=caller)
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self) -> "Session":
