@@ -217,3 +217,42 @@ def test_bad_options_are_one_line_errors(cli):
         result = cli("pycalls", *args)
         assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and words in result.stderr, result.stderr
 
+
+
+def _folded(path: Path) -> Dict[Tuple[str, ...], int]:
+    from usdtkit.views.stacks import parse_folded
+
+    return parse_folded(path.read_text().splitlines())
+
+
+def test_a_flame_graph_of_call_paths_weighs_each_path_by_its_self_time(cli, processes, tmp_path):
+    target = start_target(processes, "--threads", "2", "--rounds", "3", "--inner-ms", "2", "--outer-ms", "1")
+    svg, folded = tmp_path / "calls.svg", tmp_path / "calls.folded"
+    doc = json.loads(pycalls(cli, "--json", "--no-gc", "--flamegraph", str(svg), "--folded", str(folded), "-p",
+                             str(target.pid)).stdout)
+    rows = by_name(doc)
+    checkout, lookup = rows["__main__:Shop.checkout"], rows["__main__:lookup"]
+    assert (checkout["calls"], lookup["calls"]) == (6, 12)  # the rows come from the same events
+    assert checkout["self_ns"] == checkout["total_ns"] - lookup["total_ns"]
+    paths = _folded(folded)
+    assert paths == {("__main__:Shop.checkout",): checkout["self_ns"],
+                     ("__main__:Shop.checkout", "__main__:lookup"): lookup["self_ns"]}
+    from usdtkit.views.flamegraph import frames_of
+
+    drawn = {(name, depth): width for name, width, depth, _ in frames_of(svg.read_text())}
+    assert drawn[("__main__:Shop.checkout", 1)] == checkout["total_ns"]  # as wide as the time in and below it
+
+
+def test_a_flame_graph_of_a_command_from_its_first_call(cli, tmp_path):
+    folded = tmp_path / "calls.folded"
+    result = cli("pycalls", "--json", "--no-gc", "--folded", str(folded), "-d", "10", "-c",
+                 f"{sys.executable} {TARGET} --rounds 2")
+    assert result.returncode == 0, result.stderr
+    assert {r["function"]: r["calls"] for r in json.loads(result.stdout)["functions"]} == {
+        "__main__:Shop.checkout": 2, "__main__:lookup": 4}
+    assert set(_folded(folded)) == {("__main__:Shop.checkout",), ("__main__:Shop.checkout", "__main__:lookup")}
+
+
+def test_a_flame_graph_needs_the_pycalls_probes(cli, processes):
+    result = cli("pycalls", "--source", "python", "--folded", "/dev/null", "-p", str(os.getpid()))
+    assert result.returncode == 2 and "call paths need usdtkit.instrument's pycalls probes" in result.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import pictures
 from .cmd_trace import _count, _positive, _runner, _string_size, _subcommand
 from .examples import epilog
 
@@ -17,6 +18,7 @@ PYCALLS_EXAMPLES = epilog(
     "usdtkit pycalls -p PID -d 1",
     "usdtkit pycalls -p PID --top 3 --by-thread",
     "usdtkit pycalls --json -p PID -d 1",
+    "usdtkit pycalls -p PID -d 1 --flamegraph calls.svg --folded calls.folded",
     "usdtkit pycalls --top 5 -c \"/usr/bin/python3.11 -c 'import json; [json.dumps(i) for i in range(2000)]'\"",
 )
 
@@ -46,4 +48,7 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
                         "where the process has them (with -c: where it runs under usdtkit.instrument), else python")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     _string_size(parser, "function name and file name")
+    pictures.add_arguments(parser, "the time spent along each call path (self time, in ns)",
+                           "call path pictures (usdtkit.instrument's pycalls probes: every call and return is read "
+                           "in user space)")
     parser.set_defaults(func=_runner("run_pycalls", "pycalls_run"))

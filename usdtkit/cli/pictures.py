@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import UsageError, UsdtkitError
 
@@ -18,13 +18,14 @@ if TYPE_CHECKING:  # pragma: no cover
 _OPTIONS = ("flamegraph", "folded", "speedscope")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("stack pictures (with ustack among the --by fields)")
-    group.add_argument("--flamegraph", metavar="FILE", help="write the counted stacks as a flame graph: one "
+def add_arguments(parser: argparse.ArgumentParser, what: str = "the counted stacks",
+                  group_title: str = "stack pictures (with ustack among the --by fields)") -> None:
+    group = parser.add_argument_group(group_title)
+    group.add_argument("--flamegraph", metavar="FILE", help=f"write {what} as a flame graph: one "
                        "self-contained SVG file (hover for counts, click to zoom, Search or Ctrl-F)")
-    group.add_argument("--folded", metavar="FILE", help="write the counted stacks as folded lines "
+    group.add_argument("--folded", metavar="FILE", help=f"write {what} as folded lines "
                        "(root;...;leaf COUNT), the input of other flame graph tools")
-    group.add_argument("--speedscope", metavar="FILE", help="write the counted stacks as a speedscope profile "
+    group.add_argument("--speedscope", metavar="FILE", help=f"write {what} as a speedscope profile "
                        "(JSON, opens in https://www.speedscope.app or its offline build)")
 
 
@@ -41,23 +42,36 @@ def check(args: argparse.Namespace, fields: Sequence[str]) -> None:
 
 
 def write(args: argparse.Namespace, counts: Optional["Counts"], title: str) -> None:
-    """Write every picture asked for; one error line per file that could not be written."""
+    """Write every picture asked for of counted stacks; one error line per file that could not be written."""
+    if not wanted(args):
+        return
+    from ..collect.results import Counts
+    from ..views import stacks as stack_views
+
+    write_stacks(args, stack_views.stacks_of(counts if counts is not None else Counts(("ustack",), {})), title)
+
+
+def write_stacks(args: argparse.Namespace, stacks: Dict[Tuple[str, ...], int], title: str, unit: str = "hits") -> None:
+    """Write every picture asked for of ``stacks`` (root first, with a weight in ``unit``: ``hits``, or
+    ``ns`` of time); one error line per file that could not be written."""
     chosen = wanted(args)
     if not chosen:
         return
-    from ..collect.results import Counts
     from ..views import flamegraph, stacks as stack_views
+    from ..views.text import format_value
 
-    stacks = stack_views.stacks_of(counts if counts is not None else Counts(("ustack",), {}))
+    total = sum(stacks.values())
     failed: List[str] = []
     for name in chosen:
         path = getattr(args, name)
         if name == "flamegraph":
-            text = flamegraph.render(stacks, title=title, subtitle=f"{sum(stacks.values())} hits")
+            shown = format_value(total, "ns") if unit == "ns" else f"{total} {unit}"
+            text = flamegraph.render(stacks, title=title, subtitle=shown, unit=unit)
         elif name == "folded":
             text = "".join(line + "\n" for line in stack_views.folded_lines(stacks))
         else:
-            text = json.dumps(stack_views.speedscope(stacks, title), ensure_ascii=False) + "\n"
+            profile = stack_views.speedscope(stacks, title, "nanoseconds" if unit == "ns" else "none")
+            text = json.dumps(profile, ensure_ascii=False) + "\n"
         try:
             with open(path, "w", encoding="utf-8", errors="surrogateescape") as handle:
                 handle.write(text)

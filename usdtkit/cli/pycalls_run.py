@@ -17,6 +17,7 @@ from typing import List, Optional
 from ..collect.calls import FunctionCalls, GcPauses, top
 from ..views.text import format_value, key_text, render_table, terminal_width
 from ..tracing.pycalls import PyCalls
+from . import pictures
 from .trace_run import _collect, _report_losses, command_argv
 
 DEFAULT_TOP = 20
@@ -57,7 +58,7 @@ def run_pycalls(args: argparse.Namespace) -> int:
     command = command_argv(args.command) if args.command is not None else None
     profile = PyCalls(pid=args.pid, command=command, by_thread=args.by_thread, string_size=args.string_size,
                       command_stdout=sys.stderr.fileno() if command else None, gc=not args.no_gc,
-                      source=args.source)
+                      source=args.source, paths=bool(pictures.wanted(args)))
     reason = _collect(profile.session, args, also=[s for s in profile.sessions if s is not profile.session])
     rows = profile.functions()
     limit = args.top if args.top is not None else (0 if args.json else DEFAULT_TOP)
@@ -78,6 +79,8 @@ def run_pycalls(args: argparse.Namespace) -> int:
             print(_gc_line(gc))
         _report_losses(profile.session)
     sys.stdout.flush()
+    if profile.paths is not None:
+        pictures.write_stacks(args, profile.paths.stacks(), "usdtkit pycalls", unit="ns")
     untimed = profile.untimed_reason()
     if untimed:
         print(f"note: {untimed}", file=sys.stderr)

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from ..collect.call_paths import CallPaths
 from ..collect.calls import FunctionCalls, GcPauses, counted_rows, timed_rows
 from ..elf.known_issues import known_issues
 from ..errors import ProbeNotFound, UsageError
@@ -54,8 +55,11 @@ PYTHON = CallSource("python", "usdt::python:function__return", False, Field("str
                     Field("arg", 2), "python:function__return of CPython itself (calls only)")
 TOTAL_NS, SELF_NS = Field("arg", 4), Field("arg", 5)  # of pycalls:function__return
 GC_PROBES = ("usdt::python:gc__start", "usdt::python:gc__done")
+ENTRY = "usdt::pycalls:function__entry"
 INSTRUMENT_HINT = ("run it under usdtkit's instrumentation: `python -m usdtkit.instrument script.py`, or "
                    "usdtkit.instrument.enable() in the program, or USDTKIT_INSTRUMENT=1 in its environment")
+PATHS_NEED = ("call paths need usdtkit.instrument's pycalls probes (CPython's own function__entry misses most "
+              "calls); " + INSTRUMENT_HINT)
 
 
 def _options(source: CallSource, by_thread: bool) -> dict:
@@ -84,9 +88,11 @@ class PyCalls:
 
     def __init__(self, pid: Optional[int] = None, command: Optional[Sequence[str]] = None, by_thread: bool = False,
                  string_size: Optional[int] = None, command_stdout: Optional[int] = None, gc: bool = True,
-                 source: Optional[str] = None) -> None:
+                 source: Optional[str] = None, paths: bool = False) -> None:
         if source not in (None, "pycalls", "python"):
             raise UsageError(f"source {source!r}: use pycalls, python, or None to choose")
+        if paths and source == "python":
+            raise UsageError(PATHS_NEED)
         self.by_thread = by_thread
         where = f"pid {pid}" if command is None else str(command[0]) if command else "the command"
         options = dict(events=False, string_size=string_size, pid=pid, command=command, command_stdout=command_stdout)
@@ -94,7 +100,20 @@ class PyCalls:
         # A command declares the pycalls provider as it starts, if at all: wait for it only where it will
         # come (asked for, or a command run under usdtkit.instrument), else read CPython's own probes.
         waits = command is not None and (source == "pycalls" or instrumented(command))
-        self.source, self.session = self._calls(options, by_thread, where, sources, waits)
+        self.paths: Optional[CallPaths] = None
+        if paths:
+            # Call paths need every entry and return in user space: one session of events, from which
+            # the per-function rows come too (the same numbers the kernel's histograms would hold).
+            self.paths = CallPaths(by_thread, str(SELF_NS))
+            self.source = PYCALLS
+            late = {} if command is None else {"declared_later": True}
+            try:
+                self.session = trace(ENTRY, PYCALLS.probe, **{**options, "events": True}, **late, strings=[0, 1],
+                                     on_event=self.paths.feed, keep_events=0)
+            except ProbeNotFound:
+                raise ProbeNotFound(f"{where} has no pycalls probes: {PATHS_NEED}") from None
+        else:
+            self.source, self.session = self._calls(options, by_thread, where, sources, waits)
         try:
             self.gc_session = self._gc_session(pid) if gc else None
         except BaseException:
@@ -161,6 +180,8 @@ class PyCalls:
     def functions(self) -> List[FunctionCalls]:
         """One row per function (and thread), the most costly first: by total time where the source
         times calls, else by calls."""
+        if self.paths is not None:
+            return timed_rows(self.paths.histograms(), str(SELF_NS), self.by_thread)
         if self.source.timed:
             return timed_rows(self.session.histograms(), str(SELF_NS), self.by_thread)
         return counted_rows(self.session.counts(), self.by_thread)
