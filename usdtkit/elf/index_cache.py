@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import marshal
 import os
-import stat
 from typing import Optional, Tuple
 
 from .image import SHT_SYMTAB, ElfImage
@@ -33,7 +32,6 @@ FORMAT = 1
 _MAGIC = b"USDTKIT-FUNCTIONS\0"
 _DIGEST = 32  # SHA-256
 _COLUMNS = FunctionTable.__slots__
-_OPEN_ENTRY = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def cache_key(st: os.stat_result) -> Tuple[object, ...]:
@@ -88,26 +86,9 @@ def _decode(data: bytes, key: Tuple[object, ...]) -> Optional[FunctionTable]:
 
 
 def trusted_entry(path: str) -> Optional[bytes]:
-    """The bytes of the cache entry at ``path`` if only this user could have written it, else None."""
-    try:
-        fd = os.open(path, _OPEN_ENTRY)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            return None
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 22)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    from ..privdir import read_private_file
+
+    return read_private_file(path)
 
 
 def load(image: ElfImage) -> Tuple[Optional[FunctionTable], Optional[Tuple[object, ...]]]:

@@ -41,10 +41,10 @@ CONSUME_BUDGET_S = 0.2  # the longest one poll may spend delivering records whil
 
 
 def _default_backend() -> Backend:
-    """bcc, imported only when a session attaches (listing and planning never need it)."""
-    from ..bpf.bcc_backend import BccBackend
+    """The object cache, else bcc; imported only when a session attaches (listing and planning never need it)."""
+    from ..bpf.caching_backend import CachingBackend
 
-    return BccBackend()
+    return CachingBackend()
 
 
 def _grouped(warnings: List[Tuple[str, str]], most: int = 3) -> List[str]:
