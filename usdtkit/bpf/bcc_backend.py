@@ -15,7 +15,6 @@ import os
 import sys
 import tempfile
 import threading
-import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AttachError, EnvironmentProblem
@@ -23,9 +22,7 @@ from . import kernel_headers, uprobe_multi
 from .attaching import Attaching
 from .backend import RecordCallback
 from .layout import ProgramLayout
-
-_BUDGET_CHECK_EVERY = 64  # records between two looks at the clock while consuming
-
+from .ringbuf import RingBuffer
 
 def import_bcc() -> Any:
     """Import bcc or raise :class:`EnvironmentProblem` with the fix."""
@@ -110,16 +107,13 @@ class Program(Attaching):
 
     def __init__(self, text: str, cflags: Optional[List[str]] = None, layout: Optional[ProgramLayout] = None) -> None:
         self.layout = layout  # type: ignore[assignment]
-        self._on_record: Optional[RecordCallback] = None
-        self._deadline = 0.0
-        self._seen = 0
         bcc = import_bcc()
         try:
             headers = kernel_headers.locate()
         except kernel_headers.HeadersNotFound as exc:
             raise EnvironmentProblem(str(exc)) from None
         self._init_attaching()
-        self._ring_buffers_open = False
+        self._ring: Optional[RingBuffer] = None
         failure: Optional[Exception] = None
         with kernel_headers.bcc_environment(headers), _quiet_stderr() as err:
             try:
@@ -214,49 +208,30 @@ class Program(Attaching):
                 continue  # already gone
         return deleted
 
-    def _record(self, _ctx: object, data: int, size: int) -> int:
-        """Each ring buffer record: handed on as bytes.  A negative return ends this poll (the record
-        itself is consumed either way, so it is always handled first): when the callback asks to stop
-        or the consume budget is spent."""
-        try:
-            stop = self._on_record(ctypes.string_at(data, size))  # type: ignore[misc]
-        except BaseException:  # the callback keeps its errors; never raise into ctypes
-            return -1
-        self._seen += 1
-        if stop or (self._seen % _BUDGET_CHECK_EVERY == 0 and time.monotonic() >= self._deadline):
-            return -1
-        return 0
-
     def open_events(self, on_record: RecordCallback, on_lost: Optional[Callable[[int], None]] = None,
                     pages: int = 64) -> None:
         """Deliver the records of the ``events`` map (ring buffer, or perf buffer on old kernels)."""
-        self._on_record = on_record
         if self.layout is not None and not self.layout.ringbuf:
             def perf_record(_cpu: int, data: int, size: int) -> None:
                 on_record(ctypes.string_at(data, size))
 
             self._bpf[b"events"].open_perf_buffer(perf_record, page_cnt=pages, lost_cb=on_lost)
             return
-        # Registered with libbcc directly, without bcc's Python wrapper: one frame less per record, and
-        # the return value (negative: stop polling) goes through.
-        from bcc.libbcc import _RINGBUF_CB_TYPE
-
-        table = self._bpf[b"events"]
-        self._ring_callback = _RINGBUF_CB_TYPE(self._record)  # kept alive as long as the program
-        self._bpf._open_ring_buffer(table.map_fd, self._ring_callback, None)
-        self._ring_buffers_open = True
+        self._ring = RingBuffer(self._bpf[b"events"].map_fd, on_record)
 
     def consume(self, timeout_ms: int, budget_s: float) -> None:
         """Deliver pending records, waiting up to ``timeout_ms`` for the first; return within about
         ``budget_s`` however fast records keep coming."""
-        self._deadline = time.monotonic() + budget_s
-        if self._ring_buffers_open:
-            self._bpf.ring_buffer_poll(timeout_ms)
+        if self._ring is not None:
+            self._ring.poll(timeout_ms, budget_s)
         else:
             self._bpf.perf_buffer_poll(timeout_ms)
 
     def close(self) -> None:
         self.detach_all()
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.close()
         bpf, self._bpf = getattr(self, "_bpf", None), None
         if bpf is not None:
             with contextlib.suppress(Exception):

@@ -19,6 +19,7 @@ from .attaching import Attaching
 from .backend import RecordCallback
 from .layout import ProgramLayout
 from .objcache import CompiledObject, Table
+from .ringbuf import RingBuffer
 
 _STACK_ADDRESS = struct.Struct("<Q")
 
@@ -32,7 +33,7 @@ class CachedProgram(Attaching):
         self._init_attaching()
         self._maps: Dict[str, Tuple[int, Table]] = {}
         self._fds: Dict[str, int] = {}
-        self._ring = None
+        self._ring: Optional[RingBuffer] = None
         self._map_fds: List[int] = []
         try:
             for table in obj.tables:
@@ -120,14 +121,8 @@ class CachedProgram(Attaching):
     def open_events(self, on_record: RecordCallback, on_lost: Optional[Callable[[int], None]] = None,
                     pages: int = 64) -> None:
         """Deliver the records of the ``events`` ring buffer."""
-        from .ringbuf import RingBuffer
-
         fd, _table = self._map("events")
-
-        def record(data: bytes) -> bool:
-            return bool(on_record(data))
-
-        self._ring = RingBuffer(fd, record)
+        self._ring = RingBuffer(fd, on_record)
 
     def consume(self, timeout_ms: int, budget_s: float) -> None:
         if self._ring is not None:

@@ -22,15 +22,9 @@ def entry_functions(layout: ProgramLayout) -> List[str]:
 
 
 def _servable(layout: ProgramLayout) -> bool:
-    """Whether the cached loader can serve ``layout``: its events, if any, go through a ring buffer that
-    :mod:`.ringbuf` reads."""
-    if "events" not in layout.maps:
-        return True
-    if not layout.ringbuf:
-        return False
-    import importlib.util
-
-    return importlib.util.find_spec("usdtkit.bpf.ringbuf") is not None
+    """Whether the cached loader can serve ``layout``: its events, if any, go through a ring buffer
+    (:mod:`.ringbuf`), not a perf buffer."""
+    return "events" not in layout.maps or layout.ringbuf
 
 
 def _matches(obj: objcache.CompiledObject, layout: ProgramLayout) -> bool:
