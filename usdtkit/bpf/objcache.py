@@ -119,6 +119,19 @@ def cache_key(text: str, cflags: Sequence[str] = ()) -> Optional[str]:
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
+def status() -> Tuple[bool, str]:
+    """Whether the cache can serve this machine, and a line saying where it is or why not."""
+    if not enabled():
+        return False, "off (USDTKIT_NO_OBJCACHE is set): every trace compiles with bcc"
+    if bcc_identity() is None:
+        return False, "bcc's version or libbcc.so.0 not found: programs are compiled every time"
+    folder = _folder()
+    if folder is None:
+        return False, "no private cache folder: programs are compiled every time"
+    count = sum(1 for name in os.listdir(folder) if not name.startswith("."))
+    return True, f"{folder}: {count} compiled program{'s' if count != 1 else ''}; a probe traced before attaches without bcc"
+
+
 # ------------------------------------------------------------------ capture (after a bcc compilation)
 def _libbcc() -> ctypes.CDLL:
     lib = ctypes.CDLL(_LIBBCC)
