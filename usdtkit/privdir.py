@@ -26,11 +26,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 import sys
 import tempfile
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from .errors import UnsafePath
 
@@ -247,6 +246,8 @@ def publish(directory: str, name: str, write: Callable[[int], None], mode: int =
 
     ``directory`` must be a private folder (see :func:`private_dir`).  Returns the final path.
     """
+    import secrets  # here, not at the top: reading a cache must not pay for it
+
     _plain_name(name)
     require_private(directory, os.lstat(directory))
     final = os.path.join(directory, name)
@@ -309,20 +310,29 @@ def publish_bytes(directory: str, name: str, data: bytes) -> str:
 _DIGEST = 32  # SHA-256
 
 
-def seal(magic: bytes, payload: bytes) -> bytes:
-    """A cache entry: ``magic``, the SHA-256 of ``payload``, then ``payload`` (see :func:`unseal`)."""
+def sha256(data: bytes) -> Any:
+    """A SHA-256 hash object of ``data``, from CPython's own module where it has one: :mod:`hashlib` loads
+    OpenSSL, which costs a warm start 4 ms."""
+    for module in ("_sha2", "_sha256"):
+        try:
+            return getattr(__import__(module), "sha256")(data)
+        except (ImportError, AttributeError):
+            continue
     import hashlib
 
-    return magic + hashlib.sha256(payload).digest() + payload
+    return hashlib.sha256(data)
+
+
+def seal(magic: bytes, payload: bytes) -> bytes:
+    """A cache entry: ``magic``, the SHA-256 of ``payload``, then ``payload`` (see :func:`unseal`)."""
+    return magic + sha256(payload).digest() + payload
 
 
 def unseal(magic: bytes, data: bytes) -> Optional[memoryview]:
     """The payload of an entry made by :func:`seal` with ``magic``, or None when it is cut short, another
     kind of entry, or not what was written (the checksum disagrees)."""
-    import hashlib
-
     head = len(magic) + _DIGEST
     if len(data) < head or not data.startswith(magic):
         return None
     payload = memoryview(data)[head:]
-    return payload if hashlib.sha256(payload).digest() == data[len(magic):head] else None
+    return payload if sha256(payload).digest() == data[len(magic):head] else None

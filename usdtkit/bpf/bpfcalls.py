@@ -15,7 +15,6 @@ import ctypes
 import errno
 import functools
 import os
-import platform
 from typing import Iterator, Optional
 
 from ..errors import AttachError, EnvironmentProblem
@@ -51,7 +50,7 @@ class _ProgLoad(ctypes.Structure):
 def _nr() -> int:
     nr = syscalls.number("bpf")
     if nr is None:
-        raise EnvironmentProblem(f"unsupported architecture {platform.machine()}")
+        raise EnvironmentProblem(f"unsupported architecture {os.uname().machine}")
     return nr
 
 

@@ -36,7 +36,7 @@ shared library, without knowing the load bias.
 """
 from __future__ import annotations
 
-import platform
+import os
 from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ..elf.model import Arg, Constant, Memory, Register, RegisterValue, SymbolRelative, Unsupported
@@ -91,7 +91,7 @@ def _extend(expr: str, size: int, signed: bool) -> str:
 def read_arg(index: int, arg: Arg, site: Site) -> str:
     """C statements that set ``args[index]``, counting a failed memory read."""
     loc = arg.location
-    if arg.arch not in ("x86_64",) or platform.machine() != "x86_64":
+    if arg.arch not in ("x86_64",) or os.uname().machine != "x86_64":
         raise UnreadableArgument(f"argument {index} ({arg.raw}): {arg.arch} specs are not readable here")
     if arg.size not in (1, 2, 4, 8):
         raise UnreadableArgument(f"argument {index} ({arg.raw}): size {arg.size} is not 1, 2, 4 or 8")

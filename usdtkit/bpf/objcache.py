@@ -23,14 +23,12 @@ miss and the entry is replaced.  ``USDTKIT_NO_OBJCACHE=1`` turns the cache off.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import marshal
 import os
 import re
 import struct
 import sys
-from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 #: Entry format; bump when the stored fields change.
 FORMAT = 1
@@ -43,8 +41,7 @@ _LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64
 _INSN = struct.Struct("<BBhi")
 
 
-@dataclass(frozen=True)
-class Table:
+class Table(NamedTuple):
     """A map as bcc created it (``map_type`` is the kernel's ``enum bpf_map_type``)."""
 
     name: str
@@ -55,8 +52,7 @@ class Table:
     flags: int
 
 
-@dataclass(frozen=True)
-class Function:
+class Function(NamedTuple):
     """One BPF function: its instructions and, per map load, ``(instruction index, table index)``."""
 
     name: str
@@ -64,8 +60,7 @@ class Function:
     map_refs: Tuple[Tuple[int, int], ...]
 
 
-@dataclass(frozen=True)
-class CompiledObject:
+class CompiledObject(NamedTuple):
     """Everything needed to load a compiled module again without its compiler."""
 
     license: str
@@ -109,6 +104,7 @@ def bcc_identity() -> Optional[str]:
 def cache_key(text: str, cflags: Sequence[str] = ()) -> Optional[str]:
     """The entry name for ``text`` compiled with ``cflags`` here, or None when bcc cannot be identified."""
     from .. import __version__
+    from ..privdir import sha256
 
     bcc = bcc_identity()
     if bcc is None:
@@ -116,7 +112,7 @@ def cache_key(text: str, cflags: Sequence[str] = ()) -> Optional[str]:
     uname = os.uname()
     parts = (FORMAT, __version__, text, tuple(cflags), uname.release, uname.version, uname.machine, bcc,
              os.environ.get("BCC_KERNEL_SOURCE", ""))
-    return hashlib.sha256(repr(parts).encode()).hexdigest()
+    return sha256(repr(parts).encode()).hexdigest()
 
 
 def status() -> Tuple[bool, str]:
