@@ -4,6 +4,7 @@ and must report exactly what the bcc run reported.  Damaged, foreign or stale en
 compile again and replace the entry; nothing a cached program made outlives it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -91,7 +92,8 @@ def _hist(out: str) -> object:
 
 
 def _latency_total(out: str) -> object:
-    return [sum(b["count"] for b in h["buckets"]) for h in _json_lines(out)[-1]["histograms"]]
+    """Per histogram, what it is split by (a value kept from the start) and how many pairs it holds."""
+    return [(h.get("by"), sum(b["count"] for b in h["buckets"])) for h in _json_lines(out)[-1]["histograms"]]
 
 
 def _events(out: str) -> object:
@@ -113,6 +115,8 @@ FORMS = {
     "hist": (["hist", "--json", "-v", "arg1", "-c", "HELLO 9", "usdt::hello:tick"], _hist),
     "latency": (["latency", "--json", "--key", "arg0", "-c", "HELLO 4", "usdt::hello:greet", "usdt::hello:tick"],
                 _latency_total),
+    "latency by start value": (["latency", "--json", "-k", "arg0", "--by", "start.str(arg1)", "-c", "HELLO 4 again",
+                                "usdt::hello:greet", "usdt::hello:tick"], _latency_total),
     "events": (["trace", "--json", "-s", "arg1", "-c", "HELLO 3 cached", "usdt::hello:greet"], _events),
     "stacks": (["count", "--json", "--by", "ustack", "-c", "HELLO 3", "usdt::hello:tick"], _stacks),
     "follow": (["count", "--json", "-F", "--by", "pid", "-c", "sh -c 'HELLO 2; HELLO 3'", "usdt:HELLO:hello:tick"],
@@ -238,3 +242,32 @@ def test_doctor_shows_the_cache(hello, cache_home):
     assert f"OK    object cache        {cache_home}/usdtkit/bpf: 1 compiled program;" in on.stdout, on.stdout
     off = usdtkit(cache_home, "doctor", "--no-self-test", env={"USDTKIT_NO_OBJCACHE": "1"})
     assert "OK    object cache        off (USDTKIT_NO_OBJCACHE is set)" in off.stdout, off.stdout
+
+
+@pytest.mark.bpf
+def test_another_cgroup_is_a_hit_that_keeps_only_its_own_hits(hello, cache_home, no_bcc, cgroup):
+    """The cgroup id is written into a map after loading, not into the C: tracing another cgroup is the
+    same compiled program, and each run keeps the hits of its own cgroup only."""
+    other = os.path.join(cgroup, "other")
+    os.mkdir(other)
+    inside, elsewhere = (subprocess.Popen([hello, "3000"], stdout=subprocess.DEVNULL) for _ in range(2))
+    try:
+        for process, folder in ((inside, cgroup), (elsewhere, other)):
+            with open(os.path.join(folder, "cgroup.procs"), "w") as handle:
+                handle.write(str(process.pid))
+        seen = []
+        for folder, block in ((cgroup, None), (other, no_bcc)):
+            result = usdtkit(cache_home, "count", "--json", "--cgroup", folder, "--by", "pid", "-d", "0.5",
+                             f"usdt:{hello}:hello:tick", block_bcc=block)
+            assert result.returncode == 0, result.stderr
+            seen.append({c["key"][1] for c in _json_lines(result.stdout)[-1]["counts"]["counts"]})
+        assert seen == [{inside.pid}, {elsewhere.pid}]
+        assert len(entries(cache_home)) == 1
+    finally:
+        for process in (inside, elsewhere):
+            process.kill()
+            process.wait()
+        deadline = time.monotonic() + 5  # a killed process leaves its cgroup a moment after it is reaped
+        while os.path.isdir(other) and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                os.rmdir(other)

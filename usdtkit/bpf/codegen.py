@@ -236,6 +236,9 @@ class Generator:
         elif plan.pid is not None:
             out.append("BPF_ARRAY(config, u32, 1);  /* [0]: the target process */")
             self._map("config", "array", 1)
+        if plan.cgroup_id is not None:
+            out.append("BPF_ARRAY(cgroup_target, u64, 1);  /* [0]: the id of the target cgroup */")
+            self._map("cgroup_target", "array", 1)
         if self.record is not None:
             out.append(self.record.declaration())
             if self.ringbuf:
@@ -440,6 +443,9 @@ class Generator:
             # filter is looser (another consumer of the same uprobe, older uprobe_multi pid filters).
             lines += ["    u32 config_slot = 0; u32 *target = config.lookup(&config_slot);",
                       "    if (target && *target && pid != *target) return 0;"]
+        if self.plan.cgroup_id is not None:
+            lines += ["    u32 cgroup_slot = 0; u64 *cgroup = cgroup_target.lookup(&cgroup_slot);",
+                      "    if (!cgroup || bpf_get_current_cgroup_id() != *cgroup) return 0;"]
         lines += ["    u64 args[USDTKIT_NARGS] = {};", "    u32 errs = 0;", "    u64 retval = 0, latency = 0;"]
         return lines
 

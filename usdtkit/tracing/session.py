@@ -183,6 +183,8 @@ class Session:
                     follow.start(program, self.layout, pid)
                 else:
                     program.set_config(0, pid)
+            if self.plan.cgroup_id is not None:
+                program.update_map("cgroup_target", (0).to_bytes(4, "little"), self.plan.cgroup_id)
             # Following, every process mapping a probe's file is probed: the program keeps the followed.
             self._attach_sites(program, -1 if pid is None or self.plan.follow else pid)
             self._reader.observe_stack_owners(program)
