@@ -271,3 +271,20 @@ def test_another_cgroup_is_a_hit_that_keeps_only_its_own_hits(hello, cache_home,
         while os.path.isdir(other) and time.monotonic() < deadline:
             with contextlib.suppress(OSError):
                 os.rmdir(other)
+
+
+@pytest.mark.bpf
+def test_an_entry_the_kernel_refuses_is_compiled_again(hello, cache_home):
+    """An entry whole and ours but holding a program the verifier refuses (here: returning without
+    setting r0) is a miss too: compiled again and replaced, before anything is attached."""
+    assert _total(_count_tick(cache_home, hello)) == 5
+    (entry,) = entries(cache_home)
+    good = entry.read_bytes()
+    obj = objcache.decode(good, entry.name)
+    assert obj is not None
+    exit_only = bytes([0x95, 0, 0, 0, 0, 0, 0, 0])  # BPF_JMP|BPF_EXIT
+    broken = obj._replace(functions={name: f._replace(insns=exit_only, map_refs=())
+                                     for name, f in obj.functions.items()})
+    entry.write_bytes(objcache.encode(entry.name, broken))
+    assert _total(_count_tick(cache_home, hello)) == 5
+    assert entry.read_bytes() == good

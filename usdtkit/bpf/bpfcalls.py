@@ -138,6 +138,6 @@ def load_program(prog_type: int, insns: bytes, name: str, license: str = "GPL", 
         return again
     lines = [line for line in log.value.decode(errors="replace").splitlines() if line.strip()]
     detail = "; ".join(lines[-3:]) or os.strerror(err2 or err)
-    if (err2 or err) in (errno.EPERM, errno.EACCES):
+    if (err2 or err) == errno.EPERM:  # the verifier refuses with EACCES or EINVAL, privileges with EPERM
         raise EnvironmentProblem(f"not allowed to load BPF program {name}: {detail}")
     raise AttachError(f"the kernel refused program {name}: {detail}")

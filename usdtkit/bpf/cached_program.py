@@ -60,6 +60,14 @@ class CachedProgram(Attaching):
             self._fds[function] = fd
         return fd
 
+    def preload(self, layout: ProgramLayout, multi: bool) -> None:
+        """Load every function the layout attaches, as it will be attached (uprobe_multi links when
+        ``multi``): a function the kernel refuses is found before anything is attached."""
+        for function in dict.fromkeys(a.function for a in layout.attachments):
+            self.program_fd(function, multi=multi)
+        for tracepoint in layout.tracepoints:
+            self.program_fd(tracepoint.function, tracepoint=True)
+
     def _unload(self, function: str) -> None:
         fd = self._fds.pop(function, None)
         if fd is not None:

@@ -37,6 +37,28 @@ def _matches(obj: objcache.CompiledObject, layout: ProgramLayout) -> bool:
     return all(name in obj.functions for name in entry_functions(layout))
 
 
+def _load_cached(obj: objcache.CompiledObject, layout: ProgramLayout) -> Optional[LoadedProgram]:
+    """The cached object loaded, or None when the kernel refuses one of its maps or functions (then it
+    is compiled again and the entry replaced)."""
+    from ..errors import AttachError
+    from . import capabilities
+    from .cached_program import CachedProgram
+
+    try:
+        program = CachedProgram(obj, layout)
+    except AttachError:
+        return None
+    try:
+        program.preload(layout, multi=capabilities.detect().has_uprobe_multi)
+    except AttachError:
+        program.close()
+        return None
+    except BaseException:
+        program.close()
+        raise
+    return program
+
+
 class CachingBackend:
     """Loads from the object cache when it can, else through bcc; ``hit`` says which the last load took."""
 
@@ -50,10 +72,10 @@ class CachingBackend:
         if key is not None:
             obj = objcache.load(key)
             if obj is not None and _matches(obj, layout):
-                from .cached_program import CachedProgram
-
-                self.hit = True
-                return CachedProgram(obj, layout)
+                cached = _load_cached(obj, layout)
+                if cached is not None:
+                    self.hit = True
+                    return cached
         from .bcc_backend import BccBackend
 
         self.hit = False
