@@ -26,10 +26,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import stat
 import sys
 import tempfile
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from .errors import UnsafePath
 
@@ -246,8 +247,6 @@ def publish(directory: str, name: str, write: Callable[[int], None], mode: int =
 
     ``directory`` must be a private folder (see :func:`private_dir`).  Returns the final path.
     """
-    import secrets  # here, not at the top: reading a cache must not pay for it
-
     _plain_name(name)
     require_private(directory, os.lstat(directory))
     final = os.path.join(directory, name)
@@ -305,34 +304,3 @@ def publish_bytes(directory: str, name: str, data: bytes) -> str:
             view = view[os.write(fd, view):]
 
     return publish(directory, name, write)
-
-
-_DIGEST = 32  # SHA-256
-
-
-def sha256(data: bytes) -> Any:
-    """A SHA-256 hash object of ``data``, from CPython's own module where it has one: :mod:`hashlib` loads
-    OpenSSL, which costs a warm start 4 ms."""
-    for module in ("_sha2", "_sha256"):
-        try:
-            return getattr(__import__(module), "sha256")(data)
-        except (ImportError, AttributeError):
-            continue
-    import hashlib
-
-    return hashlib.sha256(data)
-
-
-def seal(magic: bytes, payload: bytes) -> bytes:
-    """A cache entry: ``magic``, the SHA-256 of ``payload``, then ``payload`` (see :func:`unseal`)."""
-    return magic + sha256(payload).digest() + payload
-
-
-def unseal(magic: bytes, data: bytes) -> Optional[memoryview]:
-    """The payload of an entry made by :func:`seal` with ``magic``, or None when it is cut short, another
-    kind of entry, or not what was written (the checksum disagrees)."""
-    head = len(magic) + _DIGEST
-    if len(data) < head or not data.startswith(magic):
-        return None
-    payload = memoryview(data)[head:]
-    return payload if sha256(payload).digest() == data[len(magic):head] else None

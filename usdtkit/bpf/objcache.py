@@ -28,7 +28,7 @@ import os
 import re
 import struct
 import sys
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 #: Entry format; bump when the stored fields change.
 FORMAT = 1
@@ -39,6 +39,37 @@ _LIBBCC = "libbcc.so.0"
 _LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
              "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib", "/usr/local/lib", "/usr/local/lib64")
 _INSN = struct.Struct("<BBhi")
+
+
+_DIGEST = 32  # SHA-256
+
+
+def _sha256(data: bytes) -> Any:
+    """A SHA-256 hash object of ``data``, from CPython's own module where it has one: :mod:`hashlib` loads
+    OpenSSL, which costs a warm start 4 ms."""
+    for module in ("_sha2", "_sha256"):
+        try:
+            return getattr(__import__(module), "sha256")(data)
+        except (ImportError, AttributeError):
+            continue
+    import hashlib
+
+    return hashlib.sha256(data)
+
+
+def _seal(payload: bytes) -> bytes:
+    """An entry: the magic, the SHA-256 of ``payload``, then ``payload``."""
+    return _MAGIC + _sha256(payload).digest() + payload
+
+
+def _unseal(data: bytes) -> Optional[memoryview]:
+    """The payload of an entry made by :func:`_seal`, or None when it is cut short, another kind of file,
+    or not what was written (the checksum disagrees)."""
+    head = len(_MAGIC) + _DIGEST
+    if len(data) < head or not data.startswith(_MAGIC):
+        return None
+    payload = memoryview(data)[head:]
+    return payload if _sha256(payload).digest() == data[len(_MAGIC):head] else None
 
 
 class Table(NamedTuple):
@@ -104,7 +135,6 @@ def bcc_identity() -> Optional[str]:
 def cache_key(text: str, cflags: Sequence[str] = ()) -> Optional[str]:
     """The entry name for ``text`` compiled with ``cflags`` here, or None when bcc cannot be identified."""
     from .. import __version__
-    from ..privdir import sha256
 
     bcc = bcc_identity()
     if bcc is None:
@@ -112,7 +142,7 @@ def cache_key(text: str, cflags: Sequence[str] = ()) -> Optional[str]:
     uname = os.uname()
     parts = (FORMAT, __version__, text, tuple(cflags), uname.release, uname.version, uname.machine, bcc,
              os.environ.get("BCC_KERNEL_SOURCE", ""))
-    return sha256(repr(parts).encode()).hexdigest()
+    return _sha256(repr(parts).encode()).hexdigest()
 
 
 def status() -> Tuple[bool, str]:
@@ -207,18 +237,14 @@ def _folder() -> Optional[str]:
 
 
 def encode(key: str, obj: CompiledObject) -> bytes:
-    from ..privdir import seal
-
     tables = tuple((t.name, t.map_type, t.key_size, t.value_size, t.max_entries, t.flags) for t in obj.tables)
     functions = tuple((f.name, f.insns, f.map_refs) for f in obj.functions.values())
-    return seal(_MAGIC, marshal.dumps((FORMAT, key, obj.license, obj.kern_version, tables, functions)))
+    return _seal(marshal.dumps((FORMAT, key, obj.license, obj.kern_version, tables, functions)))
 
 
 def decode(data: bytes, key: str) -> Optional[CompiledObject]:
     """The object in entry ``data`` if it is whole, of this format and made for ``key``, else None."""
-    from ..privdir import unseal
-
-    payload = unseal(_MAGIC, data)
+    payload = _unseal(data)
     if payload is None:
         return None
     try:

@@ -86,6 +86,7 @@ def _decode(data: bytes, key: Tuple[object, ...]) -> Optional[FunctionTable]:
 
 
 def trusted_entry(path: str) -> Optional[bytes]:
+    """The bytes of the cache entry at ``path`` if only this user could have written it, else None."""
     from ..privdir import read_private_file
 
     return read_private_file(path)
