@@ -60,6 +60,14 @@ setup(
             extra_compile_args=["-O2", "-Wall", "-Wextra"],
             optional=True,
         ),
+        # Optional: event records read from the ring buffer and decoded (to Event objects or JSON
+        # lines) in C.  Without it usdtkit decodes them in Python, with the same results.
+        Extension(
+            "usdtkit._native._fastevents",
+            sources=[os.path.join(NATIVE_DIR, "python", "fastevents.c")],
+            extra_compile_args=["-O2", "-Wall", "-Wextra"],
+            optional=True,
+        ),
         # Python 3.11 only (3.12+ has sys.monitoring): usdtkit.instrument's profile function, set on
         # every thread.  Without it, usdtkit.instrument on 3.11 says what is missing.
         Extension(

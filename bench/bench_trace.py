@@ -24,8 +24,10 @@ repetition so they share the machine's drift), with the ratio to the reference t
    the most call sites, and for the probes of bench/programs/many_sites.c with --sites call sites
    each (``bench:shared``: one argument spec; ``bench:distinct``: one spec per site).
 4. ``events``: events per second delivered to user space by a tracer of a probe fired as fast as
-   possible (``burst`` mode), delivered + counted-lost against fired: usdtkit's Python API, ``usdtkit
-   trace --json | wc -l``, ``usdtkit trace > /dev/null``, bcc's trace-bpfcc (the reference), bpftrace.
+   possible (``burst`` mode), delivered + counted-lost against fired, and the target's slowdown against
+   an in-kernel count of the same burst: usdtkit's Python API, ``usdtkit trace --json | wc -l`` (with
+   the C reader, and with the Python path), ``usdtkit trace > /dev/null``, bcc's trace-bpfcc (the
+   reference), bpftrace.
 
 A reference tool that is missing (or left out with --without) is reported as such.  Every process
 started here runs in its own process group and is stopped (SIGINT, then SIGTERM, then SIGKILL) on every
@@ -46,7 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, IO, List, Optional, Sequence, Tuple
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -792,6 +794,7 @@ def events(env: Env, results: Results, reps: int, m: int, tmp: str) -> None:
     tools: List[Tuple[str, Callable, bool]] = [
         ("usdtkit API (on_event callback)", _ev_usdtkit_api, False),
         ("usdtkit trace --json | wc -l", _ev_usdtkit_json, False),
+        ("usdtkit trace --json, Python path", _ev_usdtkit_json_python, False),
         ("usdtkit trace > /dev/null", _ev_usdtkit_text, False),
     ]
     if env.bcc_trace:
@@ -802,16 +805,62 @@ def events(env: Env, results: Results, reps: int, m: int, tmp: str) -> None:
         tools.append(("bpftrace printf > file", _ev_bpftrace, False))
     else:
         results.row("events", case, "bpftrace printf > file", "events/s").note = "bpftrace not available (not installed, or --without)"
+    counted = results.row("events", case, "in-kernel count (usdtkit count), fired/s", "events/s")
     for tool, _, ref in tools:
         results.row("events", case, tool, "events/s", ref)
+    alone = f"{m} records already in ring buffer memory (the C reader alone, no producer)"
     for rep in range(reps):
+        _reader_alone(env, results, alone, m)
         order = tools[rep % len(tools):] + tools[:rep % len(tools)]
+        try:
+            count_rate = _counted_burst(env, counted, binary, m)
+        finally:
+            Proc.stop_all()
         for tool, runner, _ in order:
             row = results.row("events", case, tool, "events/s")
             try:
-                _one_event_run(env, row, binary, m, runner, tmp)
+                _one_event_run(env, row, binary, m, runner, tmp, count_rate)
             finally:
                 Proc.stop_all()
+
+
+def _reader_alone(env: Env, results: Results, case: str, m: int) -> None:
+    rows = {"events": results.row("events", case, "usdtkit API path (kept events + on_event)", "events/s"),
+            "json": results.row("events", case, "usdtkit trace --json path (to /dev/null)", "events/s")}
+    proc = Proc(env.worker + ["reader", str(m)], name="usdtkit-reader", env=env.usdtkit_env)
+    found = proc.wait_line("stdout", r"^\{", 120)
+    rates = json.loads(found[1]) if found else {}
+    for name, row in rows.items():
+        if name in rates:
+            row.samples.append(rates[name])
+            row.checks.append("ok")
+        else:
+            row.note = "the C extension is not built" if found else f"no result: {_last_error(proc)}"
+    Proc.stop_all()
+
+
+def _counted_burst(env: Env, row: Row, binary: str, m: int) -> Optional[float]:
+    """The target's firing rate while its probe is only counted in the kernel (nothing read per
+    event): what a tracer's slowdown of the target is measured against."""
+    target = start_target(env, binary, "burst", str(m))
+    tracer = Proc(env.usdtkit + ["count", "-p", str(target.pid), f"usdt:{binary}:bench:event"], name="usdtkit",
+                  env=env.usdtkit_env)
+    if wait_attached(tracer, "stderr", r"^Attached ", 60) is None:
+        row.checks.append("usdtkit count did not attach")
+        return None
+    target.send("go\n")
+    done = target.wait_line("stdout", r"^burst n=", 300)
+    if done is None:
+        row.checks.append("target did not finish")
+        return None
+    rate = m / (int(re.search(r"elapsed_ns=(\d+)", done[1]).group(1)) / 1e9)
+    tracer.wait_exit(30)
+    found = re.search(r"^bench:event\s+(\d+)\s*$", tracer.text("stdout"), re.M)
+    counted = int(found.group(1)) if found else None
+    row.samples.append(rate)
+    row.add_extra("delivered %", 100.0 * (counted or 0) / m)
+    row.checks.append("ok" if counted == m else f"counted {counted} != fired {m}")
+    return rate
 
 
 @dataclass
@@ -822,7 +871,8 @@ class EventOutcome:
     note: str = ""
 
 
-def _one_event_run(env: Env, row: Row, binary: str, m: int, runner: Callable, tmp: str) -> None:
+def _one_event_run(env: Env, row: Row, binary: str, m: int, runner: Callable, tmp: str,
+                   count_rate: Optional[float] = None) -> None:
     target = start_target(env, binary, "burst", str(m))
     started = runner(env, binary, target.pid, tmp)
     if started is None:
@@ -844,7 +894,10 @@ def _one_event_run(env: Env, row: Row, binary: str, m: int, runner: Callable, tm
     seconds = max(outcome.t_end - t_go, 1e-9)
     row.samples.append(outcome.delivered / seconds)
     row.add_extra("delivered", outcome.delivered)
+    row.add_extra("delivered %", 100.0 * outcome.delivered / m)
     row.add_extra("fired/s while traced", m / (fire_ns / 1e9))
+    if count_rate:
+        row.add_extra("target slowdown vs count", count_rate / (m / (fire_ns / 1e9)))
     row.add_extra("seconds to deliver", seconds)
     if outcome.lost is not None:
         row.add_extra("lost (counted)", outcome.lost)
@@ -894,6 +947,12 @@ def _ev_usdtkit_json(env: Env, binary: str, pid: int, tmp: str) -> Optional[Call
         return EventOutcome(delivered, int(lost.group(1)) if lost else 0, tracer.t_exit, "")
 
     return finish
+
+
+def _ev_usdtkit_json_python(env: Env, binary: str, pid: int, tmp: str) -> Optional[Callable]:
+    """``trace --json`` decoding and formatting in Python, as where the C extension is not built."""
+    return _ev_usdtkit_json(replace(env, usdtkit_env=dict(env.usdtkit_env, USDTKIT_NO_NATIVE_EVENTS="1")),
+                            binary, pid, tmp)
 
 
 def _ev_usdtkit_text(env: Env, binary: str, pid: int, tmp: str) -> Optional[Callable]:
@@ -991,8 +1050,11 @@ def _ev_bpftrace(env: Env, binary: str, pid: int, tmp: str) -> Optional[Callable
 # ======================================================================================== workers
 def worker(argv: List[str]) -> int:
     """Run inside the venv Python: the usdtkit Python API side of the benchmarks."""
-    mode, pid, probe = argv[0], int(argv[1]), argv[2]
     sys.path.insert(0, REPO)
+    if argv[0] == "reader":
+        print(json.dumps(_reader_rates(int(argv[1]))), flush=True)
+        return 0
+    mode, pid, probe = argv[0], int(argv[1]), argv[2]
     import usdtkit  # noqa: PLC0415 - only the worker needs it
 
     if mode == "count":
@@ -1019,6 +1081,60 @@ def worker(argv: List[str]) -> int:
                           "dropped_by_user_queue": session.dropped_by_user_queue}), flush=True)
         return 0
     raise SystemExit(f"unknown worker mode {mode}")
+
+
+def _reader_rates(m: int) -> Dict[str, float]:
+    """Records per second of usdtkit's C reader alone: ``m`` records of ``bench:event``'s shape laid out
+    as the kernel lays them out in ring buffer memory (two anonymous mappings standing for the map's),
+    drained as the API delivers them (kept events and an ``on_event`` callback) and as ``trace --json``
+    writes them (to /dev/null); no producer to wait for."""
+    import collections  # noqa: PLC0415 - worker only
+    import mmap  # noqa: PLC0415
+    import struct  # noqa: PLC0415
+
+    from usdtkit.bpf import codegen  # noqa: PLC0415
+    from usdtkit.collect.native import native_decoder  # noqa: PLC0415
+    from usdtkit.collect.records import ProbeDecoder, RecordDecoder  # noqa: PLC0415
+    from usdtkit.elf.model import Arg, Register, RegisterValue  # noqa: PLC0415
+    from usdtkit.plan.plan import AttachPlan  # noqa: PLC0415
+    from usdtkit.plan.refs import ProbeRef  # noqa: PLC0415
+    from usdtkit.plan.request import TraceRequest  # noqa: PLC0415
+    from usdtkit.plan.resolve import ResolvedProbe, Site  # noqa: PLC0415
+
+    arg = Arg(8, True, RegisterValue(Register("rdi", 64, 0, "rdi")), "8@%rdi")
+    probe = ResolvedProbe(ProbeRef("usdt", "/b", "event", "bench"), "/b", (Site("/b", 16, 16, 0, (arg,)),), 1)
+    layout = codegen.generate(AttachPlan(TraceRequest((probe.ref,), events=True), (probe,), None)).record
+    decoder = native_decoder(RecordDecoder(layout, [ProbeDecoder("bench:event", 1, [True], [], False, False)], 128))
+    if decoder is None:
+        return {}
+    record = layout.pack(ts=1 << 60, pid=123456, tid=123456, probe=0, cpu=1, args=[7], comm=b"sdt_bench")
+    step = (len(record) + 8 + 7) & ~7
+    size = 1 << (step * m - 1).bit_length()
+    consumer, producer = mmap.mmap(-1, mmap.PAGESIZE), mmap.mmap(-1, mmap.PAGESIZE + 2 * size)
+    producer[mmap.PAGESIZE:mmap.PAGESIZE + step * m] = (struct.pack("=II", len(record), 0) + record).ljust(step, b"\0") * m
+
+    class Session:
+        _stop = False
+
+    delivered = [0]
+
+    def on_event(event: object) -> None:
+        delivered[0] += 1
+
+    null = os.open(os.devnull, os.O_WRONLY)
+    drains = {"events": lambda: decoder.drain_events(consumer, producer, size - 1, 10.0,
+                                                     collections.deque(maxlen=1_000_000).append, on_event, Session),
+              "json": lambda: decoder.drain_json(consumer, producer, size - 1, 10.0, null, -1)}
+    rates = {}
+    for name, drain in drains.items():
+        struct.pack_into("=QQ", consumer, 0, 0, 0)
+        struct.pack_into("=Q", producer, 0, step * m)
+        started, done = time.perf_counter(), 0
+        while done < m:
+            done += drain()[0]
+        rates[name] = m / (time.perf_counter() - started)
+    os.close(null)
+    return rates
 
 
 # ======================================================================================== output
@@ -1091,6 +1207,10 @@ def render(results: Results, env: Env, args: argparse.Namespace) -> str:
                     cells.append(f"{value:.3f}")
                 elif name.endswith("/s while traced"):
                     cells.append(f"{value / 1e3:,.0f}k")
+                elif name.startswith("target slowdown"):
+                    cells.append(f"{value:.2f}x")
+                elif name.endswith("%"):
+                    cells.append(f"{value:.1f}")
                 else:
                     cells.append(f"{value:,.0f}")
             ok = sum(1 for c in row.checks if c.startswith("ok"))

@@ -99,6 +99,8 @@ def test_latency_of_a_libc_function(hello):
         (["hist", "--linear", "1,2", "usdt:/bin/true:a:b"], 2, "LOW,HIGH,STEP"),
         (["trace", "uprobe:/bin/true:no_such_function_here"], 1, "no_such_function_here"),
         (["latency", "usdt:/bin/true:a:b"], 2, "latency needs"),
+        (["trace", "--buffer-size", "64Q", "usdt:/bin/true:a:b"], 2, "'64Q' is not a size"),
+        (["trace", "--buffer-size", "4G", "usdt:/bin/true:a:b"], 2, "more than the 1 GiB"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, code, message):

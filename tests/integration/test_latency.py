@@ -2,6 +2,8 @@
 start/done pairs matched by key across threads, and no event lost silently under a burst."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from usdtkit.tracing.api import trace
@@ -83,3 +85,18 @@ def test_burst_delivered_plus_lost_equals_fired(build_c, processes):
     assert stats.hits == fired
     assert delivered + stats.lost_events == fired
     assert stats.lost_events > 0  # the small buffer really overflowed: the loss was counted, not hidden
+
+
+@pytest.mark.bpf
+def test_a_waiting_reader_is_woken_by_one_event(build_c, processes):
+    """Records are committed without waking the reader while it drains; one that sleeps is woken at once."""
+    binary = build_c("latency.c", "-O2", "-pthread")
+    target = processes([binary, "burst", "1"])
+    with trace(f"usdt:{binary}:app:burst", pid=target.pid) as session:
+        session.poll(timeout=0)
+        go(target)
+        started = time.monotonic()
+        session.poll(timeout=20)
+        waited = time.monotonic() - started
+        assert len(session.events) == 1
+    assert waited < 2, f"the reader slept {waited:.1f} s with an event pending"

@@ -153,3 +153,24 @@ def test_close_releases_the_mappings_and_the_epoll_fd(filler: Program) -> None:
     assert set(os.listdir("/proc/self/fd")) == before
     assert open("/proc/self/maps").read().count("anon_inode:bpf-ringbuf") == maps_before
     os.fstat(filler.table("events").map_fd)  # the map fd is the caller's and stays open
+
+
+def test_a_record_whose_callback_raises_is_consumed(filler: Program) -> None:
+    got: List[int] = []
+
+    def take(data: bytes) -> bool:
+        seq = struct.unpack_from("=Q", data)[0]
+        if seq == 2:
+            raise KeyError(seq)
+        got.append(seq)
+        return False
+
+    ring = RingBuffer(filler.table("events").map_fd, take)
+    try:
+        fire(filler, 16, 3)
+        with pytest.raises(KeyError):
+            ring.poll(0, 1.0)
+        assert ring.poll(0, 1.0) == 1
+        assert got == [1, 3] and ring.pending() == 0
+    finally:
+        ring.close()

@@ -21,8 +21,9 @@ from ..errors import AttachError, EnvironmentProblem
 from . import kernel_headers, uprobe_multi
 from .attaching import Attaching
 from .backend import RecordCallback
-from .layout import ProgramLayout
-from .ringbuf import RingBuffer
+from .layout import WAKE_MAP, ProgramLayout
+from .ringbuf import NativeDrain, RingBuffer
+
 
 def import_bcc() -> Any:
     """Import bcc or raise :class:`EnvironmentProblem` with the fix."""
@@ -179,7 +180,11 @@ class Program(Attaching):
         return self._bpf.get_table(name.encode())
 
     def set_config(self, index: int, value: int) -> None:
-        table = self.table("config")
+        self.set_map("config", index, value)
+
+    def set_map(self, name: str, index: int, value: int) -> None:
+        """Set slot ``index`` of array map ``name``."""
+        table = self.table(name)
         table[table.Key(index)] = table.Leaf(value)
 
     def update_map(self, name: str, key: bytes, value: int) -> None:
@@ -209,15 +214,22 @@ class Program(Attaching):
         return deleted
 
     def open_events(self, on_record: RecordCallback, on_lost: Optional[Callable[[int], None]] = None,
-                    pages: int = 64) -> None:
-        """Deliver the records of the ``events`` map (ring buffer, or perf buffer on old kernels)."""
+                    pages: int = 64, drain: Optional[NativeDrain] = None) -> bool:
+        """Deliver the records of the ``events`` map (ring buffer, or perf buffer on old kernels); a
+        ring buffer goes to ``drain`` instead when one is given (then True is returned)."""
         if self.layout is not None and not self.layout.ringbuf:
             def perf_record(_cpu: int, data: int, size: int) -> None:
                 on_record(ctypes.string_at(data, size))
 
             self._bpf[b"events"].open_perf_buffer(perf_record, page_cnt=pages, lost_cb=on_lost)
-            return
-        self._ring = RingBuffer(self._bpf[b"events"].map_fd, on_record)
+            return False
+        wake = None
+        if self.layout is not None and WAKE_MAP in self.layout.maps:
+            def wake(on: bool) -> None:
+                self.set_map(WAKE_MAP, 0, int(on))
+        self._ring = RingBuffer(self._bpf[b"events"].map_fd, on_record, wake)
+        self._ring.set_drain(drain)
+        return drain is not None
 
     def consume(self, timeout_ms: int, budget_s: float) -> None:
         """Deliver pending records, waiting up to ``timeout_ms`` for the first; return within about

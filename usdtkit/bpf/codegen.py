@@ -48,7 +48,8 @@ from ..plan.resolve import ResolvedProbe, Site
 from . import follow
 from .filter_c import BUILTIN_C, FilterC, FilterHelpers, arg_signed, u64_literal
 from .layout import (STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_PAIRED, STAT_READ_ERRORS, STAT_UNMATCHED, STATS_PER_PROBE,
-                     Attachment, MapLayout, Member, ProgramLayout, StructLayout, key_members, string_buffer)
+                     WAKE_MAP, Attachment, MapLayout, Member, ProgramLayout, StructLayout, key_members,
+                     string_buffer)
 
 COUNT_MAP_ENTRIES = 65536
 STACK_MAP_ENTRIES = 16384
@@ -244,6 +245,9 @@ class Generator:
             if self.ringbuf:
                 out.append(f"BPF_RINGBUF_OUTPUT(events, {plan.ring_pages});")
                 self._map("events", "ringbuf", plan.ring_pages)
+                # Nonzero while the reader sleeps: only then does a record wake it (see ringbuf.py).
+                out.append(f"BPF_ARRAY({WAKE_MAP}, u32, 1);")
+                self._map(WAKE_MAP, "array", 1)
             else:  # perf buffer: records are built in a per-CPU scratch slot (too big for the stack)
                 out += ["BPF_PERF_OUTPUT(events);",
                         "BPF_PERCPU_ARRAY(event_scratch, struct usdtkit_event, 1);"]
@@ -424,7 +428,10 @@ class Generator:
             else:
                 out.append("    e->stack = -1;")
             if self.ringbuf:
-                out.append("    events.ringbuf_submit(e, 0);")
+                # Read after the reserve, so a reader that raised the flag and then found the ring empty
+                # saw this record's space taken (the map fd polls readable) or is woken by it.
+                out += [f"    u32 wake_slot = 0; u32 *wake = {WAKE_MAP}.lookup(&wake_slot);",
+                        "    events.ringbuf_submit(e, wake && *wake ? 0 : BPF_RB_NO_WAKEUP);"]
             else:
                 out.append("    if (events.perf_submit(ctx, e, sizeof(*e)) < 0) "
                            f"usdtkit_stat(probe, {STAT_LOST_EVENTS});")

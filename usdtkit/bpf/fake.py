@@ -90,8 +90,9 @@ class FakeProgram:
         return (0, 0)
 
     def open_events(self, on_record: RecordCallback, on_lost: Optional[Callable[[int], None]] = None,
-                    pages: int = 64) -> None:
-        self._on_record = on_record
+                    pages: int = 64, drain: object = None) -> bool:
+        self._on_record = on_record  # records in memory: ``drain`` reads a real ring buffer only
+        return False
 
     def consume(self, timeout_ms: int, budget_s: float) -> None:
         while self.pending and self._on_record is not None:

@@ -19,6 +19,7 @@ from ..plan.resolve import Site
 STATS_PER_PROBE = 6
 STAT_HITS, STAT_LOST_EVENTS, STAT_LOST_KEYS, STAT_READ_ERRORS, STAT_UNMATCHED, STAT_PAIRED = range(6)
 PROBE_STATS = 5  # the first five are the ProbeStats users see
+WAKE_MAP = "events_wake"  # an array of one u32: nonzero while the event reader waits to be woken
 
 _SIZES = {"u8": 1, "char": 1, "u32": 4, "s32": 4, "u64": 8, "s64": 8}
 _CODES = {"u8": "B", "char": "s", "u32": "I", "s32": "i", "u64": "Q", "s64": "q"}

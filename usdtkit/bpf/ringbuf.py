@@ -14,8 +14,12 @@ it and bit 30 (DISCARD) says it was thrown away, then a u32 the kernel uses to f
 record.  Records take ``roundup(length + 8, 8)`` bytes.  A BUSY record stops the reader (records after
 it may be committed, but positions must be handed back in order).
 
-The map fd polls readable while committed data is pending, so the reader waits on an epoll fd watching
-it.  Plain loads and stores suffice on x86-64, where stores are seen in the order they were made.
+The map fd polls readable while records are pending, so the reader waits on an epoll fd watching it.
+Waking a reader costs the producer an interrupt (irq_work) per wakeup, and a fast reader that keeps
+catching up would be woken for nearly every record.  A program can instead commit with
+``BPF_RB_NO_WAKEUP`` unless a flag it reads after reserving says the reader is about to sleep: the
+reader raises the flag (``wake(True)``), looks once more, and only then waits; while it drains a burst
+nobody wakes it, and the producer runs at full speed.  Plain loads and stores suffice on x86-64, where stores are seen in the order they were made.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import os
 import select
 import struct
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from ..errors import AttachError
 from . import syscalls
@@ -36,6 +40,9 @@ HEADER_SIZE = 8
 BPF_MAP_TYPE_RINGBUF = 27
 _BPF_OBJ_GET_INFO_BY_FD = 15
 _BUDGET_CHECK_EVERY = 64  # records between two looks at the clock
+
+#: ``drain(consumer_map, producer_map, mask, budget_s) -> (records delivered, stopped early)``
+NativeDrain = Callable[[mmap.mmap, mmap.mmap, int, float], Tuple[int, bool]]
 
 _U64 = struct.Struct("=Q")
 _U32 = struct.Struct("=I")
@@ -76,8 +83,11 @@ class RingBuffer:
     The map fd stays the caller's: :meth:`close` unmaps and closes the epoll fd only.
     """
 
-    def __init__(self, map_fd: int, on_record: Callable[[bytes], bool]) -> None:
+    def __init__(self, map_fd: int, on_record: Callable[[bytes], bool],
+                 wake: Optional[Callable[[bool], None]] = None) -> None:
         self._on_record = on_record
+        self._wake = wake
+        self._native: Optional[NativeDrain] = None
         self.size = ring_size(map_fd)
         self._mask = self.size - 1
         page = mmap.PAGESIZE
@@ -94,6 +104,11 @@ class RingBuffer:
         except OSError as exc:
             self.close()
             raise AttachError(f"cannot map ring buffer fd {map_fd}: {exc.strerror or exc}") from None
+
+    def set_drain(self, drain: Optional["NativeDrain"]) -> None:
+        """Hand the records to ``drain(consumer, producer, mask, budget_s) -> (delivered, stopped)``
+        instead of ``on_record``: a reader in C given the two mappings (see usdtkit.collect.native)."""
+        self._native = drain
 
     def fileno(self) -> int:
         """The epoll fd: readable while records are pending (for a caller's own select loop)."""
@@ -114,41 +129,52 @@ class RingBuffer:
         delivered, stopped = self._drain(deadline)
         if delivered or stopped or timeout_ms == 0 or self._epoll is None:
             return delivered
-        self._epoll.poll(timeout_ms / 1000.0 if timeout_ms > 0 else -1)
-        return self._drain(deadline)[0]
+        if self._wake is None:
+            self._epoll.poll(timeout_ms / 1000.0 if timeout_ms > 0 else -1)
+            return self._drain(deadline)[0]
+        self._wake(True)
+        try:
+            delivered, stopped = self._drain(deadline)  # what was committed before the flag was seen
+            if not delivered:
+                self._epoll.poll(timeout_ms / 1000.0 if timeout_ms > 0 else -1)
+        finally:
+            self._wake(False)
+        return delivered or self._drain(deadline)[0]
 
-    def _drain(self, deadline: float) -> "tuple[int, bool]":
+    def _drain(self, deadline: float) -> Tuple[int, bool]:
         consumer, producer = self._consumer, self._producer
         if consumer is None or producer is None:
             return 0, False
+        if self._native is not None:
+            return self._native(consumer, producer, self._mask, max(0.0, deadline - time.monotonic()))
         on_record, mask, start = self._on_record, self._mask, self._data_start
-        unpack_u32, unpack_u64, pack_u64 = _U32.unpack_from, _U64.unpack_from, _U64.pack_into
+        unpack_u32, unpack_u64 = _U32.unpack_from, _U64.unpack_from
         position = unpack_u64(consumer, 0)[0]
         delivered = 0
-        while True:
-            end = unpack_u64(producer, 0)[0]
-            if position >= end:
-                return delivered, False
-            while position < end:
-                offset = start + (position & mask)
-                header = unpack_u32(producer, offset)[0]
-                if header & BUSY:
-                    return delivered, False  # the producer has not committed it yet
-                length = header & ~(BUSY | DISCARD) & 0xFFFFFFFF
-                record_end = position + ((length + HEADER_SIZE + 7) & ~7)
-                if header & DISCARD:
-                    position = record_end
-                    pack_u64(consumer, 0, position)
-                    continue
-                data = producer[offset + HEADER_SIZE:offset + HEADER_SIZE + length]
-                position = record_end
-                # Published before the callback runs, so a callback that raises leaves the record consumed.
-                pack_u64(consumer, 0, position)
-                delivered += 1
-                if on_record(data):
-                    return delivered, True
-                if delivered % _BUDGET_CHECK_EVERY == 0 and time.monotonic() >= deadline:
-                    return delivered, True
+        try:
+            while True:
+                end = unpack_u64(producer, 0)[0]
+                if position >= end:
+                    return delivered, False
+                while position < end:
+                    offset = start + (position & mask)
+                    header = unpack_u32(producer, offset)[0]
+                    if header & BUSY:
+                        return delivered, False  # the producer has not committed it yet
+                    length = header & ~(BUSY | DISCARD) & 0xFFFFFFFF
+                    position += (length + HEADER_SIZE + 7) & ~7
+                    if header & DISCARD:
+                        continue
+                    delivered += 1
+                    if on_record(producer[offset + HEADER_SIZE:offset + HEADER_SIZE + length]):
+                        return delivered, True
+                    if delivered % _BUDGET_CHECK_EVERY == 0:
+                        # Published per batch, not per record: producers read it on every reserve.
+                        _U64.pack_into(consumer, 0, position)
+                        if time.monotonic() >= deadline:
+                            return delivered, True
+        finally:  # also when on_record raises: its record counts as consumed
+            _U64.pack_into(consumer, 0, position)
 
     def close(self) -> None:
         """Unmap both areas and close the epoll fd (the map fd is left open)."""

@@ -105,6 +105,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 TRACE_EXAMPLES = epilog(
     "usdtkit trace -s arg1 -c 'demo_apps/build/hello_usdt 3 reader' usdt::hello:greet",
     "usdtkit trace -p PID -n 5 -f 'tid != 7' usdt::hello:tick",
+    "usdtkit trace --json --buffer-size 256M -p PID usdt::hello:tick",
     "usdtkit trace --json -c 'demo_apps/build/hello_usdt 2' uretprobe:libc:nanosleep",
     "usdtkit trace --string-size 200 -s arg1 -c 'demo_apps/build/hello_usdt 1 reader' usdt::hello:greet",
     "usdtkit trace -F -c \"sh -c 'demo_apps/build/hello_usdt 2; true'\" usdt:demo_apps/build/hello_usdt:hello:tick",
@@ -157,6 +158,9 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
                        help="read this pointer argument as a NUL-terminated string (repeatable), e.g. 'arg1'")
     _string_size(trace, "string argument")
     trace.add_argument("-n", "--max-events", type=_positive(int), help="stop after this many events")
+    trace.add_argument("--buffer-size", metavar="SIZE",
+                       help="event buffer size, e.g. 256M (default 64M; rounded up to a power of two pages): "
+                            "what a burst can fill while the reader catches up")
     trace.set_defaults(func=_runner("run_trace"))
 
     count = _subcommand(subparsers, "count", COUNT_EXAMPLES, help="count hits by probe and by fields, in the kernel",

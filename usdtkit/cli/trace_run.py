@@ -7,6 +7,7 @@ Kept apart from the parsers in :mod:`usdtkit.cli.cmd_trace` so that building the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import signal
@@ -70,6 +71,8 @@ def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None
         options["cgroup"] = args.cgroup
     if getattr(args, "max_probes", None) is not None:
         options["max_probes"] = args.max_probes
+    if getattr(args, "buffer_size", None) is not None:
+        options["buffer_size"] = args.buffer_size
     return trace(*args.probes, on_event=on_event, filters=args.filter, unsafe=args.unsafe, **options)
 
 
@@ -204,7 +207,13 @@ def run_trace(args: argparse.Namespace) -> int:
             session.stop()
 
     session = _session(args, on_event=show, events=True, strings=args.string, keep_events=0)
+    if args.json and (sys.stdout.encoding or "").lower().replace("-", "") == "utf8":
+        sys.stdout.flush()
+        with contextlib.suppress(OSError, ValueError):  # no fd (a stream in memory): written per event
+            session.write_json(sys.stdout.fileno(), args.max_events)  # in C where records are read there
     reason = _collect(session, args)
+    if session.native and args.json:
+        printed[0] = session.delivered
     sys.stdout.flush()
     _report_losses(session)  # warnings go to stderr, also with --json (stdout holds events only)
     _no_hits_hint(session, args)

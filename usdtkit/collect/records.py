@@ -35,6 +35,7 @@ class RecordDecoder:
     def __init__(self, layout: StructLayout, probes: Sequence[ProbeDecoder], string_size: int,
                  stack_of: Optional[Callable[[int, int], Tuple[str, ...]]] = None) -> None:
         self.probes = list(probes)
+        self.layout = layout
         self.format = layout.format
         self.size = layout.size
         self.string_size = string_size

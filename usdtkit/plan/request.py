@@ -15,6 +15,7 @@ from ..errors import UsageError
 from ..expr.fields import MAX_ARGS, Field
 from ..expr.filters import Filter
 from . import buckets
+from .buffer_size import DEFAULT_RING_PAGES, ring_pages as buffer_pages
 from .refs import ProbeRef, parse_probe
 
 DEFAULT_STRING_SIZE = 128
@@ -206,7 +207,7 @@ class TraceRequest:
     function_latency: bool = False  # uprobe/uretprobe pairs on the same function: time per call
     pair: Optional[PairSpec] = None
     stacks: bool = False
-    ring_pages: int = 256
+    ring_pages: int = DEFAULT_RING_PAGES
     unsafe: bool = False
     max_probes: int = DEFAULT_MAX_PROBES  # more probes than this (patterns expanded) are refused
 
@@ -308,6 +309,7 @@ def make_request(
     ring_pages: Optional[int] = None,
     unsafe: bool = False,
     max_probes: Optional[int] = None,
+    buffer_size: Optional[Union[int, str]] = None,
 ) -> TraceRequest:
     """Parse and validate everything a trace needs, reading no file.
 
@@ -323,6 +325,9 @@ def make_request(
 
     Patterns (``uprobe:libc:mall*``) stand for every probe they match, up to ``max_probes`` probes in
     all (default 512); the latency of a function pattern times each function it matches.
+
+    ``buffer_size`` (bytes, or text such as ``"64M"``) sizes the event buffer, rounded up to a power of
+    two pages (:mod:`.buffer_size`); ``ring_pages`` gives the pages directly.
     """
     if isinstance(probes, (str, ProbeRef)):
         probes = [probes]
@@ -337,11 +342,16 @@ def make_request(
     if pair_keys is not None and not latency:
         raise UsageError("pair_keys match start and done probes: give latency=True as well")
     if not events:
-        for name, given in (("strings", bool(strings)), ("stacks", stacks), ("ring_pages", ring_pages is not None)):
+        for name, given in (("strings", bool(strings)), ("stacks", stacks), ("ring_pages", ring_pages is not None),
+                            ("buffer_size", buffer_size is not None)):
             if given:
                 raise UsageError(f"{name}= applies to events, and this trace collects none (events=False)"
                                  + ("; count by 'str(argN)' instead" if name == "strings" else "")
                                  + ("; count by 'ustack' instead" if name == "stacks" else ""))
+    if buffer_size is not None:
+        if ring_pages is not None:
+            raise UsageError("give buffer_size or ring_pages, not both")
+        ring_pages = buffer_pages(buffer_size)
     by_fields = _fields(hist_by, sides=True)
     by_field = None if by_fields is None else (by_fields[0] if len(by_fields) == 1 else by_fields)
     if isinstance(hist, HistSpec) and by_field is not None:
@@ -386,7 +396,7 @@ def make_request(
         probes=tuple(refs), target=target, filters=predicates, events=events,
         event_strings=_strings(strings), string_size=DEFAULT_STRING_SIZE if string_size is None else string_size,
         count_by=count_fields, hist=hist_spec, function_latency=function_latency, pair=pair,
-        stacks=stacks, ring_pages=256 if ring_pages is None else ring_pages, unsafe=unsafe,
+        stacks=stacks, ring_pages=DEFAULT_RING_PAGES if ring_pages is None else ring_pages, unsafe=unsafe,
         max_probes=DEFAULT_MAX_PROBES if max_probes is None else max_probes)
     if string_size is not None and not request.reads_strings:
         raise UsageError("string_size applies to strings read (strings=, 'str(argN)' keys), and this "

@@ -45,9 +45,10 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
 
     Options are those of :func:`usdtkit.plan.request.make_request` (``filters``, ``events``, ``strings``,
     ``string_size``, ``count_by``, ``hist``, ``hist_by``, ``latency``, ``pair_keys``, ``stacks``,
-    ``ring_pages``, ``unsafe``).  ``pid=PID`` traces one running process; ``cgroup=PATH`` keeps only hits
-    from the tasks of one cgroup v2 directory (a container, a systemd service); ``follow=True`` adds the
-    descendants of ``pid`` or of ``command``, alive at attach time or started later (the trace still
+    ``buffer_size`` or ``ring_pages``, ``unsafe``).  ``pid=PID`` traces one running process;
+    ``cgroup=PATH`` keeps only hits from the tasks of one cgroup v2 directory (a container, a systemd
+    service); ``follow=True`` adds the descendants of ``pid`` or of ``command``, alive at attach time or
+    started later (the trace still
     ends when ``pid`` or ``command`` exits).  ``command=[argv...]`` starts
     that program with the probes attached before its first instruction (probe specs may leave the
     binary empty); the session ends when it exits, and closing the session stops it and everything it

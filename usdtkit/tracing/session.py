@@ -23,6 +23,7 @@ from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tu
 from ..bpf import capabilities, codegen
 from ..bpf.backend import Backend, LoadedProgram
 from ..collect.readout import MapReader
+from ..collect.native import native_decoder
 from ..collect.records import ProbeDecoder, RecordDecoder
 from ..collect.results import Counts, Event, Histogram, ProbeStats
 from ..collect.symbolize import Symbolizer
@@ -83,9 +84,11 @@ class Session:
         self._symbolizer = Symbolizer()
         self._reader = MapReader(plan, self.layout, self.labels, self._symbolizer)
         self._records: Optional[RecordDecoder] = None
+        self._native = None  # the C decoder of usdtkit.collect.native, where it was built
         if plan.events and self.layout.record is not None:
             self._records = RecordDecoder(self.layout.record, [self._probe_decoder(i) for i in range(len(plan.probes))],
                                           plan.string_size, self._event_stack if plan.stacks else None)
+            self._native = native_decoder(self._records)
         self._backend = backend
         self._program: Optional[LoadedProgram] = None
         self._final: Dict[str, object] = {}
@@ -108,6 +111,8 @@ class Session:
         self.keep_events = keep_events  # how many recent events stay in `events` (None: all; 0: none)
         self.events: Deque[Event] = deque(maxlen=keep_events)
         self._stream: Optional[Deque[Event]] = None
+        self._json_out: Optional[Tuple[int, Optional[int]]] = None  # see write_json
+        self.native = False  # records are read and decoded in C (usdtkit.collect.native)
         self._stop = False
         self._callback_error: Optional[BaseException] = None
         self.dropped_by_user_queue = 0
@@ -189,8 +194,10 @@ class Session:
             self._attach_sites(program, -1 if pid is None or self.plan.follow else pid)
             self._reader.observe_stack_owners(program)
             if self.plan.events:
-                program.open_events(self._on_record, self._on_perf_lost,
-                                    pages=_power_of_two(max(8, self.plan.ring_pages // (os.cpu_count() or 1))))
+                self.native = bool(program.open_events(
+                    self._on_record, self._on_perf_lost,
+                    pages=_power_of_two(max(8, self.plan.ring_pages // (os.cpu_count() or 1))),
+                    drain=self._native_drain if self._native is not None else None))
             self.attach_seconds = time.monotonic() - started
             if self.command is not None:
                 self.command.release()
@@ -305,6 +312,40 @@ class Session:
             self._callback_error = exc
             return True
         return self._stop
+
+    def write_json(self, fd: int, limit: Optional[int] = None) -> None:
+        """Where records are read in C (:attr:`native`, known once attached), write each as its JSON
+        line (``json.dumps(event.to_json(), ensure_ascii=False)``) to ``fd`` instead of delivering it,
+        and stop after ``limit`` of them.  Call before attaching; elsewhere events are delivered."""
+        self._json_out = (fd, limit)
+
+    def _native_drain(self, consumer: object, producer: object, mask: int, budget_s: float) -> Tuple[int, bool]:
+        """The ring buffer's records through the C decoder (see :meth:`_on_record` for the same in
+        Python): as JSON lines, or as Events for the stream or the kept events, then ``on_event``."""
+        decoder = self._native
+        if self._stop or self._callback_error is not None or decoder is None:
+            return 0, True
+        before = decoder.delivered
+        kept = None
+        try:
+            if self._json_out is not None:
+                fd, limit = self._json_out
+                left = -1 if limit is None else max(0, limit - self.delivered)
+                count, stopped = decoder.drain_json(consumer, producer, mask, budget_s, fd, left)
+                if limit is not None and self.delivered + count >= limit:
+                    self._stop = True
+                return count, stopped
+            target = self._stream if self._stream is not None else (self.events if self.keep_events != 0 else None)
+            kept = (target, len(target)) if target is not None else None
+            return decoder.drain_events(consumer, producer, mask, budget_s, None if target is None else target.append,
+                                        self.on_event, self)
+        except BaseException as exc:  # as in _on_record: kept and raised by poll(), never lost in the backend
+            self._callback_error = exc
+            return 0, True
+        finally:
+            self.delivered += decoder.delivered - before
+            if kept is not None and kept[0] is self.events and self.events.maxlen is not None:
+                self.dropped_by_user_queue += max(0, kept[1] + decoder.delivered - before - len(self.events))
 
     def _deliver(self, event: Event) -> None:
         """Hand an event to a stream in progress or to the kept events, then to ``on_event``."""
