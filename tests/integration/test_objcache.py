@@ -125,12 +125,13 @@ FORMS = {
 
 
 @pytest.mark.bpf
-@pytest.mark.parametrize("form, links", [(form, "uprobe_multi") for form in sorted(FORMS)]
-                         + [("count", "perf"), ("shared", "perf")])  # perf events, and perf links with cookies
-def test_every_form_from_the_cache_reports_what_bcc_reported(form, links, hello, cache_home, no_bcc):
+@pytest.mark.parametrize("form, variant", [(form, "uprobe_multi") for form in sorted(FORMS)]
+                         + [("count", "perf"), ("shared", "perf"),  # perf events, and perf links with cookies
+                            ("events", "python reader")])  # records read in Python, not by the C reader
+def test_every_form_from_the_cache_reports_what_bcc_reported(form, variant, hello, cache_home, no_bcc):
     args, result_of = FORMS[form]
     args = [a.replace("HELLO", hello) for a in args]
-    env = {"USDTKIT_NO_UPROBE_MULTI": "1"} if links == "perf" else {}
+    env = {"perf": {"USDTKIT_NO_UPROBE_MULTI": "1"}, "python reader": {"USDTKIT_NO_NATIVE_EVENTS": "1"}}.get(variant, {})
     compiled = usdtkit(cache_home, *args, env=env)
     assert compiled.returncode == 0, compiled.stderr
     assert len(entries(cache_home)) == 1

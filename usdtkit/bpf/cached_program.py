@@ -17,9 +17,9 @@ from ..errors import AttachError
 from . import bpfcalls, uprobe_multi
 from .attaching import Attaching
 from .backend import RecordCallback
-from .layout import ProgramLayout
+from .layout import WAKE_MAP, ProgramLayout
 from .objcache import CompiledObject, Table
-from .ringbuf import RingBuffer
+from .ringbuf import NativeDrain, RingBuffer
 
 _STACK_ADDRESS = struct.Struct("<Q")
 
@@ -127,10 +127,17 @@ class CachedProgram(Attaching):
         return run_stats(self._fds.values())
 
     def open_events(self, on_record: RecordCallback, on_lost: Optional[Callable[[int], None]] = None,
-                    pages: int = 64) -> None:
-        """Deliver the records of the ``events`` ring buffer."""
+                    pages: int = 64, drain: Optional[NativeDrain] = None) -> bool:
+        """Deliver the records of the ``events`` ring buffer, to ``drain`` when one is given (then True is
+        returned); the wake flag, where the program has one, tells it when the reader waits."""
         fd, _table = self._map("events")
-        self._ring = RingBuffer(fd, on_record)
+        wake = None
+        if WAKE_MAP in self._maps:
+            def wake(on: bool) -> None:
+                self.update_map(WAKE_MAP, (0).to_bytes(4, "little"), int(on))
+        self._ring = RingBuffer(fd, on_record, wake)
+        self._ring.set_drain(drain)
+        return drain is not None
 
     def consume(self, timeout_ms: int, budget_s: float) -> None:
         if self._ring is not None:
