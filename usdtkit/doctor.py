@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional
 
-from .bpf import capabilities, kernel_headers
+from .bpf import capabilities, kernel_headers, objcache
 from .errors import EnvironmentProblem
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
@@ -109,6 +109,13 @@ def check_headers() -> Check:
     except kernel_headers.HeadersNotFound as exc:
         return Check("kernel headers", FAIL, str(exc), "apt-get install linux-headers-amd64")
     return Check("kernel headers", OK, f"{headers.kind}: {headers.path} ({headers.detail})")
+
+
+def check_object_cache() -> Check:
+    usable, detail = objcache.status()
+    if usable or not objcache.enabled():
+        return Check("object cache", OK, detail)
+    return Check("object cache", WARN, detail, "attaching takes a bcc compilation (0.2 s and more) every time")
 
 
 def check_uprobe_pmu() -> Check:
@@ -219,6 +226,7 @@ CHECKS: List[Callable[[], Check]] = [
     check_privileges,
     check_bcc,
     check_headers,
+    check_object_cache,
     check_uprobe_pmu,
     check_semaphore_refcount,
     check_uprobe_multi,

@@ -272,3 +272,37 @@ def publish(directory: str, name: str, write: Callable[[int], None], mode: int =
     finally:
         os.close(folder)
     return final
+
+
+def read_private_file(path: str) -> Optional[bytes]:
+    """The bytes of the cache entry at ``path`` if only this user could have written it, else None: a regular
+    file (not a symlink) owned by this user with no group or world access, checked on the open descriptor."""
+    try:
+        fd = os.open(path, _OPEN_CHECKED)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            return None
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 22)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def publish_bytes(directory: str, name: str, data: bytes) -> str:
+    """:func:`publish` of ``data`` as the whole file."""
+    def write(fd: int) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    return publish(directory, name, write)

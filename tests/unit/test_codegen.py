@@ -155,3 +155,18 @@ def test_a_histogram_adds_up_other_fields_in_slots_of_their_own():
     assert "if (!(errs & 2U)) {" in text
     with pytest.raises(UsageError, match="histogram sum of arg2: prov:p has 2 argument"):
         plan_of((usdt("p", ARGS_A),), hist=HistSpec(Field("arg", 0), sums=(Field("arg", 2),)))
+
+
+def test_per_run_values_stay_out_of_the_text():
+    """The pid and the cgroup id are per run: the same probes give the same text (and so one compiled
+    object in the cache) whichever process or cgroup is traced; the session writes both into maps."""
+    probe = usdt("tick", ARGS_A)
+
+    def plan(pid, cgroup):
+        return AttachPlan(TraceRequest((probe.ref,), events=True), (probe,), pid, cgroup_id=cgroup)
+
+    first, second = codegen.generate(plan(41, 0x1234567)), codegen.generate(plan(42, 0x7654321))
+    assert first.text == second.text
+    assert "cgroup_target" in first.maps and "config" in first.maps
+    assert str(0x1234567) not in first.text and hex(0x1234567) not in first.text
+    assert codegen.generate(plan(None, None)).text != first.text  # no pid, no cgroup: no checks at all

@@ -18,7 +18,8 @@ import threading
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AttachError, EnvironmentProblem
-from . import capabilities, kernel_headers, perf_uprobe, tracefs, uprobe_multi
+from . import kernel_headers, uprobe_multi
+from .attaching import Attaching
 from .backend import RecordCallback
 from .layout import WAKE_MAP, ProgramLayout
 from .ringbuf import NativeDrain, RingBuffer
@@ -98,7 +99,7 @@ def _check_layout(program: "Program", layout: ProgramLayout) -> None:
                               f"{spec.key.size}")
 
 
-class Program:
+class Program(Attaching):
     """A compiled BPF module, its attached uprobe events, and access to its maps.
 
     Use as a context manager or call :meth:`close`; closing detaches every event (the kernel removes
@@ -112,7 +113,7 @@ class Program:
             headers = kernel_headers.locate()
         except kernel_headers.HeadersNotFound as exc:
             raise EnvironmentProblem(str(exc)) from None
-        self._events: List[int] = []
+        self._init_attaching()
         self._ring: Optional[RingBuffer] = None
         failure: Optional[Exception] = None
         with kernel_headers.bcc_environment(headers), _quiet_stderr() as err:
@@ -126,8 +127,11 @@ class Program:
                 raise EnvironmentProblem(f"not allowed to load BPF programs: {detail}")
             raise AttachError(f"BPF compilation or load failed: {detail}")
         self._fds: Dict[str, int] = {}
-        self._multi = True
-        self.links = 0  # uprobe_multi links made (the rest of the attachments are perf events)
+
+    @property
+    def module(self) -> int:
+        """libbcc's ``bpf_module`` pointer of this program (what :func:`.objcache.capture` reads)."""
+        return int(self._bpf.module)
 
     def program_fd(self, function: str, multi: bool = False, tracepoint: bool = False) -> int:
         """Load (once) the BPF function ``function`` as a uprobe program and return its fd; ``multi``
@@ -155,45 +159,6 @@ class Program:
         if fn is not None:
             os.close(fn.fd)
         self._fds.pop(function, None)
-
-    def attach(self, function: str, path: str, offsets: Sequence[int], ref_ctr_offsets: Sequence[int],
-               pid: int = -1, retprobe: bool = False, cookies: Optional[Sequence[int]] = None) -> None:
-        """Attach ``function`` at every offset of ``path``: one uprobe_multi link where the kernel has
-        them (fast to attach and to detach), else one perf event per site; ``cookies`` (one per offset)
-        are what the function's ``bpf_get_attach_cookie`` returns there."""
-        if self._multi and capabilities.detect().has_uprobe_multi:
-            prog_fd = self.program_fd(function, multi=True)
-            try:
-                self._events.append(uprobe_multi.attach(prog_fd, path, offsets, ref_ctr_offsets, pid, retprobe,
-                                                        cookies))
-                self.links += 1
-                return
-            except uprobe_multi.Unsupported:
-                self._multi = False  # an older kernel: perf events from now on
-                self._unload(function)
-        marks: Sequence[Optional[int]] = cookies if cookies is not None else [None] * len(offsets)
-        for offset, ref_ctr, cookie in zip(offsets, ref_ctr_offsets, marks):
-            self.attach_uprobe(function, path, offset, pid, retprobe, ref_ctr, cookie)
-
-    def attach_uprobe(self, function: str, path: str, offset: int, pid: int = -1,
-                      retprobe: bool = False, ref_ctr_offset: int = 0, cookie: Optional[int] = None) -> int:
-        """Attach ``function`` at ``path``+``offset`` (through a perf link carrying ``cookie`` when one is
-        given); returns the perf event fd (owned here)."""
-        prog_fd = self.program_fd(function)
-        event_fd = perf_uprobe.open_uprobe(path, offset, pid, retprobe, ref_ctr_offset)
-        self._events.append(event_fd)
-        if cookie is None:
-            perf_uprobe.attach_program(event_fd, prog_fd)
-        else:
-            self._events.append(perf_uprobe.link_program(event_fd, prog_fd, cookie))
-        return event_fd
-
-    def attach_tracepoint(self, function: str, category: str, name: str) -> None:
-        """Attach ``function`` to kernel tracepoint ``category:name`` (a perf event owned here)."""
-        label = f"{category}:{name}"
-        event_fd = perf_uprobe.open_tracepoint(tracefs.event_id(category, name), label)
-        self._events.append(event_fd)
-        perf_uprobe.attach_program(event_fd, self.program_fd(function, tracepoint=True), f"tracepoint {label}")
 
     def stack(self, stack_id: int) -> List[int]:
         """Addresses of a stack recorded in the ``stacks`` map, innermost first."""
@@ -273,11 +238,6 @@ class Program:
             self._ring.poll(timeout_ms, budget_s)
         else:
             self._bpf.perf_buffer_poll(timeout_ms)
-
-    def detach_all(self) -> None:
-        """Close every uprobe link and event; the kernel removes the breakpoints and semaphore counts."""
-        while self._events:
-            perf_uprobe.close_event(self._events.pop())
 
     def close(self) -> None:
         self.detach_all()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -95,7 +94,7 @@ def detect() -> Capabilities:
 
     The ``USDTKIT_NO_*`` switches are read here too, once: every later decision sees the same answer.
     """
-    release = platform.release()
+    release = os.uname().release
     version = kernel_version(release)
     pmu_type = _read(os.path.join(_UPROBE_PMU, "type"))
     return Capabilities(

@@ -36,7 +36,7 @@ shared library, without knowing the load bias.
 """
 from __future__ import annotations
 
-import platform
+import os
 from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ..elf.model import Arg, Constant, Memory, Register, RegisterValue, SymbolRelative, Unsupported
@@ -92,7 +92,7 @@ def _extend(expr: str, size: int, signed: bool) -> str:
 def read_arg(index: int, arg: Arg, site: Site) -> str:
     """C statements that set ``args[index]``, counting a failed memory read."""
     loc = arg.location
-    if arg.arch not in ("x86_64",) or platform.machine() != "x86_64":
+    if arg.arch not in ("x86_64",) or os.uname().machine != "x86_64":
         raise UnreadableArgument(f"argument {index} ({arg.raw}): {arg.arch} specs are not readable here")
     if arg.size not in (1, 2, 4, 8):
         raise UnreadableArgument(f"argument {index} ({arg.raw}): size {arg.size} is not 1, 2, 4 or 8")
@@ -241,6 +241,9 @@ class Generator:
         elif plan.pid is not None:
             out.append("BPF_ARRAY(config, u32, 1);  /* [0]: the target process */")
             self._map("config", "array", 1)
+        if plan.cgroup_id is not None:
+            out.append("BPF_ARRAY(cgroup_target, u64, 1);  /* [0]: the id of the target cgroup */")
+            self._map("cgroup_target", "array", 1)
         if self.record is not None:
             out.append(self.record.declaration())
             if self.ringbuf:
@@ -466,6 +469,9 @@ class Generator:
             # filter is looser (another consumer of the same uprobe, older uprobe_multi pid filters).
             lines += ["    u32 config_slot = 0; u32 *target = config.lookup(&config_slot);",
                       "    if (target && *target && pid != *target) return 0;"]
+        if self.plan.cgroup_id is not None:
+            lines += ["    u32 cgroup_slot = 0; u64 *cgroup = cgroup_target.lookup(&cgroup_slot);",
+                      "    if (!cgroup || bpf_get_current_cgroup_id() != *cgroup) return 0;"]
         lines += ["    u64 args[USDTKIT_NARGS] = {};", "    u32 errs = 0;", "    u64 retval = 0, latency = 0;"]
         return lines
 

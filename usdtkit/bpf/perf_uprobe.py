@@ -24,7 +24,6 @@ import ctypes
 import errno as errno_mod
 import fcntl
 import os
-import platform
 from typing import Optional
 
 from ..errors import AttachError, EnvironmentProblem
@@ -73,7 +72,7 @@ def open_uprobe(path: str, offset: int, pid: int = -1, retprobe: bool = False,
         raise AttachError(f"{path}: semaphore offset {ref_ctr_offset:#x} out of range")
     nr = syscalls.number("perf_event_open")
     if nr is None:
-        raise EnvironmentProblem(f"unsupported architecture {platform.machine()}")
+        raise EnvironmentProblem(f"unsupported architecture {os.uname().machine}")
     encoded = os.fsencode(path)
     path_buf = ctypes.create_string_buffer(encoded)
     attr = _PerfEventAttr()
@@ -108,7 +107,7 @@ def open_tracepoint(tracepoint_id: int, label: str) -> int:
     errors) and return its fd.  Its BPF program runs wherever the tracepoint fires, on any CPU."""
     nr = syscalls.number("perf_event_open")
     if nr is None:
-        raise EnvironmentProblem(f"unsupported architecture {platform.machine()}")
+        raise EnvironmentProblem(f"unsupported architecture {os.uname().machine}")
     attr = _PerfEventAttr()
     attr.type = _PERF_TYPE_TRACEPOINT
     attr.size = _PERF_ATTR_SIZE
@@ -145,7 +144,7 @@ def link_program(event_fd: int, prog_fd: int, cookie: int) -> int:
     the event, and return the link's fd (closing it detaches the program)."""
     nr = syscalls.number("bpf")
     if nr is None:
-        raise EnvironmentProblem(f"unsupported architecture {platform.machine()}")
+        raise EnvironmentProblem(f"unsupported architecture {os.uname().machine}")
     attr = _LinkCreatePerfEvent(prog_fd=prog_fd, target_fd=event_fd, attach_type=_BPF_PERF_EVENT,
                                 bpf_cookie=cookie)
     fd, err = syscalls.call(nr, _BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))

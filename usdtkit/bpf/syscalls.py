@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 from typing import Optional, Tuple
 
 _NUMBERS = {
@@ -22,7 +21,7 @@ _libc.syscall.restype = ctypes.c_long
 
 def number(name: str) -> Optional[int]:
     """The system call number of ``name`` on this architecture, or None if usdtkit does not know it."""
-    return _NUMBERS[name].get(platform.machine())
+    return _NUMBERS[name].get(os.uname().machine)
 
 
 def call(nr: int, *args: object) -> Tuple[int, int]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 from typing import Optional, Sequence
 
 from ..errors import AttachError, EnvironmentProblem
@@ -53,7 +52,7 @@ def attach(prog_fd: int, path: str, offsets: Sequence[int], ref_ctr_offsets: Seq
     """Attach ``prog_fd`` at every offset of ``path`` in one link; returns the link fd."""
     nr = syscalls.number("bpf")
     if nr is None:
-        raise Unsupported(platform.machine())
+        raise Unsupported(os.uname().machine)
     if not offsets or len(offsets) != len(ref_ctr_offsets):
         raise AttachError(f"{path}: no sites to attach")
     if cookies is not None and len(cookies) != len(offsets):

@@ -6,7 +6,6 @@ share (in order) over their total length.  From 0.6 up the difference reads as a
 """
 from __future__ import annotations
 
-import difflib
 from typing import Dict, Iterable, List, Optional, Set
 
 from .model import UsdtProbe
@@ -16,6 +15,8 @@ CUTOFF = 0.6
 
 def close_names(wanted: str, names: Iterable[str], limit: int = 3) -> List[str]:
     """Up to ``limit`` names from ``names`` closest to ``wanted``, best first (none when nothing is near)."""
+    import difflib  # only a probe that is not found needs it: not every start of a trace
+
     return difflib.get_close_matches(wanted, sorted(set(names)), n=limit, cutoff=CUTOFF)
 
 

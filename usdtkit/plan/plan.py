@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 from ..errors import NoSuchProcess, TargetError, UsageError
 from ..expr.fields import Field
 from ..expr.filters import Filter
-from ..expr.tree import Binary, Builtin, Int, Node, both, conjuncts
+from ..expr.tree import Node, both, conjuncts
 from .cgroups import cgroup_id
 from .objects import ObjectTable
 from .refs import ProbeRef
@@ -68,10 +68,8 @@ class AttachPlan:
 
     @property
     def filters(self) -> Tuple[Filter, ...]:
-        """The request's filters, and the target's cgroup as one more."""
-        if self.cgroup_id is None:
-            return self.request.filters
-        return self.request.filters + (Filter.of(Binary("==", Builtin("cgroup"), Int(self.cgroup_id))),)
+        """The request's filters (the target's cgroup is kept apart: a per-run value, see ``cgroup_id``)."""
+        return self.request.filters
 
     # The request's options, read where the plan is used (code generation, readout).
     events = property(lambda self: self.request.events)

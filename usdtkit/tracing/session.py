@@ -42,10 +42,10 @@ CONSUME_BUDGET_S = 0.2  # the longest one poll may spend delivering records whil
 
 
 def _default_backend() -> Backend:
-    """bcc, imported only when a session attaches (listing and planning never need it)."""
-    from ..bpf.bcc_backend import BccBackend
+    """The object cache, else bcc; imported only when a session attaches (listing and planning never need it)."""
+    from ..bpf.caching_backend import CachingBackend
 
-    return BccBackend()
+    return CachingBackend()
 
 
 def _grouped(warnings: List[Tuple[str, str]], most: int = 3) -> List[str]:
@@ -188,6 +188,8 @@ class Session:
                     follow.start(program, self.layout, pid)
                 else:
                     program.set_config(0, pid)
+            if self.plan.cgroup_id is not None:
+                program.update_map("cgroup_target", (0).to_bytes(4, "little"), self.plan.cgroup_id)
             # Following, every process mapping a probe's file is probed: the program keeps the followed.
             self._attach_sites(program, -1 if pid is None or self.plan.follow else pid)
             self._reader.observe_stack_owners(program)
