@@ -41,3 +41,15 @@ def test_the_pypi_stapsdt_package_still_finds_our_library_after_import_usdtkit()
             "maps = [l.split()[-1] for l in open('/proc/self/maps') if 'libstapsdt' in l]; "
             "print(sorted(set(maps)) == [library_path()], hasattr(stapsdt, 'Provider'))")
     assert fresh(code) == "True True"
+
+
+def test_a_command_of_a_shared_module_builds_that_module_alone() -> None:
+    """count, hist and latency live in cmd_trace: building their parser imports no other command."""
+    code = ("import sys; from usdtkit.cli.main import build_parser; "
+            "[build_parser(c).parse_args([c, 'usdt:/bin/true:a:b']) for c in ('count', 'hist', 'latency')]; "
+            "print(sorted(m for m in sys.modules if m.startswith('usdtkit.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == str(["usdtkit.cli.cmd_trace", "usdtkit.cli.examples", "usdtkit.cli.main",
+                                               "usdtkit.cli.pictures"])

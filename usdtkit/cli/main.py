@@ -19,6 +19,8 @@ from ..errors import UsdtkitError
 
 #: Sub-command modules, in the order ``usdtkit --help`` lists them.
 COMMAND_MODULES = ("doctor", "list", "trace", "top", "pycalls", "demo", "exporter")
+#: Sub-commands that share the module of another: ``cmd_trace`` builds count, hist and latency too.
+SHARED_MODULES = {"count": "trace", "hist": "trace", "latency": "trace"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,7 +42,8 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"usdtkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in (command,) if command in COMMAND_MODULES else COMMAND_MODULES:
+    module_of = {**{name: name for name in COMMAND_MODULES}, **SHARED_MODULES}
+    for name in (module_of[command],) if command in module_of else COMMAND_MODULES:
         module = importlib.import_module(f"{__package__}.cmd_{name}")
         module.add_parser(subparsers)
     return parser
