@@ -290,7 +290,54 @@ def test_the_exporter_config_shown_is_the_file_checked():
     assert shown == (ROOT / "demo_apps" / "exporter.yaml").read_text()
 
 
-CHECKS: Dict[str, Callable[[str], None]] = {
+def _files(check: Callable[["cli_examples.Ran"], None]) -> Callable[["cli_examples.Ran"], None]:
+    """Marks a check that reads the files the command wrote (it gets the whole run, not its output)."""
+    setattr(check, "reads_files", True)
+    return check
+
+
+@_files
+def _flamegraph_sleeps(ran: "cli_examples.Ran") -> None:
+    from usdtkit.views.flamegraph import frames_of
+    from usdtkit.views.stacks import parse_folded
+
+    counted = sum(int(row[-1]) for row in _rows(ran.stdout))
+    assert counted > 10  # hello_usdt sleeps every 20 ms
+    stacks = parse_folded(ran.files["--folded"].read_text().splitlines())
+    assert sum(stacks.values()) == counted
+    assert all(stack[0] == "hello_usdt" and stack[-1].endswith("nanosleep") for stack in stacks), stacks
+    frames = frames_of(ran.files["--flamegraph"].read_text())
+    assert ("all", counted, 0) in {(name, width, depth) for name, width, depth, _ in frames}
+
+
+def _top_sleeps(out: str) -> None:
+    lines = out.splitlines()
+    assert lines[0].startswith("usdtkit top - pid ") and lines[1].split() == [
+        "PROBE", "COMM", "PID", "HITS/S", "TOTAL", "P50", "P99"]
+    rows = {line.split()[0]: line.split() for line in lines[2:4]}
+    assert set(rows) == {"hello:tick", "nanosleep"}, lines
+    assert 25 <= float(rows["hello:tick"][3]) <= 75 and rows["nanosleep"][5:] == ["33.6", "ms", "33.6", "ms"]
+
+
+@_files
+def _pycalls_flamegraph(ran: "cli_examples.Ran") -> None:
+    from usdtkit.views.flamegraph import frames_of
+
+    _pycalls_rows_only(ran.stdout)
+    frames = {(name, depth) for name, _, depth, _ in frames_of(ran.files["--flamegraph"].read_text())}
+    assert {("__main__:Shop.checkout", 1), ("__main__:lookup", 2)} <= frames, frames
+
+
+def _pycalls_rows_only(out: str) -> None:
+    assert out.startswith("source: pycalls:function__return of usdtkit.instrument")
+    assert {row["function"] for row in _call_rows(out)} == PYCALLS_FUNCTIONS
+
+
+CHECKS: Dict[str, Callable] = {
+    "usdtkit count -p PID -d 1 --by comm,ustack --flamegraph sleeps.svg --folded sleeps.folded uprobe:libc:nanosleep":
+        _flamegraph_sleeps,
+    "usdtkit top -p PID -d 2 -l uprobe:libc:nanosleep usdt::hello:tick": _top_sleeps,
+    "usdtkit pycalls -p PID -d 1 --flamegraph calls.svg": _pycalls_flamegraph,
     "usdtkit list /usr/bin/python3.11 'python:function__*'": _list_python,
     "usdtkit list --usdt /usr/lib/postgresql/15/bin/postgres 'postgresql:checkpoint*'": _list_postgres,
     "usdtkit list --functions libc 'mallo*'": _list_malloc,
@@ -362,7 +409,8 @@ def test_the_test_command_is_what_ci_runs():
 def test_command(targets, line):
     ran = cli_examples.run_once(line, targets)
     cli_examples.check(ran)
-    CHECKS[line](ran.stdout)
+    check = CHECKS[line]
+    check(ran) if getattr(check, "reads_files", False) else check(ran.stdout)
 
 
 # --------------------------------------------------------------------------- filters quoted in the text
