@@ -29,3 +29,20 @@ def test_text_escapes_and_csv_quotes():
     rows = list(csv.reader(io.StringIO(out.getvalue())))
     assert rows[1] == ["2.000000", "p:a", "7", "8", "1", "x\x1bq", "1", "x,\ny", "", "", ""]
     assert counts_csv(Counts(("comm",), {("p", None): 2, ("p", "a,b"): 5})) == 'probe,comm,count\np,"a,b",5\np,,2\n'
+
+
+def test_the_time_of_day_is_the_wall_clock_to_the_microsecond():
+    import datetime
+    import time
+
+    clock = Clock("wall")
+    now = time.monotonic_ns()
+    for ns in (now, now + 999_999, now + 1_000_001, now + 3_600_123_456_789):
+        expected = datetime.datetime.fromtimestamp((ns + clock._wall_minus_mono) / 1e9).strftime("%H:%M:%S.%f")
+        got = clock.text(ns)
+        assert abs(_seconds(got) - _seconds(expected)) < 2e-6, (got, expected)
+
+
+def _seconds(text: str) -> float:
+    h, m, s = text.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)

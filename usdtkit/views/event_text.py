@@ -33,13 +33,22 @@ class Clock:
         self.start_ns = start_ns  # relative: the first event's time unless given
         self._wall_minus_mono = time.time_ns() - time.monotonic_ns()
         self._zone = datetime.datetime.now().astimezone().tzinfo
+        self._second = -1
+        self._prefix = ""
 
     def _wall(self, ns: int) -> datetime.datetime:
         return datetime.datetime.fromtimestamp((ns + self._wall_minus_mono) / 1e9, self._zone)
 
     def text(self, ns: int) -> str:
         if self.kind == "wall":
-            return self._wall(ns).strftime("%H:%M:%S.%f")
+            # Events come by the hundred thousand per second: the time of day is formatted once per
+            # second, the microseconds every time.
+            wall = ns + self._wall_minus_mono
+            second, rest = divmod(wall, 1_000_000_000)
+            if second != self._second:
+                self._second = second
+                self._prefix = datetime.datetime.fromtimestamp(second, self._zone).strftime("%H:%M:%S.")
+            return f"{self._prefix}{rest // 1000:06d}"
         return self.seconds(ns)
 
     def iso(self, ns: int) -> str:
