@@ -128,3 +128,20 @@ def test_a_count_table_fits_the_terminal_it_is_printed_on(pane, build_c):
     table = [line for line in joined if line.startswith(("probe", "paths:leaf"))]
     assert len(table) == 5 and all(len(line) <= 80 for line in table), joined
     assert [line.split()[-1] for line in table[1:]] == ["8", "6", "4", "2"], table
+
+
+@pytest.mark.bpf
+def test_without_a_terminal_the_table_is_printed_and_a_command_can_declare_its_probes():
+    """A -c command whose probes come from usdtkit.provider at run time: printed mode (a pipe), the last
+    table has every order the program fired."""
+    orders = ROOT / "demo_apps" / "orders.py"
+    result = subprocess.run([sys.executable, "-m", "usdtkit.cli.main", "top", "-c", f"{sys.executable} {orders} 30",
+                             "usdt::demo_orders:order"], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 0, result.stderr
+    assert "Waiting for the command to declare usdt::demo_orders:order." in result.stderr
+    tables = [block for block in result.stdout.split("\n\n") if block.strip()]
+    last = tables[-1].splitlines()
+    assert last[1].split() == ["PROBE", "COMM", "PID", "HITS/S", "TOTAL"]
+    (row,) = [line.split() for line in last[2:]]
+    assert row[0] == "demo_orders:order" and row[-1] == "30", last

@@ -64,7 +64,9 @@ class _Screen:
         return rows
 
     def title(self, width: int) -> str:
-        where = f"pid {self.counting.plan.pid}" if self.counting.plan.pid is not None else "all processes"
+        plan = self.counting.plan  # None until a command declares its probes
+        pid = plan.pid if plan is not None else getattr(getattr(self.counting, "command", None), "pid", None)
+        where = f"pid {pid}" if pid is not None else "all processes"
         return (f"usdtkit top - {where} - {len(self.counting.labels)} probe(s) - every {self.interval:g} s - "
                 f"{time.strftime('%H:%M:%S')} - q quits")[:width]
 
@@ -91,8 +93,11 @@ def run_top(args: argparse.Namespace) -> int:
         if timing is not None:
             timing.attach()  # first: attaching the counting session releases a -c command
         counting.attach()
+        waiting = getattr(counting, "waiting", ())  # probes a -c command declares as it runs
         print(f"Attached {len(counting.attachments) + (len(timing.attachments) if timing else 0)} site(s) of "
-              f"{len(counting.labels)} probe(s).", file=sys.stderr, flush=True)
+              f"{len(counting.labels)} probe(s)."
+              + (f" Waiting for the command to declare {', '.join(map(str, waiting))}." if waiting else ""),
+              file=sys.stderr, flush=True)
         screen = _Screen(counting, timing, args.interval)
         live = not args.json and sys.stdout.isatty() and sys.stdin.isatty() and os.environ.get("TERM", "dumb") != "dumb"
         reason = _live(screen, args) if live else _printed(screen, args)
