@@ -207,3 +207,22 @@ def test_event_stacks_at_a_function_entry_have_their_caller_once(build_c, proces
     assert leaf == PATHS
     assert hop == {("main", "alpha", "hop"): 2 * ROUNDS, ("main", "beta", "hop"): 3 * ROUNDS,
                    ("main", "beta", "delta", "hop"): 4 * ROUNDS}
+
+
+@pytest.mark.bpf
+def test_pictures_are_never_written_through_a_symlink_or_into_another_users_file(build_c, processes, tmp_path):
+    binary = build_c("call_paths.c", "-O0", "-fno-omit-frame-pointer", "-fno-inline")
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    link = tmp_path / "link.svg"
+    link.symlink_to(victim)
+    theirs = tmp_path / "theirs.folded"
+    theirs.write_text("theirs")
+    os.chown(theirs, 65534, 65534)
+    result = traced(processes, binary, 1, "count", "--by", "ustack", "--flamegraph", str(link), "--folded",
+                    str(theirs), f"usdt:{binary}:paths:leaf")
+    assert result.returncode == 1
+    error = result.stderr.decode().strip().splitlines()[-1]
+    assert f"cannot write --flamegraph {link}" in error and f"cannot write --folded {theirs}" in error, error
+    assert victim.read_text() == "precious" and theirs.read_text() == "theirs"
+    assert result.stdout.decode().strip()  # the counts were printed all the same

@@ -70,3 +70,5 @@ def test_json_and_csv_together_are_refused():
     for command in ("trace", "count"):
         result = usdtkit(command, "--json", "--csv", "usdt:/bin/true:a:b")
         assert result.returncode == 2 and result.stderr.strip().endswith("--json and --csv: choose one"), result
+    result = usdtkit("count", "--csv", "-i", "1", "usdt:/bin/true:a:b")
+    assert result.returncode == 2 and "--csv writes one table of the whole trace: leave out -i" in result.stderr

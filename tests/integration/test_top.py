@@ -3,6 +3,7 @@ probe's rate, fits the window as it changes size, and ``q`` or Ctrl-C end it cle
 terminal the same table is printed every interval (the README's and --help's examples cover that)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -145,3 +146,17 @@ def test_without_a_terminal_the_table_is_printed_and_a_command_can_declare_its_p
     assert last[1].split() == ["PROBE", "COMM", "PID", "HITS/S", "TOTAL"]
     (row,) = [line.split() for line in last[2:]]
     assert row[0] == "demo_orders:order" and row[-1] == "30", last
+
+
+@pytest.mark.bpf
+def test_a_start_done_latency_goes_on_the_start_probe_row(processes):
+    """hello_usdt fires greet then tick on one thread: -l greet -l tick times them; the latency ends at
+    tick but is shown on greet's row, as the help says."""
+    target = processes([str(HELLO), "1000000", "top"], stdout=subprocess.DEVNULL)
+    result = subprocess.run([sys.executable, "-m", "usdtkit.cli.main", "top", "--json", "-d", "1.5", "-p",
+                             str(target.pid), "-l", "usdt::hello:greet", "-l", "usdt::hello:tick"],
+                            capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 0, result.stderr
+    rows = {row["probe"]: row for row in json.loads(result.stdout.splitlines()[0])["rows"]}
+    assert rows["hello:greet"]["p50_ns"] is not None and rows["hello:greet"]["p50_ns"] < 20_000_000, rows
+    assert rows["hello:greet"]["total"] >= 30

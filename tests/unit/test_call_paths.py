@@ -34,3 +34,10 @@ def test_rows_split_by_thread():
     for event in (entry(1, "a", 0), ret(1, "a", 0, 3, 3), entry(2, "a", 0), ret(2, "a", 0, 4, 4)):
         paths.feed(event)
     assert set(paths.histograms()) == {(R, "a", "f.py", 1, 1), (R, "a", "f.py", 1, 2)}
+
+
+def test_a_depth_no_stack_has_is_ignored():
+    paths = CallPaths()
+    for depth in (-1, 10**12):
+        paths.feed(ret(1, "x", depth, 1, 1))
+    assert paths.stacks() == {} and paths.histograms() == {}

@@ -126,3 +126,9 @@ def test_the_script_zooms_into_a_frame_and_measures_a_search():
     assert out["unzoom"] == "visible"
     assert [w for n, w in out["reset"] if n == "all"] == [full] and all(w is not None for _, w in out["reset"])
     assert sorted(out["highlighted"]) == ["hop", "hop"] and out["matched"] == "Matched: 70.00%"
+
+
+def test_an_empty_graph_and_a_pruned_subtree_say_how_many_frames_are_missing():
+    assert "not drawn" not in flamegraph.render({})
+    svg = flamegraph.render({("main", "big"): 10**7, ("main", "tiny", "a", "b"): 1})
+    assert "3 frames narrower than 0.1 px not drawn" in svg

@@ -7,7 +7,10 @@ costs nothing already collected.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import stat
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import UsageError, UsdtkitError
@@ -73,9 +76,26 @@ def write_stacks(args: argparse.Namespace, stacks: Dict[Tuple[str, ...], int], t
             profile = stack_views.speedscope(stacks, title, "nanoseconds" if unit == "ns" else "none")
             text = json.dumps(profile, ensure_ascii=False) + "\n"
         try:
-            with open(path, "w", encoding="utf-8", errors="surrogateescape") as handle:
-                handle.write(text)
+            _write_file(path, text.encode("utf-8", "surrogateescape"))
         except OSError as exc:
             failed.append(f"cannot write --{name} {path}: {exc.strerror or exc}")
     if failed:
         raise UsdtkitError("; ".join(failed))
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path``, created or replaced, never through a symlink and never into a file of
+    another user (root writing where someone else can swap the name would clobber their target)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_uid != os.geteuid():
+            raise OSError(errno.EPERM, "the file belongs to another user")
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)

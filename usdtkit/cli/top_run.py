@@ -4,8 +4,11 @@ alternate screen through curses, else as text or JSON lines."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from typing import Dict, List, Optional
@@ -52,13 +55,19 @@ class _Screen:
         self.hists_before: Dict[object, Histogram] = {}
         self.taken = time.monotonic()
         self.interval = interval
+        # A latency is kept under the probe where it ends: a DONE probe's goes on its START probe's row.
+        self._row_probe: Dict[str, str] = {}
+        pair = timing.plan.pair if timing is not None and timing.plan is not None else None
+        if pair is not None:
+            self._row_probe[timing.labels[pair.done]] = timing.labels[pair.start]  # type: ignore[union-attr]
 
     def table(self) -> List[top_table.TopRow]:
         now = self.counting.counts()
         hists = self.timing.histograms() if self.timing is not None else {}
         taken = time.monotonic()
         last = histograms_delta(hists, self.hists_before)
-        latencies = {(str(label[0]), label[1]): h for label, h in last.items() if isinstance(label, tuple)}
+        latencies = {(self._row_probe.get(str(label[0]), str(label[0])), label[1]): h
+                     for label, h in last.items() if isinstance(label, tuple)}
         rows = top_table.rows(now, self.before, taken - self.taken, latencies)
         self.before, self.hists_before, self.taken = now, hists, taken
         return rows
@@ -84,10 +93,25 @@ def _probes(args: argparse.Namespace) -> List[str]:
     return probes
 
 
+def _live_wanted(args: argparse.Namespace) -> bool:
+    return (not args.json and sys.stdout.isatty() and sys.stdin.isatty()
+            and os.environ.get("TERM", "dumb") not in ("", "dumb"))
+
+
 def run_top(args: argparse.Namespace) -> int:
     counted = argparse.Namespace(**{**vars(args), "probes": _probes(args)})
-    counting = _session(counted, events=False, count_by=["pid", "comm"])
+    live = _live_wanted(args)
+    # On the live screen a -c command's output would scribble over the table: it goes nowhere.
+    quiet = {"command_stdout": subprocess.DEVNULL} if live and args.command is not None else {}
+    counting = _session(counted, events=False, count_by=["pid", "comm"], **quiet)
     timing = None
+    terminated: List[int] = []
+
+    def on_term(signum: int, frame: object) -> None:  # a flag: the screen is restored on the way out
+        terminated.append(signum)
+        counting.stop()
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         timing = _latency_session(args, counting)
         if timing is not None:
@@ -99,8 +123,9 @@ def run_top(args: argparse.Namespace) -> int:
               + (f" Waiting for the command to declare {', '.join(map(str, waiting))}." if waiting else ""),
               file=sys.stderr, flush=True)
         screen = _Screen(counting, timing, args.interval)
-        live = not args.json and sys.stdout.isatty() and sys.stdin.isatty() and os.environ.get("TERM", "dumb") != "dumb"
         reason = _live(screen, args) if live else _printed(screen, args)
+        if terminated:
+            reason = "terminated"
     finally:
         counting.close()
         if timing is not None:
@@ -144,7 +169,8 @@ def _live(screen: _Screen, args: argparse.Namespace) -> str:
     state: Dict[str, object] = {"rows": []}
 
     def run(window: "curses.window") -> str:
-        curses.curs_set(0)
+        with contextlib.suppress(curses.error):  # a terminal that cannot hide its cursor keeps it
+            curses.curs_set(0)
         window.nodelay(True)
 
         def draw() -> None:
@@ -178,5 +204,9 @@ def _live(screen: _Screen, args: argparse.Namespace) -> str:
     # this process follows the window (its children, the -c command, already have their environment).
     for name in ("LINES", "COLUMNS"):
         os.environ.pop(name, None)
+    try:
+        curses.setupterm()
+    except curses.error:  # no terminfo entry for this TERM: the table as text instead
+        return _printed(screen, args)
     reason = curses.wrapper(run)
     return "quit" if quit_asked else reason

@@ -60,7 +60,8 @@ def _session(args: argparse.Namespace, on_event: Optional[Callable[[Event], None
     if getattr(args, "cumulative", False) and not getattr(args, "interval", None):
         raise UsageError("--cumulative applies to what -i INTERVAL prints: give -i as well")
     if args.command is not None:
-        options.update(command=command_argv(args.command), command_stdout=sys.stderr.fileno())
+        options.setdefault("command_stdout", sys.stderr.fileno())
+        options.update(command=command_argv(args.command))
     else:
         options["pid"] = args.pid
     if args.follow:
@@ -248,6 +249,8 @@ def run_count(args: argparse.Namespace) -> int:
     fields = [f for f in args.by.split(",") if f.strip()] if args.by else []
     if args.json and args.csv:
         raise UsageError("--json and --csv: choose one")
+    if args.csv and args.interval:
+        raise UsageError("--csv writes one table of the whole trace: leave out -i")
     pictures.check(args, fields)
     session = _session(args, events=False, count_by=fields)
     totals = _Totals()

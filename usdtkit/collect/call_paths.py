@@ -17,6 +17,7 @@ from ..plan import buckets as bucketing
 from .results import Event, Histogram
 
 UNSEEN = "[entered before the trace]"
+MAX_DEPTH = 10_000  # deeper than Python's recursion limit allows by default: the value is not a depth
 Stack = Tuple[str, ...]
 
 
@@ -33,8 +34,8 @@ class CallPaths:
 
     def feed(self, event: Event) -> None:
         args = event.args
-        if len(args) < 4 or not isinstance(args[3], int):
-            return  # a depth that could not be read: nowhere to put it
+        if len(args) < 4 or not isinstance(args[3], int) or not 0 <= args[3] <= MAX_DEPTH:
+            return  # a depth that could not be read (or that no real stack has): nowhere to put it
         name = args[0] if isinstance(args[0], str) else "?"
         depth = args[3]
         stack = self._threads.setdefault((event.pid, event.tid), [])

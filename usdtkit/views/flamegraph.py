@@ -57,6 +57,16 @@ def _tree(stacks: Dict[Stack, int]) -> _Node:
     return root
 
 
+def _size(node: _Node) -> int:
+    """How many frames ``node`` and everything above it make."""
+    count, pending = 0, [node]
+    while pending:
+        current = pending.pop()
+        count += 1
+        pending.extend(current.children.values())
+    return count
+
+
 def _color(name: str) -> str:
     """A warm colour fixed by the name, so a function keeps its colour across graphs."""
     h = zlib.crc32(name.encode())
@@ -87,7 +97,8 @@ def render(stacks: Dict[Stack, int], title: str = "Flame graph", subtitle: str =
     while pending:
         node, x, depth = pending.pop()
         if node.total * scale < MIN_WIDTH:
-            omitted += 1
+            if total:
+                omitted += _size(node)
             continue
         boxes.append((node, x, depth))
         depth_max = max(depth_max, depth)

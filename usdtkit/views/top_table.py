@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .text import format_value
+from .text import format_value, printable
 from ..collect.results import Counts, Histogram
 
 RowKey = Tuple[str, object]  # (probe label, pid)
@@ -46,8 +46,9 @@ def rows(now: Optional[Counts], before: Optional[Counts], seconds: float,
         hist = (latencies or {}).get((probe, pid))
         p50, p99 = ((hist.percentile(50), hist.percentile(99)) if hist is not None and hist.total
                     else (None, None))
-        out.append(TopRow(probe, pid, "?" if comm is None else str(comm), delta / seconds if seconds > 0 else 0.0,
-                          total, p50, p99))
+        # A traced process names itself: its comm must not drive the terminal.
+        out.append(TopRow(printable(probe), pid, "?" if comm is None else printable(str(comm)),
+                          delta / seconds if seconds > 0 else 0.0, total, p50, p99))
     out.sort(key=lambda r: (-r.rate, -r.total, r.probe, str(r.pid)))
     return out
 
