@@ -28,7 +28,8 @@ import errno
 import os
 import stat
 import sys
-from typing import Callable, List, Optional, Sequence
+import time
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from .errors import UnsafePath
 
@@ -306,3 +307,45 @@ def publish_bytes(directory: str, name: str, data: bytes) -> str:
             view = view[os.write(fd, view):]
 
     return publish(directory, name, write)
+
+
+#: Temp files older than this were left by a run that died while publishing.
+STALE_TEMP = 3600
+
+
+def prune(folder: str, judge: "Callable[[str], Optional[Tuple[bool, os.stat_result]]]", max_bytes: int,
+          max_age: float, now: Optional[float] = None) -> List[str]:
+    """Bound a cache folder: remove the entries ``judge`` says are stale (it returns ``(keep, stat)``, or
+    None for a file that is not ours to judge), those unused (mtime) for ``max_age`` seconds and the least
+    recently used beyond ``max_bytes`` in all, and temp files of dead publishers.  Returns the removed
+    names."""
+    now = time.time() if now is None else now
+    removed: List[str] = []
+    kept: List[Tuple[float, int, str]] = []
+    for name in os.listdir(folder):
+        full = os.path.join(folder, name)
+        if name.startswith("."):
+            with contextlib.suppress(OSError):
+                if now - os.lstat(full).st_mtime > STALE_TEMP:
+                    os.unlink(full)
+                    removed.append(name)
+            continue
+        verdict = judge(full)
+        if verdict is None:
+            continue
+        keep, st = verdict
+        if not keep or now - st.st_mtime > max_age:
+            with contextlib.suppress(OSError):
+                os.unlink(full)
+                removed.append(name)
+        else:
+            kept.append((st.st_mtime, st.st_size, name))
+    total = sum(size for _, size, _ in kept)
+    for _, size, name in sorted(kept):  # least recently used first
+        if total <= max_bytes:
+            break
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
+            removed.append(name)
+        total -= size
+    return removed

@@ -265,6 +265,12 @@ def decode(data: bytes, key: str) -> Optional[CompiledObject]:
         return None
 
 
+#: Bounds of the folder: entries unused this long go, and the least recently used beyond this size.
+MAX_AGE = 30 * 24 * 3600
+MAX_BYTES = 64 << 20
+TOUCH_EVERY = 3600  # a hit marks its entry used (mtime) at most this often
+
+
 def load(key: str) -> Optional[CompiledObject]:
     """The cached object under ``key``, or None (a miss: absent, foreign, damaged or stale)."""
     from ..privdir import read_private_file
@@ -272,8 +278,36 @@ def load(key: str) -> Optional[CompiledObject]:
     folder = _folder()
     if folder is None:
         return None
-    data = read_private_file(os.path.join(folder, key))
-    return None if data is None else decode(data, key)
+    path = os.path.join(folder, key)
+    data = read_private_file(path)
+    obj = None if data is None else decode(data, key)
+    if obj is not None:
+        _touch(path)
+    return obj
+
+
+def _touch(path: str) -> None:
+    """Mark an entry used, so the sweep keeps what is traced often."""
+    import time
+
+    try:
+        if time.time() - os.lstat(path).st_mtime > TOUCH_EVERY:
+            os.utime(path, follow_symlinks=False)
+    except OSError:
+        pass
+
+
+def _judge(full: str) -> Optional[Tuple[bool, os.stat_result]]:
+    """An entry of this user's is kept (until too old or too many); anything else is not ours to touch."""
+    import stat
+
+    try:
+        st = os.lstat(full)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        return None
+    return True, st
 
 
 def store(key: str, obj: CompiledObject) -> None:
@@ -287,4 +321,7 @@ def store(key: str, obj: CompiledObject) -> None:
     try:
         publish_bytes(folder, key, encode(key, obj))
     except (OSError, UnsafePath):
-        pass
+        return
+    from ..privdir import prune
+
+    prune(folder, _judge, MAX_BYTES, MAX_AGE)

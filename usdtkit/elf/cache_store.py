@@ -34,8 +34,6 @@ MAX_BYTES = 256 << 20
 MAX_AGE = 30 * 24 * 3600
 #: A hit refreshes its entry's mtime only if older than this (no metadata write on every listing).
 TOUCH_EVERY = 3600
-#: Temp files older than this were left by a run that died while publishing.
-_STALE_TEMP = 3600
 
 _MAGIC = b"USDTKIT-CACHE-1\0"
 _PREFIX = struct.Struct("<16sII")
@@ -230,37 +228,16 @@ def _unchanged(deps: object) -> bool:
 def sweep(folder: str, now: Optional[float] = None) -> List[str]:
     """Bound ``folder``: remove entries of gone or changed files, unused for :data:`MAX_AGE`, and the
     least recently used beyond :data:`MAX_BYTES`, plus dead temp files.  Returns the removed names."""
-    now = time.time() if now is None else now
-    removed: List[str] = []
-    kept: List[Tuple[float, int, str]] = []
-    for name in os.listdir(folder):
-        full = os.path.join(folder, name)
-        if name.startswith("."):
-            try:
-                if now - os.lstat(full).st_mtime > _STALE_TEMP:
-                    _unlink(full)
-                    removed.append(name)
-            except OSError:
-                pass
-            continue
+    from ..privdir import prune
+
+    def judge(full: str) -> Optional[Tuple[bool, os.stat_result]]:
         found = _read_head(full)
         if found is None:
-            continue  # not ours to judge: another user's file
+            return None  # not ours to judge: another user's file
         recorded, st = found
-        if recorded is None or now - st.st_mtime > MAX_AGE or not _current(*recorded[:2]) or not _unchanged(
-                recorded[2]):
-            _unlink(full)
-            removed.append(name)
-        else:
-            kept.append((st.st_mtime, st.st_size, name))
-    total = sum(size for _, size, _ in kept)
-    for _, size, name in sorted(kept):  # least recently used first
-        if total <= MAX_BYTES:
-            break
-        _unlink(os.path.join(folder, name))
-        removed.append(name)
-        total -= size
-    return removed
+        return (recorded is not None and _current(*recorded[:2]) and _unchanged(recorded[2])), st
+
+    return prune(folder, judge, MAX_BYTES, MAX_AGE, now)
 
 
 def _read_head(full: str) -> Optional[Tuple[Optional[Tuple[str, object, object]], os.stat_result]]:
