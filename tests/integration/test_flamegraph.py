@@ -26,6 +26,8 @@ ROUNDS = 5
 # leaf() hits per path (root part above main left out), for ROUNDS rounds
 PATHS = {("main", "alpha", "leaf"): 1 * ROUNDS, ("main", "alpha", "hop", "leaf"): 2 * ROUNDS,
          ("main", "beta", "hop", "leaf"): 3 * ROUNDS, ("main", "beta", "delta", "hop", "leaf"): 4 * ROUNDS}
+HOP_PATHS = {("main", "alpha", "hop"): 2 * ROUNDS, ("main", "beta", "hop"): 3 * ROUNDS,
+             ("main", "beta", "delta", "hop"): 4 * ROUNDS}
 
 
 def usdtkit(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
@@ -62,6 +64,17 @@ def traced(processes, binary: str, rounds: int, *args: str) -> subprocess.Comple
 def function_offsets(binary: str) -> Dict[str, int]:
     """File offsets of the program's functions."""
     return {fn.name: fn.file_offset for fn in read_functions(binary)}
+
+
+def assert_paths(stacks: Dict[Tuple[str, ...], int], expected: Dict[Tuple[str, ...], int]) -> None:
+    """``stacks`` from main up are ``expected``, each path with its count.  The kernel may fail to take a
+    stack now and then (a hash collision in its stack map: no stack id, ``[no stack]``); such a hit is
+    allowed once and then missing from exactly one path."""
+    missing = sum(n for stack, n in stacks.items() if "main" not in stack)
+    assert missing <= 1, stacks
+    paths = from_main({stack: n for stack, n in stacks.items() if "main" in stack})
+    assert set(paths) == set(expected), paths
+    assert sum(abs(paths[p] - n) for p, n in expected.items()) == missing, paths
 
 
 def from_main(stacks: Dict[Tuple[str, ...], int]) -> Dict[Tuple[str, ...], int]:
@@ -103,13 +116,14 @@ def test_a_flame_graph_shows_every_frame_of_known_call_paths_with_its_count(buil
     assert result.returncode == 0, result.stderr
 
     stacks = parse_folded(folded.read_text().splitlines())
-    assert from_main(stacks) == PATHS
+    assert_paths(stacks, PATHS)
+    walked = from_main({stack: n for stack, n in stacks.items() if "main" in stack})
 
     drawn = svg_paths(svg.read_text())
     assert drawn[("all",)] == 10 * ROUNDS
     (below,) = {path[:path.index("main")] for path in drawn if "main" in path}  # one way down to main
     expected = {}
-    for path, count in PATHS.items():  # every prefix of every path is a frame, with the sum under it
+    for path, count in walked.items():  # every prefix of every path is a frame, with the sum under it
         for end in range(1, len(path) + 1):
             expected[path[:end]] = expected.get(path[:end], 0) + count
     assert {p[len(below):]: n for p, n in drawn.items() if p[:len(below)] == below and len(p) > len(below)} \
@@ -175,11 +189,8 @@ def test_a_stack_taken_at_a_function_entry_has_its_caller_once(build_c, processe
                     f"uprobe:{binary}:leaf", f"uprobe:{binary}:hop")
     assert result.returncode == 0, result.stderr
     stacks = parse_folded(folded.read_text().splitlines())
-    leaf = from_main({s[1:]: n for s, n in stacks.items() if s[0] == "leaf"})
-    hop = from_main({s[1:]: n for s, n in stacks.items() if s[0] == "hop"})
-    assert leaf == PATHS
-    assert hop == {("main", "alpha", "hop"): 2 * ROUNDS, ("main", "beta", "hop"): 3 * ROUNDS,
-                   ("main", "beta", "delta", "hop"): 4 * ROUNDS}
+    assert_paths({s[1:]: n for s, n in stacks.items() if s[0] == "leaf"}, PATHS)
+    assert_paths({s[1:]: n for s, n in stacks.items() if s[0] == "hop"}, HOP_PATHS)
 
 
 @pytest.mark.bpf
@@ -202,11 +213,8 @@ def test_event_stacks_at_a_function_entry_have_their_caller_once(build_c, proces
         session.run(duration=0.5)
         events = list(session.events)
     paths = Counter((e.probe, tuple(f.split("+")[0] for f in reversed(e.stack))) for e in events)
-    leaf = from_main({stack: n for (probe, stack), n in paths.items() if probe == "leaf"})
-    hop = from_main({stack: n for (probe, stack), n in paths.items() if probe == "hop"})
-    assert leaf == PATHS
-    assert hop == {("main", "alpha", "hop"): 2 * ROUNDS, ("main", "beta", "hop"): 3 * ROUNDS,
-                   ("main", "beta", "delta", "hop"): 4 * ROUNDS}
+    assert_paths({stack: n for (probe, stack), n in paths.items() if probe == "leaf"}, PATHS)
+    assert_paths({stack: n for (probe, stack), n in paths.items() if probe == "hop"}, HOP_PATHS)
 
 
 @pytest.mark.bpf
