@@ -321,7 +321,10 @@ class Generator:
         if fld.name == "comm":
             return f"    bpf_get_current_comm(&{member}, sizeof({member}));"
         if fld.name == "ustack":
-            walk = f"    {member} = (u64)(s64)stacks.get_stackid(ctx, BPF_F_USER_STACK);"
+            # A stack the kernel could not take (a hash collision in the stack map, no callchain buffer)
+            # is a read error: counted, and shown as such rather than as a stack.
+            walk = (f"    {member} = (u64)(s64)stacks.get_stackid(ctx, BPF_F_USER_STACK);\n"
+                    f"    if ((s64){member} < 0) {{ key->errs |= {1 << bit}U; usdtkit_stat(probe, {STAT_READ_ERRORS}); }}")
             if not self.entry_probes:
                 return walk
             # A failed read leaves 0: the stack is kept as walked.
@@ -440,7 +443,8 @@ class Generator:
                                f"{{ {member}[0] = 0; errs |= {1 << index}U; usdtkit_stat(probe, {STAT_READ_ERRORS}); }}")
             out.append("    e->errs = errs;")
             if plan.stacks:
-                out.append("    e->stack = stacks.get_stackid(ctx, BPF_F_USER_STACK);")
+                out.append("    e->stack = stacks.get_stackid(ctx, BPF_F_USER_STACK);\n"
+                           f"    if (e->stack < 0) usdtkit_stat(probe, {STAT_READ_ERRORS});")
                 if self.entry_probes:
                     out.append(f"    e->{RECORD_CALLER} = 0;\n    if ({self._at_entry()}) "
                                f"bpf_probe_read_user(&e->{RECORD_CALLER}, sizeof(u64), (void *)ctx->sp);")
