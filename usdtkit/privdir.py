@@ -29,9 +29,11 @@ import os
 import stat
 import sys
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
 from .errors import UnsafePath
+
+T = TypeVar("T")
 
 #: How a file to check is opened: never through a symlink, never blocking on a FIFO, never inherited.
 _OPEN_CHECKED = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -275,9 +277,10 @@ def publish(directory: str, name: str, write: Callable[[int], None], mode: int =
     return final
 
 
-def read_private_file(path: str) -> Optional[bytes]:
-    """The bytes of the cache entry at ``path`` if only this user could have written it, else None: a regular
-    file (not a symlink) owned by this user with no group or world access, checked on the open descriptor."""
+def open_private(path: str, use: "Callable[[int, os.stat_result], T]") -> "Optional[Tuple[T, os.stat_result]]":
+    """``use(fd, status)`` on the cache entry at ``path``, and its status, if only this user could have
+    written it: a regular file (not a symlink) owned by this user with no group or world access, checked on
+    the open descriptor; None if not, or if it cannot be read."""
     try:
         fd = os.open(path, _OPEN_CHECKED)
     except OSError:
@@ -286,17 +289,32 @@ def read_private_file(path: str) -> Optional[bytes]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
             return None
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 22)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return use(fd, st), st
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def read_all(fd: int, st: os.stat_result) -> bytes:
+    """The whole file open at ``fd``: one read for a regular file, short reads joined if any."""
+    chunks = [os.read(fd, st.st_size)]
+    done = len(chunks[0])
+    while done < st.st_size:
+        chunk = os.read(fd, st.st_size - done)
+        if not chunk:
+            break  # shrank while read: damaged, the entry's own checksum says so
+        chunks.append(chunk)
+        done += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def mark_used(path: str, st: os.stat_result, every: float) -> None:
+    """Set the entry's mtime to now (what :func:`prune` orders by) if it was last set more than ``every``
+    seconds ago: no metadata write on every hit."""
+    if time.time() - st.st_mtime > every:
+        with contextlib.suppress(OSError):
+            os.utime(path, follow_symlinks=False)
 
 
 def publish_bytes(directory: str, name: str, data: bytes) -> str:

@@ -272,29 +272,19 @@ TOUCH_EVERY = 3600  # a hit marks its entry used (mtime) at most this often
 
 
 def load(key: str) -> Optional[CompiledObject]:
-    """The cached object under ``key``, or None (a miss: absent, foreign, damaged or stale)."""
-    from ..privdir import read_private_file
+    """The cached object under ``key``, or None (a miss: absent, foreign, damaged or stale); a hit marks
+    its entry used, so the sweep keeps what is traced often."""
+    from ..privdir import mark_used, open_private, read_all
 
     folder = _folder()
     if folder is None:
         return None
     path = os.path.join(folder, key)
-    data = read_private_file(path)
-    obj = None if data is None else decode(data, key)
+    found = open_private(path, read_all)
+    obj = None if found is None else decode(found[0], key)
     if obj is not None:
-        _touch(path)
+        mark_used(path, found[1], TOUCH_EVERY)  # type: ignore[index]
     return obj
-
-
-def _touch(path: str) -> None:
-    """Mark an entry used, so the sweep keeps what is traced often."""
-    import time
-
-    try:
-        if time.time() - os.lstat(path).st_mtime > TOUCH_EVERY:
-            os.utime(path, follow_symlinks=False)
-    except OSError:
-        pass
 
 
 def _judge(full: str) -> Optional[Tuple[bool, os.stat_result]]:

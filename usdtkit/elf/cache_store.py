@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import marshal
 import os
-import stat
 import struct
-import time
 import zlib
-from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
+from typing import List, Optional, Sequence, Tuple
 
 #: Bounds of the folder: total size, and time since an entry was last used.
 MAX_BYTES = 256 << 20
@@ -37,10 +35,8 @@ TOUCH_EVERY = 3600
 
 _MAGIC = b"USDTKIT-CACHE-1\0"
 _PREFIX = struct.Struct("<16sII")
-_OPEN_ENTRY = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 Status = Tuple[int, int, int, int, int]
-T = TypeVar("T")
 
 
 def file_status(st: os.stat_result) -> Status:
@@ -83,37 +79,6 @@ def folder() -> Optional[str]:
         return None
 
 
-def _open_trusted(path: str, use: "Callable[[int, os.stat_result], T]") -> "Optional[Tuple[T, os.stat_result]]":
-    """``use(fd, status)`` on the entry at ``path``, and its status, if only this user could have written
-    it (a regular file of ours, no group or world access); None if not, or if it cannot be read."""
-    try:
-        fd = os.open(path, _OPEN_ENTRY)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            return None
-        return use(fd, st), st
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _read_all(fd: int, st: os.stat_result) -> bytes:
-    """The whole file open at ``fd``: one read for a regular file, short reads joined if any."""
-    chunks = [os.read(fd, st.st_size)]
-    done = len(chunks[0])
-    while done < st.st_size:
-        chunk = os.read(fd, st.st_size - done)
-        if not chunk:
-            break  # shrank while read: damaged, the CRC says so
-        chunks.append(chunk)
-        done += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 def _parse(data: bytes) -> Optional[Tuple[object, memoryview]]:
     """(head, body) of entry bytes ``data`` if whole, else None."""
     if len(data) < _PREFIX.size:
@@ -133,16 +98,14 @@ def _parse(data: bytes) -> Optional[Tuple[object, memoryview]]:
 
 def read(folder: str, path: str, status: Status, key: object) -> Optional[memoryview]:
     """The body of the trusted, whole entry made for ``key`` of ``path`` at ``status``; None on a miss."""
+    from ..privdir import mark_used, open_private, read_all
+
     name = os.path.join(folder, entry_name(path, status, key))
-    found = _open_trusted(name, _read_all)
+    found = open_private(name, read_all)
     parsed = None if found is None else _parse(found[0])
     if parsed is None or parsed[0][1:3] != (status, _full_key(key)) or not _unchanged(parsed[0][3]):
         return None
-    if time.time() - found[1].st_mtime > TOUCH_EVERY:
-        try:
-            os.utime(name)
-        except OSError:
-            pass
+    mark_used(name, found[1], TOUCH_EVERY)  # type: ignore[index]
     return parsed[1]
 
 
@@ -243,7 +206,9 @@ def sweep(folder: str, now: Optional[float] = None) -> List[str]:
 def _read_head(full: str) -> Optional[Tuple[Optional[Tuple[str, object, object]], os.stat_result]]:
     """(path, status, dependencies) recorded in the trusted entry at ``full`` (None if it is damaged or
     of another format), and the entry's status; None if the file is not a trusted entry at all."""
-    return _open_trusted(full, lambda fd, st: _recorded(fd, st.st_size))
+    from ..privdir import open_private
+
+    return open_private(full, lambda fd, st: _recorded(fd, st.st_size))
 
 
 def _recorded(fd: int, size: int) -> Optional[Tuple[str, object, object]]:
