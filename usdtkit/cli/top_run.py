@@ -17,8 +17,8 @@ from ..collect.deltas import histograms_delta
 from ..collect.results import Counts, Histogram
 from ..errors import UsageError
 from ..expr.fields import Field
-from ..plan.plan import make_plan
-from ..plan.request import HistSpec, Target, make_request
+from ..plan.request import HistSpec
+from ..tracing.api import trace_beside
 from ..tracing.runloop import RunLoop
 from ..tracing.session import Session
 from ..views import top_table
@@ -31,18 +31,9 @@ def _latency_session(args: argparse.Namespace, counting: Session) -> Optional[Se
     """The session timing ``-l`` (one function, or START and DONE) in the process ``counting`` traces."""
     if not args.latency:
         return None
-    gated = getattr(counting, "command", None)
-    target = (Target(gated.pid, gated.executable, args.cgroup, args.follow) if gated is not None
-              else Target(args.pid, None, args.cgroup, args.follow))
-    request = make_request(list(args.latency), target=target, filters=args.filter, events=False, latency=True,
-                           hist=HistSpec(Field("latency"), by=Field("pid")), unsafe=args.unsafe,
-                           max_probes=args.max_probes)
-    plan = make_plan(request)
-    try:
-        return Session(plan)
-    except BaseException:
-        plan.close()
-        raise
+    return trace_beside(counting, args.latency, args.pid, args.cgroup, args.follow, filters=args.filter,
+                        events=False, latency=True, hist=HistSpec(Field("latency"), by=Field("pid")),
+                        unsafe=args.unsafe, max_probes=args.max_probes)
 
 
 class _Screen:

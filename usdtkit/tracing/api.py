@@ -114,3 +114,19 @@ def trace(*probes: Union[str, ProbeRef], on_event: Optional[EventCallback] = Non
             rendezvous.close()
         gated.stop()
         raise
+
+
+def trace_beside(session: Session, probes: Sequence[Union[str, ProbeRef]], pid: Optional[int] = None,
+                 cgroup: Optional[str] = None, follow: bool = False, **options: object) -> Session:
+    """A second trace of the process ``session`` traces: the command it started (gated until ``session``
+    attaches, so attach this one first), else process ``pid`` (or the whole system).  ``options`` are
+    :func:`make_request`'s; the returned session is not attached yet."""
+    gated = getattr(session, "command", None)
+    target = (Target(gated.pid, gated.executable, cgroup, follow) if gated is not None
+              else Target(pid, None, cgroup, follow))
+    plan = make_plan(make_request(list(probes), target=target, **options))  # type: ignore[arg-type]
+    try:
+        return Session(plan)
+    except BaseException:
+        plan.close()
+        raise

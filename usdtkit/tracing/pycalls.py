@@ -30,9 +30,8 @@ from ..collect.calls import FunctionCalls, GcPauses, counted_rows, timed_rows
 from ..elf.known_issues import known_issues
 from ..errors import ProbeNotFound, UsageError
 from ..expr.fields import Field
-from ..plan.plan import make_plan
-from ..plan.request import HistSpec, Target, make_request
-from .api import trace
+from ..plan.request import HistSpec
+from .api import trace, trace_beside
 from .session import Session
 
 
@@ -135,19 +134,11 @@ class PyCalls:
 
     def _gc_session(self, pid: Optional[int]) -> Optional[Session]:
         """A latency trace of the interpreter's collections in the same process, or None without the probes."""
-        gated = self.session.command
-        target = Target(gated.pid, gated.executable) if gated is not None else Target(pid)
-        request = make_request(list(GC_PROBES), target=target, events=False, latency=True,
-                               hist=HistSpec(Field("latency"), sum=True))
         try:
-            plan = make_plan(request)
+            return trace_beside(self.session, GC_PROBES, pid, events=False, latency=True,
+                                hist=HistSpec(Field("latency"), sum=True))
         except ProbeNotFound:
             return None
-        try:
-            return Session(plan)
-        except BaseException:
-            plan.close()
-            raise
 
     # ------------------------------------------------------------------ lifecycle
     @property
