@@ -68,13 +68,15 @@ def function_offsets(binary: str) -> Dict[str, int]:
 
 def assert_paths(stacks: Dict[Tuple[str, ...], int], expected: Dict[Tuple[str, ...], int]) -> None:
     """``stacks`` from main up are ``expected``, each path with its count.  The kernel may fail to take a
-    stack now and then (a hash collision in its stack map: no stack id, ``[no stack]``); such a hit is
-    allowed once and then missing from exactly one path."""
+    stack (``[no stack]``, a counted read error): a hit whose stack collides in the kernel's stack-map hash
+    with another stack gets no stack id, every time for that stack.  So one path may come short, by exactly
+    the hits without a stack; no path may be wrong or counted more than it ran."""
     missing = sum(n for stack, n in stacks.items() if "main" not in stack)
-    assert missing <= 1, stacks
+    assert all(stack == ("[no stack]",) for stack in stacks if "main" not in stack), stacks
     paths = from_main({stack: n for stack, n in stacks.items() if "main" in stack})
-    assert set(paths) == set(expected), paths
-    assert sum(abs(paths[p] - n) for p, n in expected.items()) == missing, paths
+    assert set(paths) <= set(expected), paths
+    short = {p: n - paths.get(p, 0) for p, n in expected.items() if paths.get(p, 0) != n}
+    assert len(short) <= 1 and all(n > 0 for n in short.values()) and sum(short.values()) == missing, (paths, stacks)
 
 
 def from_main(stacks: Dict[Tuple[str, ...], int]) -> Dict[Tuple[str, ...], int]:
@@ -212,7 +214,8 @@ def test_event_stacks_at_a_function_entry_have_their_caller_once(build_c, proces
         assert target.stdout.readline() == b"done\n"
         session.run(duration=0.5)
         events = list(session.events)
-    paths = Counter((e.probe, tuple(f.split("+")[0] for f in reversed(e.stack))) for e in events)
+    # an event whose stack the kernel could not take has no frames: counted as [no stack], as in counts
+    paths = Counter((e.probe, tuple(f.split("+")[0] for f in reversed(e.stack)) or ("[no stack]",)) for e in events)
     assert_paths({stack: n for (probe, stack), n in paths.items() if probe == "leaf"}, PATHS)
     assert_paths({stack: n for (probe, stack), n in paths.items() if probe == "hop"}, HOP_PATHS)
 
